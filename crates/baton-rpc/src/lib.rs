@@ -1,0 +1,137 @@
+//! The protocol between a manager's dispatcher and an agent.
+//!
+//! The agent opens a [`Session`]; the dispatcher pushes the node's full
+//! [`AssignmentSet`] down it every time that set changes (push, never pull: the
+//! agent never lists the cluster) and asks for task logs through it. The agent
+//! reports task state changes with [`Dispatcher::report`] and streams requested
+//! logs with [`Dispatcher::send_logs`].
+//!
+//! [`Dispatcher`] is the seam: `baton dev` connects the agent to the manager
+//! in-process through it; the networked transport (gRPC over mutual TLS)
+//! implements the same trait, so agent code does not change.
+//!
+//! Architecture invariant: a node's identity is the session's, never a field of
+//! a request. The dispatcher authorises every report against the stored task.
+
+use std::collections::BTreeSet;
+
+use baton_spec::{DriverKind, Resources, TaskSpec};
+use baton_state::{NodeId, TaskDesired, TaskId, TaskReport, TaskState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// What an agent says about its node when it opens a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    /// The node's id (from its persisted identity).
+    pub node_id: NodeId,
+    /// Host name.
+    pub hostname: String,
+    /// Resources it offers to tasks.
+    pub capacity: Resources,
+    /// Drivers that work on it.
+    pub drivers: BTreeSet<DriverKind>,
+}
+
+/// One task the node must run (or stop).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Task id.
+    pub task: TaskId,
+    /// Job name.
+    pub job: String,
+    /// Job version the task runs.
+    pub job_version: u64,
+    /// Slot within the job, as text (`3`, or a node id for global jobs).
+    pub slot: String,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// Run or stop.
+    pub desired: TaskDesired,
+    /// The state the cluster last recorded. An agent starts only `assigned`
+    /// tasks: one in a later state that it does not know was started by an
+    /// earlier run of the agent, and is reported `lost`, never started twice.
+    pub state: TaskState,
+}
+
+/// The full set of a node's assignments. Each push replaces the previous one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentSet {
+    /// Increases with every push on a session.
+    pub seq: u64,
+    /// The tasks.
+    pub tasks: Vec<Assignment>,
+}
+
+/// A request for a task's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// Correlates [`Dispatcher::send_logs`] calls with this request.
+    pub id: u64,
+    /// Task.
+    pub task: TaskId,
+    /// Keep streaming new output until the task ends or the reader goes away.
+    pub follow: bool,
+}
+
+/// One piece of a log stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogEvent {
+    /// Log bytes, in order.
+    Data(Vec<u8>),
+    /// The stream is complete.
+    End,
+    /// The stream failed (no such task on this node, unreadable file).
+    Error(String),
+}
+
+/// What the dispatcher sends down a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionMessage {
+    /// The node's full assignment set.
+    Assignments(AssignmentSet),
+    /// Start streaming a task's log.
+    Logs(LogRequest),
+}
+
+/// An open session: the node's cluster identity and the stream of messages.
+#[derive(Debug)]
+pub struct Session {
+    /// Identity the cluster knows the node by.
+    pub node_id: NodeId,
+    /// Messages from the dispatcher; closed when the session ends.
+    pub messages: mpsc::Receiver<SessionMessage>,
+}
+
+/// Errors of the dispatcher protocol.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// The dispatcher is not serving (shutting down, not the leader): retry later
+    /// or elsewhere.
+    #[error("dispatcher unavailable: {0}")]
+    Unavailable(String),
+    /// The session is unknown or was replaced: open a new one.
+    #[error("no session for node {0}")]
+    NoSession(NodeId),
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The log reader went away: stop streaming.
+    #[error("log stream {0} closed")]
+    LogStreamClosed(u64),
+}
+
+/// The dispatcher service, as an agent sees it.
+#[async_trait::async_trait]
+pub trait Dispatcher: Send + Sync + 'static {
+    /// Opens (or replaces) the node's session.
+    async fn open_session(&self, node: NodeDescription) -> Result<Session, RpcError>;
+
+    /// Reports task state changes. At-least-once: reports may repeat; state only
+    /// moves forward.
+    async fn report(&self, node: &NodeId, reports: Vec<TaskReport>) -> Result<(), RpcError>;
+
+    /// Sends the next piece of a requested log stream.
+    async fn send_logs(&self, node: &NodeId, request: u64, event: LogEvent)
+    -> Result<(), RpcError>;
+}

@@ -1,0 +1,208 @@
+//! User-written job specs: the typed, validated [`JobSpec`] and the parser that
+//! produces it from the YAML or JSON bytes an engineer submitted.
+//!
+//! Architecture invariant: this crate does no I/O and knows nothing of the
+//! cluster. A [`JobSpec`] only comes out of [`parse_job`] (or from the store,
+//! which only ever persisted specs that came out of it).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod parse;
+mod quantity;
+
+pub use parse::{MAX_SPEC_BYTES, SpecError, SpecErrors, parse_job};
+pub use quantity::{format_duration, format_memory, parse_cpu, parse_duration, parse_memory};
+
+/// The format of submitted spec bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecFormat {
+    /// YAML 1.2 (the CLI's format).
+    Yaml,
+    /// JSON (the HTTP API's format).
+    Json,
+}
+
+/// A validated job spec. Built only by [`parse_job`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Unique job name: `[a-z0-9-]`, 1 to 63 characters, starting and ending alphanumeric.
+    pub name: String,
+    /// Job type and its counts.
+    pub kind: JobKind,
+    /// What each task runs.
+    pub task: TaskSpec,
+    /// What happens when a task exits.
+    pub restart: RestartPolicy,
+}
+
+/// The job types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum JobKind {
+    /// Keeps `replicas` tasks running, one per slot `0..replicas`.
+    Service {
+        /// Number of tasks to keep running.
+        replicas: u32,
+    },
+    /// Runs until `completions` tasks exited 0, at most `parallelism` at once.
+    Batch {
+        /// Successful exits needed.
+        completions: u32,
+        /// Tasks running at once, at most.
+        parallelism: u32,
+    },
+    /// One task on every eligible node.
+    Global,
+}
+
+impl JobKind {
+    /// The word users write in `type:`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobKind::Service { .. } => "service",
+            JobKind::Batch { .. } => "batch",
+            JobKind::Global => "global",
+        }
+    }
+}
+
+/// The driver that runs a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// A plain child process of the agent, no isolation.
+    Raw,
+}
+
+impl DriverKind {
+    /// The word users write in `driver:`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DriverKind::Raw => "raw",
+        }
+    }
+}
+
+/// What one task runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Which driver runs it.
+    pub driver: DriverKind,
+    /// argv; never empty.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute), if set.
+    pub workdir: Option<String>,
+    /// User name or numeric uid to run as, if set.
+    pub user: Option<String>,
+    /// Reserved resources.
+    pub resources: Resources,
+    /// Time between SIGTERM and SIGKILL on stop.
+    pub kill_timeout: Duration,
+}
+
+/// Resources a task reserves on its node (and a node's capacity).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Resources {
+    /// CPU in millicores (1000 = one core).
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Resources {
+    /// Whether `self` fits inside `free`.
+    pub fn fits_in(&self, free: &Resources) -> bool {
+        self.cpu_millis <= free.cpu_millis && self.memory_bytes <= free.memory_bytes
+    }
+
+    /// Component-wise sum, saturating.
+    pub fn saturating_add(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    /// Component-wise difference, saturating at zero.
+    pub fn saturating_sub(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+        }
+    }
+}
+
+/// When a finished task is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// After every exit (a batch task that exited 0 counts as done, not restarted).
+    Always,
+    /// After a non-zero exit, a signal or a start failure.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+impl RestartCondition {
+    /// The word users write in `restart.policy`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RestartCondition::Always => "always",
+            RestartCondition::OnFailure => "on-failure",
+            RestartCondition::Never => "never",
+        }
+    }
+}
+
+/// Restart policy with exponential backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub condition: RestartCondition,
+    /// Restarts of one slot before it is `failed`; 0 means no limit.
+    pub max_attempts: u32,
+    /// Delay before the first restart; doubled on each further one.
+    pub delay: Duration,
+    /// Cap of the doubled delay.
+    pub max_delay: Duration,
+}
+
+impl RestartPolicy {
+    /// Backoff before restart number `attempt` (1-based): `delay * 2^(attempt-1)`,
+    /// capped at `max_delay`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(31);
+        let factor = 1u32 << shift;
+        self.delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay.max(self.delay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let policy = RestartPolicy {
+            condition: RestartCondition::Always,
+            max_attempts: 0,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        };
+        let got: Vec<u64> = (1..=7).map(|a| policy.backoff(a).as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(policy.backoff(1000), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,207 @@
+//! Commands (the persisted log records) and the events their application yields.
+//!
+//! Append, never renumber: `Command` variants are persisted in the log; add new
+//! variants at the end and never change the meaning of an existing one.
+
+use baton_spec::{JobSpec, SpecFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, TaskId, Timestamp};
+use crate::objects::{ExitInfo, Node, NodeState, Task, TaskState};
+
+/// A change to the cluster state. Carries every input that varies between runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Create or update a job from a validated spec and its source bytes.
+    PutJob {
+        /// Validated spec.
+        spec: JobSpec,
+        /// Format of `source`.
+        format: SpecFormat,
+        /// Bytes as submitted.
+        source: String,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// Stop a job's tasks; the job stays, with desired state `stop`.
+    StopJob {
+        /// Job name.
+        name: String,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// A node (re)registered; it is `ready` from now on.
+    RegisterNode {
+        /// The node as it describes itself (state and timestamps are set by apply).
+        node: Node,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// A node lost its session: it is `down` and its unfinished tasks are `lost`.
+    NodeDown {
+        /// Node id.
+        id: NodeId,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// The result of one reconcile + schedule pass.
+    ApplyPlan {
+        /// What to change.
+        plan: Plan,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// Task state changes observed by a node.
+    ReportTasks {
+        /// The reporting node (from its authenticated session, never from the report).
+        node: NodeId,
+        /// The observations.
+        reports: Vec<TaskReport>,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+}
+
+/// One task state observation from the node running it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Task.
+    pub task: TaskId,
+    /// Observed state.
+    pub state: TaskState,
+    /// Explanation.
+    pub message: String,
+    /// Exit, for terminal states.
+    pub exit: Option<ExitInfo>,
+    /// Host pid while running.
+    pub pid: Option<u32>,
+}
+
+/// What a reconcile + schedule pass wants changed. Built by `baton-sched`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// New tasks, placed (`node` set, state `assigned`) or `pending`.
+    pub create: Vec<Task>,
+    /// Existing pending tasks to place.
+    pub place: Vec<PlanPlacement>,
+    /// Tasks to stop.
+    pub stop: Vec<PlanStop>,
+    /// Pending tasks that fit nowhere, with why.
+    pub unplaced: Vec<PlanUnplaced>,
+    /// Terminal tasks to forget (history beyond the retention limit).
+    pub remove: Vec<TaskId>,
+}
+
+impl Plan {
+    /// Whether applying it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.place.is_empty()
+            && self.stop.is_empty()
+            && self.unplaced.is_empty()
+            && self.remove.is_empty()
+    }
+}
+
+/// Place a pending task on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPlacement {
+    /// Task.
+    pub task: TaskId,
+    /// Node.
+    pub node: NodeId,
+}
+
+/// Stop a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStop {
+    /// Task.
+    pub task: TaskId,
+    /// Why (shown in its status).
+    pub reason: String,
+}
+
+/// A pending task that could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanUnplaced {
+    /// Task.
+    pub task: TaskId,
+    /// Why, summarised per reason.
+    pub reason: String,
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new job.
+    JobCreated {
+        /// Name.
+        name: String,
+        /// Version.
+        version: u64,
+    },
+    /// A changed job.
+    JobUpdated {
+        /// Name.
+        name: String,
+        /// New version.
+        version: u64,
+    },
+    /// A resubmission that changed nothing.
+    JobUnchanged {
+        /// Name.
+        name: String,
+        /// Current version.
+        version: u64,
+    },
+    /// A job was asked to stop.
+    JobStopped {
+        /// Name.
+        name: String,
+        /// New version.
+        version: u64,
+    },
+    /// A node changed state.
+    NodeStateChanged {
+        /// Node.
+        id: NodeId,
+        /// New state.
+        state: NodeState,
+    },
+    /// A task was created.
+    TaskCreated {
+        /// Task.
+        id: TaskId,
+    },
+    /// A task was placed on a node.
+    TaskPlaced {
+        /// Task.
+        id: TaskId,
+        /// Node.
+        node: NodeId,
+    },
+    /// A task's observed state changed.
+    TaskStateChanged {
+        /// Task.
+        id: TaskId,
+        /// New state.
+        state: TaskState,
+    },
+    /// A task was asked to stop.
+    TaskStopping {
+        /// Task.
+        id: TaskId,
+    },
+    /// A terminal task was forgotten.
+    TaskRemoved {
+        /// Task.
+        id: TaskId,
+    },
+    /// Part of a command was not applied (stale plan, report for another node's task).
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,24 @@
+//! The cluster state as a deterministic state machine.
+//!
+//! [`State::apply`] takes a [`Command`] and returns the [`Event`]s it caused.
+//! Everything that varies between runs (the clock, random ids) rides inside
+//! the command, so replaying the same log always yields the same state.
+//!
+//! Architecture invariant: no I/O, no clock, no randomness in this crate.
+//! `State` is built on persistent maps (`imbl`), so a snapshot for a reader
+//! is an O(1) clone.
+
+mod command;
+mod ids;
+mod objects;
+mod restart;
+mod state;
+
+pub use command::{Command, Event, Plan, PlanPlacement, PlanStop, PlanUnplaced, TaskReport};
+pub use ids::{NodeId, TaskId, Timestamp};
+pub use objects::{
+    ExitInfo, Job, JobDesired, JobPhase, JobSummary, Node, NodeAvailability, NodeState, Slot,
+    SlotFailure, Task, TaskDesired, TaskState, TaskStatus,
+};
+pub use restart::{RestartDecision, restart_decision};
+pub use state::{ApplyError, State};

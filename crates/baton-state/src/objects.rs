@@ -1,0 +1,296 @@
+//! Stored objects: jobs, tasks and nodes. Desired state is kept apart from
+//! observed status.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use baton_spec::{DriverKind, JobSpec, Resources, SpecFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, TaskId, Timestamp};
+
+/// What the user wants of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobDesired {
+    /// Keep its tasks running (or run the batch to completion).
+    Run,
+    /// Stop every task.
+    Stop,
+}
+
+/// A job: the user's spec, kept with the exact bytes submitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique name (the job's id).
+    pub name: String,
+    /// Increases on every accepted change of spec or of `desired`; tasks carry
+    /// the version they were made for. Never decreases (signed specs need that).
+    pub version: u64,
+    /// The validated spec.
+    pub spec: JobSpec,
+    /// Format of `source`.
+    pub format: SpecFormat,
+    /// The spec exactly as submitted.
+    pub source: String,
+    /// Run or stop.
+    pub desired: JobDesired,
+    /// When first submitted.
+    pub created_at: Timestamp,
+    /// When `version` last changed.
+    pub updated_at: Timestamp,
+}
+
+/// A task's place within its job.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Service replica or batch completion number.
+    Index(u32),
+    /// Global jobs: one slot per node.
+    Node(NodeId),
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slot::Index(i) => write!(f, "{i}"),
+            Slot::Node(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// What the cluster wants of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskDesired {
+    /// Run it.
+    Running,
+    /// Stop it (or never start it).
+    Shutdown,
+}
+
+/// Observed lifecycle of a task. States only move forward (in declaration order),
+/// except that any non-terminal state may jump to a terminal one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for a node (or for its restart backoff).
+    Pending,
+    /// Placed on a node; the node has not started it yet.
+    Assigned,
+    /// The node is starting it.
+    Starting,
+    /// Its process runs.
+    Running,
+    /// Exited 0.
+    Complete,
+    /// Exited non-zero, was killed by a signal, or could not start.
+    Failed,
+    /// Stopped because the cluster asked it to.
+    Shutdown,
+    /// Its node lost track of it (node down, agent restart).
+    Lost,
+}
+
+impl TaskState {
+    /// Whether the task is finished for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Complete | TaskState::Failed | TaskState::Shutdown | TaskState::Lost
+        )
+    }
+
+    /// The lowercase word used in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Failed => "failed",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Lost => "lost",
+        }
+    }
+}
+
+/// How a task's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// Whether this is a clean exit 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && self.signal.is_none()
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => write!(f, "killed by signal {sig}"),
+            (Some(code), None) => write!(f, "exit code {code}"),
+            (None, None) => f.write_str("unknown exit"),
+        }
+    }
+}
+
+/// Observed status of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// Lifecycle state.
+    pub state: TaskState,
+    /// When `state` was entered.
+    pub since: Timestamp,
+    /// Human explanation (why pending, why failed).
+    pub message: String,
+    /// How the process ended, once it did.
+    pub exit: Option<ExitInfo>,
+    /// Host pid of the task's process while it runs (raw driver).
+    pub pid: Option<u32>,
+    /// When it started running.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One run of one slot of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Unique id.
+    pub id: TaskId,
+    /// Owning job's name.
+    pub job: String,
+    /// Job version this task runs.
+    pub job_version: u64,
+    /// Place within the job.
+    pub slot: Slot,
+    /// How many times this slot was restarted before this task (0 for the first run).
+    pub restarts: u32,
+    /// Node it is placed on.
+    pub node: Option<NodeId>,
+    /// Resources reserved on that node while the task is not terminal.
+    pub resources: Resources,
+    /// Driver it needs.
+    pub driver: DriverKind,
+    /// What the cluster wants.
+    pub desired: TaskDesired,
+    /// What was observed.
+    pub status: TaskStatus,
+    /// Restart backoff: not to be placed before this time.
+    pub not_before: Option<Timestamp>,
+    /// When created.
+    pub created_at: Timestamp,
+}
+
+impl Task {
+    /// Whether the task counts against its node and slot: not terminal and meant to run,
+    /// or still running while it is being stopped.
+    pub fn is_active(&self) -> bool {
+        !self.status.state.is_terminal()
+    }
+
+    /// Whether it is meant to run and has not finished.
+    pub fn is_live(&self) -> bool {
+        self.desired == TaskDesired::Running && !self.status.state.is_terminal()
+    }
+}
+
+/// Whether a node is reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Its agent holds a session.
+    Ready,
+    /// Its agent is gone.
+    Down,
+}
+
+/// Whether a node takes new tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeAvailability {
+    /// Takes tasks.
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Moves its tasks away.
+    Drain,
+}
+
+/// A node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Cluster-assigned id.
+    pub id: NodeId,
+    /// Host name it reported.
+    pub hostname: String,
+    /// Resources it offers to tasks.
+    pub capacity: Resources,
+    /// Drivers that work on it.
+    pub drivers: BTreeSet<DriverKind>,
+    /// Reachability.
+    pub state: NodeState,
+    /// Scheduling availability.
+    pub availability: NodeAvailability,
+    /// When it first registered.
+    pub registered_at: Timestamp,
+    /// When its state last changed.
+    pub state_since: Timestamp,
+}
+
+/// Phase of a job, derived from its tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobPhase {
+    /// Not all tasks run yet.
+    Pending,
+    /// Every slot runs (service, global) or the batch is in progress.
+    Running,
+    /// Batch: every completion reached.
+    Complete,
+    /// A slot exhausted its restarts.
+    Failed,
+    /// Stopped by the user.
+    Stopped,
+}
+
+/// A slot that gave up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotFailure {
+    /// The slot.
+    pub slot: Slot,
+    /// Its last task.
+    pub task: TaskId,
+    /// Restarts before giving up.
+    pub restarts: u32,
+    /// Last exit, if the process ran.
+    pub exit: Option<ExitInfo>,
+    /// Why it failed.
+    pub message: String,
+}
+
+/// A job's derived status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// Phase.
+    pub phase: JobPhase,
+    /// Slots wanted now (replicas, completions, eligible nodes).
+    pub desired: u32,
+    /// Tasks of the current version running.
+    pub running: u32,
+    /// Tasks not yet running.
+    pub pending: u32,
+    /// Batch: successful completions.
+    pub completed: u32,
+    /// Slots that gave up.
+    pub failures: Vec<SlotFailure>,
+}

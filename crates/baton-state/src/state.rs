@@ -1,0 +1,589 @@
+//! [`State`]: the tables, their indexes, and `apply`.
+
+use std::collections::BTreeMap;
+
+use baton_spec::{JobKind, Resources};
+use imbl::{OrdMap, OrdSet};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::command::{Command, Event, Plan, TaskReport};
+use crate::ids::{NodeId, TaskId, Timestamp};
+use crate::objects::{
+    Job, JobDesired, JobPhase, JobSummary, Node, NodeAvailability, NodeState, Slot, SlotFailure,
+    Task, TaskDesired, TaskState,
+};
+use crate::restart::{RestartDecision, restart_decision};
+
+/// A command that cannot be applied; the state is left unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The named job does not exist.
+    #[error("job {name:?} not found")]
+    JobNotFound {
+        /// Name asked for.
+        name: String,
+    },
+    /// The named node does not exist.
+    #[error("node {id} not found")]
+    NodeNotFound {
+        /// Id asked for.
+        id: NodeId,
+    },
+}
+
+/// The whole cluster state. Cloning is O(1) (persistent maps), so readers take
+/// snapshots freely.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    jobs: OrdMap<String, Job>,
+    tasks: OrdMap<TaskId, Task>,
+    nodes: OrdMap<NodeId, Node>,
+    // Indexes, derived from `tasks`; rebuilt on load, never persisted.
+    tasks_by_job: OrdMap<String, OrdSet<TaskId>>,
+    tasks_by_node: OrdMap<NodeId, OrdSet<TaskId>>,
+    reserved: OrdMap<NodeId, Resources>,
+}
+
+/// The persisted form: the primary tables only.
+#[derive(Serialize, Deserialize)]
+struct StateRecord {
+    jobs: BTreeMap<String, Job>,
+    tasks: Vec<Task>,
+    nodes: Vec<Node>,
+}
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StateRecord {
+            jobs: self
+                .jobs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tasks: self.tasks.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let record = StateRecord::deserialize(deserializer)?;
+        let mut state = State {
+            jobs: record.jobs.into_iter().collect(),
+            nodes: record
+                .nodes
+                .into_iter()
+                .map(|n| (n.id.clone(), n))
+                .collect(),
+            ..State::default()
+        };
+        for task in record.tasks {
+            state.insert_task(task);
+        }
+        Ok(state)
+    }
+}
+
+impl State {
+    /// All jobs by name.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// One job.
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.get(name)
+    }
+
+    /// Number of tasks (all states).
+    pub fn n_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// All tasks by id.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    /// One task.
+    pub fn task(&self, id: &TaskId) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    /// A job's tasks, by id.
+    pub fn tasks_of_job<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_job
+            .get(name)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// A node's tasks (every state), by id.
+    pub fn tasks_of_node<'a>(&'a self, node: &NodeId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks_by_node
+            .get(node)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// All nodes by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// Resources held on a node by its non-terminal tasks.
+    pub fn reserved(&self, node: &NodeId) -> Resources {
+        self.reserved.get(node).copied().unwrap_or_default()
+    }
+
+    /// Capacity left on a node.
+    pub fn free(&self, node: &Node) -> Resources {
+        node.capacity.saturating_sub(&self.reserved(&node.id))
+    }
+
+    /// Whether a node takes new tasks of a driver.
+    pub fn node_eligible(node: &Node, driver: baton_spec::DriverKind) -> bool {
+        node.state == NodeState::Ready
+            && node.availability == NodeAvailability::Active
+            && node.drivers.contains(&driver)
+    }
+
+    /// Applies one command. On error nothing changed.
+    pub fn apply(&mut self, cmd: Command) -> Result<Vec<Event>, ApplyError> {
+        match cmd {
+            Command::PutJob {
+                spec,
+                format,
+                source,
+                now,
+            } => Ok(self.put_job(spec, format, source, now)),
+            Command::StopJob { name, now } => self.stop_job(&name, now),
+            Command::RegisterNode { node, now } => Ok(self.register_node(node, now)),
+            Command::NodeDown { id, now } => self.node_down(&id, now),
+            Command::ApplyPlan { plan, now } => Ok(self.apply_plan(plan, now)),
+            Command::ReportTasks { node, reports, now } => {
+                Ok(self.report_tasks(&node, reports, now))
+            }
+        }
+    }
+
+    fn put_job(
+        &mut self,
+        spec: baton_spec::JobSpec,
+        format: baton_spec::SpecFormat,
+        source: String,
+        now: Timestamp,
+    ) -> Vec<Event> {
+        let name = spec.name.clone();
+        match self.jobs.get_mut(&name) {
+            Some(job) if job.spec == spec && job.desired == JobDesired::Run => {
+                vec![Event::JobUnchanged {
+                    name,
+                    version: job.version,
+                }]
+            }
+            Some(job) => {
+                job.version += 1;
+                job.spec = spec;
+                job.format = format;
+                job.source = source;
+                job.desired = JobDesired::Run;
+                job.updated_at = now;
+                vec![Event::JobUpdated {
+                    name,
+                    version: job.version,
+                }]
+            }
+            None => {
+                self.jobs.insert(
+                    name.clone(),
+                    Job {
+                        name: name.clone(),
+                        version: 1,
+                        spec,
+                        format,
+                        source,
+                        desired: JobDesired::Run,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                );
+                vec![Event::JobCreated { name, version: 1 }]
+            }
+        }
+    }
+
+    fn stop_job(&mut self, name: &str, now: Timestamp) -> Result<Vec<Event>, ApplyError> {
+        let job = self
+            .jobs
+            .get_mut(name)
+            .ok_or_else(|| ApplyError::JobNotFound {
+                name: name.to_owned(),
+            })?;
+        if job.desired == JobDesired::Stop {
+            return Ok(vec![Event::JobUnchanged {
+                name: name.to_owned(),
+                version: job.version,
+            }]);
+        }
+        job.desired = JobDesired::Stop;
+        job.version += 1;
+        job.updated_at = now;
+        Ok(vec![Event::JobStopped {
+            name: name.to_owned(),
+            version: job.version,
+        }])
+    }
+
+    fn register_node(&mut self, mut node: Node, now: Timestamp) -> Vec<Event> {
+        if let Some(old) = self.nodes.get(&node.id) {
+            node.registered_at = old.registered_at;
+            node.availability = old.availability;
+        } else {
+            node.registered_at = now;
+        }
+        node.state = NodeState::Ready;
+        node.state_since = now;
+        let id = node.id.clone();
+        self.nodes.insert(id.clone(), node);
+        vec![Event::NodeStateChanged {
+            id,
+            state: NodeState::Ready,
+        }]
+    }
+
+    fn node_down(&mut self, id: &NodeId, now: Timestamp) -> Result<Vec<Event>, ApplyError> {
+        let node = self
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| ApplyError::NodeNotFound { id: id.clone() })?;
+        let mut events = Vec::new();
+        if node.state != NodeState::Down {
+            node.state = NodeState::Down;
+            node.state_since = now;
+            events.push(Event::NodeStateChanged {
+                id: id.clone(),
+                state: NodeState::Down,
+            });
+        }
+        let active: Vec<TaskId> = self
+            .tasks_of_node(id)
+            .filter(|t| t.is_active())
+            .map(|t| t.id.clone())
+            .collect();
+        for task_id in active {
+            let report = TaskReport {
+                task: task_id,
+                state: TaskState::Lost,
+                message: "node down".to_owned(),
+                exit: None,
+                pid: None,
+            };
+            events.extend(self.set_task_state(report, now));
+        }
+        Ok(events)
+    }
+
+    fn apply_plan(&mut self, plan: Plan, now: Timestamp) -> Vec<Event> {
+        let mut events = Vec::new();
+        for task in plan.create {
+            let ok = self.jobs.get(&task.job).is_some_and(|job| {
+                job.version == task.job_version && job.desired == JobDesired::Run
+            }) && !self.tasks.contains_key(&task.id)
+                && task.node.as_ref().is_none_or(|n| self.fits(n, &task));
+            if !ok {
+                events.push(Event::Ignored {
+                    reason: format!("stale plan: cannot create task {}", task.id),
+                });
+                continue;
+            }
+            let id = task.id.clone();
+            let node = task.node.clone();
+            self.insert_task(task);
+            events.push(Event::TaskCreated { id: id.clone() });
+            if let Some(node) = node {
+                events.push(Event::TaskPlaced { id, node });
+            }
+        }
+        for placement in plan.place {
+            let ok = self.tasks.get(&placement.task).is_some_and(|t| {
+                t.status.state == TaskState::Pending
+                    && t.node.is_none()
+                    && t.desired == TaskDesired::Running
+                    && self.fits(&placement.node, t)
+            });
+            if !ok {
+                events.push(Event::Ignored {
+                    reason: format!("stale plan: cannot place task {}", placement.task),
+                });
+                continue;
+            }
+            let mut task = self.remove_task(&placement.task).expect("checked above");
+            task.node = Some(placement.node.clone());
+            task.status.state = TaskState::Assigned;
+            task.status.since = now;
+            task.status.message = String::new();
+            self.insert_task(task);
+            events.push(Event::TaskPlaced {
+                id: placement.task,
+                node: placement.node,
+            });
+        }
+        for unplaced in plan.unplaced {
+            if let Some(task) = self.tasks.get_mut(&unplaced.task)
+                && task.status.state == TaskState::Pending
+            {
+                task.status.message = unplaced.reason;
+            }
+        }
+        for stop in plan.stop {
+            events.extend(self.stop_task(&stop.task, stop.reason, now));
+        }
+        for id in plan.remove {
+            if self.tasks.get(&id).is_some_and(|t| !t.is_active()) {
+                self.remove_task(&id);
+                events.push(Event::TaskRemoved { id });
+            }
+        }
+        events
+    }
+
+    fn stop_task(&mut self, id: &TaskId, reason: String, now: Timestamp) -> Vec<Event> {
+        let Some(task) = self.tasks.get_mut(id) else {
+            return Vec::new();
+        };
+        if task.desired == TaskDesired::Shutdown || task.status.state.is_terminal() {
+            return Vec::new();
+        }
+        task.desired = TaskDesired::Shutdown;
+        task.status.message = reason.clone();
+        let mut events = vec![Event::TaskStopping { id: id.clone() }];
+        // A task no node has yet is stopped at once; otherwise its node stops it
+        // and reports `shutdown`.
+        if task.node.is_none() {
+            events.extend(self.set_task_state(
+                TaskReport {
+                    task: id.clone(),
+                    state: TaskState::Shutdown,
+                    message: reason,
+                    exit: None,
+                    pid: None,
+                },
+                now,
+            ));
+        }
+        events
+    }
+
+    fn report_tasks(
+        &mut self,
+        node: &NodeId,
+        reports: Vec<TaskReport>,
+        now: Timestamp,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        for report in reports {
+            // Authorisation from the stored object: a node reports only its own tasks.
+            let owned = self
+                .tasks
+                .get(&report.task)
+                .is_some_and(|t| t.node.as_ref() == Some(node));
+            if !owned {
+                events.push(Event::Ignored {
+                    reason: format!("node {node} reported task {} it does not run", report.task),
+                });
+                continue;
+            }
+            events.extend(self.set_task_state(report, now));
+        }
+        events
+    }
+
+    /// Moves a task's observed state forward; backwards moves and moves out of a
+    /// terminal state are ignored.
+    fn set_task_state(&mut self, report: TaskReport, now: Timestamp) -> Vec<Event> {
+        let Some(current) = self.tasks.get(&report.task) else {
+            return Vec::new();
+        };
+        let from = current.status.state;
+        let forward = !from.is_terminal() && (report.state > from || report.state.is_terminal());
+        if !forward {
+            // Same state again: refresh details such as the pid only.
+            if report.state == from
+                && !from.is_terminal()
+                && let Some(task) = self.tasks.get_mut(&report.task)
+                && report.pid.is_some()
+            {
+                task.status.pid = report.pid;
+            }
+            return Vec::new();
+        }
+        let mut task = self.remove_task(&report.task).expect("looked up above");
+        task.status.state = report.state;
+        task.status.since = now;
+        if !report.message.is_empty() || report.state.is_terminal() {
+            task.status.message = report.message;
+        }
+        if report.state == TaskState::Running {
+            task.status.started_at = Some(now);
+            task.status.pid = report.pid;
+        }
+        if report.state.is_terminal() {
+            task.status.finished_at = Some(now);
+            task.status.exit = report.exit;
+            task.status.pid = None;
+        }
+        let id = task.id.clone();
+        self.insert_task(task);
+        vec![Event::TaskStateChanged {
+            id,
+            state: report.state,
+        }]
+    }
+
+    fn fits(&self, node_id: &NodeId, task: &Task) -> bool {
+        self.nodes.get(node_id).is_some_and(|node| {
+            Self::node_eligible(node, task.driver) && task.resources.fits_in(&self.free(node))
+        })
+    }
+
+    fn insert_task(&mut self, task: Task) {
+        self.tasks_by_job
+            .entry(task.job.clone())
+            .or_default()
+            .insert(task.id.clone());
+        if let Some(node) = &task.node {
+            self.tasks_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(task.id.clone());
+            if task.is_active() {
+                let held = self.reserved(node).saturating_add(&task.resources);
+                self.reserved.insert(node.clone(), held);
+            }
+        }
+        self.tasks.insert(task.id.clone(), task);
+    }
+
+    fn remove_task(&mut self, id: &TaskId) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        if let Some(ids) = self.tasks_by_job.get_mut(&task.job) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.tasks_by_job.remove(&task.job);
+            }
+        }
+        if let Some(node) = &task.node {
+            if let Some(ids) = self.tasks_by_node.get_mut(node) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.tasks_by_node.remove(node);
+                }
+            }
+            if task.is_active() {
+                let held = self.reserved(node).saturating_sub(&task.resources);
+                self.reserved.insert(node.clone(), held);
+            }
+        }
+        Some(task)
+    }
+
+    /// The newest task of each slot of a job's current version line: by slot, the
+    /// task with the most restarts, then the latest created.
+    pub fn latest_by_slot<'a>(&'a self, job: &str) -> BTreeMap<Slot, &'a Task> {
+        let mut latest: BTreeMap<Slot, &Task> = BTreeMap::new();
+        for task in self.tasks_of_job(job) {
+            let newer = latest.get(&task.slot).is_none_or(|cur| {
+                (task.job_version, task.restarts, task.created_at)
+                    > (cur.job_version, cur.restarts, cur.created_at)
+            });
+            if newer {
+                latest.insert(task.slot.clone(), task);
+            }
+        }
+        latest
+    }
+
+    /// Number of nodes a global job of this driver would run on.
+    pub fn n_eligible_nodes(&self, driver: baton_spec::DriverKind) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| Self::node_eligible(n, driver))
+            .count()
+    }
+
+    /// The derived status of a job.
+    pub fn job_summary(&self, job: &Job) -> JobSummary {
+        let desired = match job.spec.kind {
+            JobKind::Service { replicas } => replicas,
+            JobKind::Batch { completions, .. } => completions,
+            JobKind::Global => {
+                u32::try_from(self.n_eligible_nodes(job.spec.task.driver)).unwrap_or(u32::MAX)
+            }
+        };
+        let mut summary = JobSummary {
+            phase: JobPhase::Pending,
+            desired,
+            running: 0,
+            pending: 0,
+            completed: 0,
+            failures: Vec::new(),
+        };
+        for task in self.tasks_of_job(&job.name) {
+            if task.job_version != job.version || task.desired != TaskDesired::Running {
+                continue;
+            }
+            match task.status.state {
+                TaskState::Running => summary.running += 1,
+                TaskState::Complete => summary.completed += 1,
+                s if !s.is_terminal() => summary.pending += 1,
+                _ => {}
+            }
+        }
+        for (slot, task) in self.latest_by_slot(&job.name) {
+            if task.job_version != job.version {
+                continue;
+            }
+            if restart_decision(&job.spec.kind, &job.spec.restart, task) == RestartDecision::GiveUp
+            {
+                summary.failures.push(SlotFailure {
+                    slot,
+                    task: task.id.clone(),
+                    restarts: task.restarts,
+                    exit: task.status.exit,
+                    message: task.status.message.clone(),
+                });
+            }
+        }
+        summary.phase = if job.desired == JobDesired::Stop {
+            JobPhase::Stopped
+        } else if !summary.failures.is_empty() {
+            JobPhase::Failed
+        } else if matches!(job.spec.kind, JobKind::Batch { .. }) {
+            if summary.completed >= desired {
+                JobPhase::Complete
+            } else if summary.running > 0 {
+                JobPhase::Running
+            } else {
+                JobPhase::Pending
+            }
+        } else if summary.running >= desired && summary.pending == 0 {
+            JobPhase::Running
+        } else {
+            JobPhase::Pending
+        };
+        summary
+    }
+}
+
+#[cfg(test)]
+mod tests;
