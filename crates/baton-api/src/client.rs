@@ -1,0 +1,234 @@
+//! A typed HTTPS client for the API.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde::de::DeserializeOwned;
+
+use crate::config::ClientConfig;
+use crate::types::{ErrorBody, Health, JobInfo, NodeInfo, SubmitResponse, TaskInfo};
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The client configuration is unusable.
+    #[error("client config: {0}")]
+    Config(String),
+    /// The API could not be reached or the connection broke.
+    #[error("cannot reach the API at {url}: {message}")]
+    Transport {
+        /// Base URL.
+        url: String,
+        /// Cause.
+        message: String,
+    },
+    /// The API answered with an error.
+    #[error("{}", .body.message)]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The answer could not be decoded.
+    #[error("unexpected answer from the API: {0}")]
+    Decode(String),
+}
+
+/// An API client. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    /// Builds a client that trusts only the configuration's CA.
+    pub fn new(config: &ClientConfig) -> Result<ApiClient, ApiError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(config.ca_cert.as_bytes()) {
+            let cert = cert.map_err(|e| ApiError::Config(format!("ca_cert: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ApiError::Config(format!("ca_cert: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(ApiError::Config("ca_cert: no certificate in it".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ApiError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| ApiError::Config(e.to_string()))?;
+        Ok(ApiClient {
+            http,
+            base: config.api.trim_end_matches('/').to_owned(),
+            token: config.token.clone(),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send(&self, req: RequestBuilder) -> Result<Response, ApiError> {
+        let resp = req.send().await.map_err(|e| ApiError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
+            code: "http".to_owned(),
+            message: format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body).trim()
+            ),
+            details: Vec::new(),
+        });
+        Err(ApiError::Status {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiError> {
+        let resp = self.send(req).await?;
+        let bytes = resp.bytes().await.map_err(|e| ApiError::Transport {
+            url: self.base.clone(),
+            message: error_chain(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health, ApiError> {
+        self.json(self.request(Method::GET, "/v1/health")).await
+    }
+
+    /// `POST /v1/jobs`: creates or updates a job from spec bytes, sent unchanged.
+    /// `yaml` selects the content type; `source_name` prefixes error lines.
+    pub async fn submit_job(
+        &self,
+        source_name: &str,
+        bytes: Vec<u8>,
+        yaml: bool,
+    ) -> Result<SubmitResponse, ApiError> {
+        let content_type = if yaml {
+            "application/yaml"
+        } else {
+            "application/json"
+        };
+        let req = self
+            .request(Method::POST, "/v1/jobs")
+            .query(&[("source", source_name)])
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes);
+        self.json(req).await
+    }
+
+    /// `GET /v1/jobs`.
+    pub async fn list_jobs(&self) -> Result<Vec<JobInfo>, ApiError> {
+        self.json(self.request(Method::GET, "/v1/jobs")).await
+    }
+
+    /// `GET /v1/jobs/{name}`.
+    pub async fn get_job(&self, name: &str) -> Result<JobInfo, ApiError> {
+        self.json(self.request(Method::GET, &format!("/v1/jobs/{name}")))
+            .await
+    }
+
+    /// `POST /v1/jobs/{name}/stop`.
+    pub async fn stop_job(&self, name: &str) -> Result<JobInfo, ApiError> {
+        self.json(self.request(Method::POST, &format!("/v1/jobs/{name}/stop")))
+            .await
+    }
+
+    /// `GET /v1/tasks[?job=NAME]`.
+    pub async fn list_tasks(&self, job: Option<&str>) -> Result<Vec<TaskInfo>, ApiError> {
+        let mut req = self.request(Method::GET, "/v1/tasks");
+        if let Some(job) = job {
+            req = req.query(&[("job", job)]);
+        }
+        self.json(req).await
+    }
+
+    /// `GET /v1/tasks/{id}`.
+    pub async fn get_task(&self, id: &str) -> Result<TaskInfo, ApiError> {
+        self.json(self.request(Method::GET, &format!("/v1/tasks/{id}")))
+            .await
+    }
+
+    /// `GET /v1/tasks/{id}/logs[?follow=true]`: the log as a byte stream.
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+    ) -> Result<impl Stream<Item = Result<Bytes, ApiError>> + use<>, ApiError> {
+        let req = self
+            .request(Method::GET, &format!("/v1/tasks/{id}/logs"))
+            .query(&[("follow", follow)]);
+        let resp = self.send(req).await?;
+        let base = self.base.clone();
+        Ok(resp.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| ApiError::Transport {
+                url: base.clone(),
+                message: error_chain(&e),
+            })
+        }))
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ApiError> {
+        self.json(self.request(Method::GET, "/v1/nodes")).await
+    }
+
+    /// `GET` of any path, as JSON (e.g. `/v1/openapi.json`).
+    pub async fn get_value(&self, path: &str) -> Result<serde_json::Value, ApiError> {
+        self.json(self.request(Method::GET, path)).await
+    }
+
+    /// A raw request without the token: for tests of authentication.
+    pub async fn status_without_token(&self, path: &str) -> Result<StatusCode, ApiError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport {
+                url: self.base.clone(),
+                message: error_chain(&e),
+            })?;
+        Ok(resp.status())
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        cur = cause.source();
+    }
+    out
+}

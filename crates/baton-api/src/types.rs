@@ -1,0 +1,157 @@
+//! Request and response bodies.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Answer of `GET /v1/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the manager serves requests.
+    pub status: String,
+    /// Last applied log index.
+    pub index: u64,
+}
+
+/// An error answer: every non-2xx response has this body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Short machine-readable kind: `unauthorized`, `forbidden`, `invalid_spec`,
+    /// `not_found`, `unavailable`, `internal`.
+    pub code: String,
+    /// One human line.
+    pub message: String,
+    /// Every problem, for `invalid_spec` (one `file:line:col: path: message` each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// What a job submission did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmitOutcome {
+    /// A new job.
+    Created,
+    /// The spec changed: a new version replaces the tasks slot by slot.
+    Updated,
+    /// The same spec again: nothing changed.
+    Unchanged,
+}
+
+/// Answer of `POST /v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    /// What happened.
+    pub outcome: SubmitOutcome,
+    /// The job now.
+    pub job: JobInfo,
+}
+
+/// A job slot that gave up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SlotFailureInfo {
+    /// Slot.
+    pub slot: String,
+    /// Its last task.
+    pub task: String,
+    /// Restarts before it gave up.
+    pub restarts: u32,
+    /// Last exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// Why.
+    pub message: String,
+}
+
+/// A job and its derived status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobInfo {
+    /// Name.
+    pub name: String,
+    /// `service`, `batch` or `global`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Version (increases on every change).
+    pub version: u64,
+    /// `run` or `stop`.
+    pub desired: String,
+    /// `pending`, `running`, `complete`, `failed` or `stopped`.
+    pub phase: String,
+    /// Slots wanted (replicas, completions or eligible nodes).
+    pub desired_tasks: u32,
+    /// Tasks of the current version running.
+    pub running: u32,
+    /// Tasks of the current version not yet running.
+    pub pending: u32,
+    /// Batch: successful completions.
+    pub completed: u32,
+    /// Slots that gave up.
+    pub failures: Vec<SlotFailureInfo>,
+    /// First submitted (ms since the epoch).
+    pub created_at: u64,
+    /// Last changed (ms since the epoch).
+    pub updated_at: u64,
+    /// The spec exactly as submitted (only in `GET /v1/jobs/{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskInfo {
+    /// Id.
+    pub id: String,
+    /// Job name.
+    pub job: String,
+    /// Job version it runs.
+    pub job_version: u64,
+    /// Slot.
+    pub slot: String,
+    /// Node it is placed on.
+    pub node: Option<String>,
+    /// `running` or `shutdown`.
+    pub desired: String,
+    /// `pending`, `assigned`, `starting`, `running`, `complete`, `failed`, `shutdown`, `lost`.
+    pub state: String,
+    /// Restarts of its slot before it.
+    pub restarts: u32,
+    /// Host pid while running (raw driver).
+    pub pid: Option<u32>,
+    /// Explanation of the state.
+    pub message: String,
+    /// Exit code, once exited.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it.
+    pub signal: Option<i32>,
+    /// Created (ms since the epoch).
+    pub created_at: u64,
+    /// Started running (ms since the epoch).
+    pub started_at: Option<u64>,
+    /// Finished (ms since the epoch).
+    pub finished_at: Option<u64>,
+}
+
+/// A node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    /// Id.
+    pub id: String,
+    /// Host name.
+    pub hostname: String,
+    /// `ready` or `down`.
+    pub state: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// Drivers that work on it.
+    pub drivers: Vec<String>,
+    /// CPU offered, millicores.
+    pub cpu_millis: u64,
+    /// Memory offered, bytes.
+    pub memory_bytes: u64,
+    /// CPU reserved by its tasks.
+    pub cpu_reserved: u64,
+    /// Memory reserved by its tasks.
+    pub memory_reserved: u64,
+    /// Its tasks that are not finished.
+    pub tasks: u32,
+}

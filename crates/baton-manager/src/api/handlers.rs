@@ -1,0 +1,293 @@
+//! Route handlers. Each reads a store snapshot or proposes one command.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use baton_api::{ErrorBody, Health, JobInfo, NodeInfo, SubmitOutcome, SubmitResponse, TaskInfo};
+use baton_rpc::LogEvent;
+use baton_spec::SpecFormat;
+use baton_state::{Command, Event, TaskId};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::convert::{job_info, node_info, task_info};
+use super::{ApiFailure, AppState};
+use crate::dispatcher::LogStreamError;
+use crate::now;
+
+/// Health of this manager.
+#[utoipa::path(get, path = "/v1/health", tag = "system",
+    responses((status = 200, body = Health), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn health(State(app): State<Arc<AppState>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        index: app.store.snapshot().index,
+    })
+}
+
+/// Where a submitted spec came from, for error messages.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SubmitParams {
+    /// Name shown in front of validation errors (e.g. the file name).
+    source: Option<String>,
+}
+
+/// Create or update a job. The body is the spec, YAML (`application/yaml`) or
+/// JSON (`application/json`); it is stored exactly as sent.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(SubmitParams),
+    request_body(content = String, description = "job spec (YAML or JSON)", content_type = "application/yaml"),
+    responses((status = 201, body = SubmitResponse), (status = 200, body = SubmitResponse),
+        (status = 400, body = ErrorBody, description = "invalid spec: one line per problem in `details`")))]
+pub async fn submit_job(
+    State(app): State<Arc<AppState>>,
+    Query(params): Query<SubmitParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiFailure> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let format = match content_type.as_str() {
+        "application/json" => SpecFormat::Json,
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => SpecFormat::Yaml,
+        other => {
+            return Err(ApiFailure::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("content type {other:?}: use application/yaml or application/json"),
+            ));
+        }
+    };
+    let source_name = params.source.unwrap_or_else(|| "spec".to_owned());
+    let spec = baton_spec::parse_job(&source_name, &body, format).map_err(|errors| {
+        let details: Vec<String> = errors.to_string().lines().map(str::to_owned).collect();
+        ApiFailure {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorBody {
+                code: "invalid_spec".to_owned(),
+                message: format!("{source_name}: invalid job spec ({} problems)", details.len()),
+                details,
+            },
+        }
+    })?;
+    // parse_job accepted the bytes, so they are UTF-8.
+    let source = String::from_utf8_lossy(&body).into_owned();
+    let name = spec.name.clone();
+    let applied = app
+        .store
+        .propose(Command::PutJob {
+            spec,
+            format,
+            source,
+            now: now(),
+        })
+        .await?;
+    let outcome = applied
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::JobCreated { .. } => Some(SubmitOutcome::Created),
+            Event::JobUpdated { .. } => Some(SubmitOutcome::Updated),
+            Event::JobUnchanged { .. } => Some(SubmitOutcome::Unchanged),
+            _ => None,
+        })
+        .unwrap_or(SubmitOutcome::Unchanged);
+    let snapshot = app.store.snapshot();
+    let job = snapshot
+        .state
+        .job(&name)
+        .ok_or_else(|| ApiFailure::not_found(format!("job {name:?} not found")))?;
+    let status = if outcome == SubmitOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    tracing::info!(job = %name, version = job.version, ?outcome, "job submitted");
+    Ok((
+        status,
+        Json(SubmitResponse {
+            outcome,
+            job: job_info(&snapshot.state, job, false),
+        }),
+    ))
+}
+
+/// List jobs.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", responses((status = 200, body = Vec<JobInfo>)))]
+pub async fn list_jobs(State(app): State<Arc<AppState>>) -> Json<Vec<JobInfo>> {
+    let snapshot = app.store.snapshot();
+    Json(
+        snapshot
+            .state
+            .jobs()
+            .map(|job| job_info(&snapshot.state, job, false))
+            .collect(),
+    )
+}
+
+/// Get a job, its status and its spec as submitted.
+#[utoipa::path(get, path = "/v1/jobs/{name}", tag = "jobs", params(("name" = String, Path)),
+    responses((status = 200, body = JobInfo), (status = 404, body = ErrorBody)))]
+pub async fn get_job(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<JobInfo>, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let job = snapshot
+        .state
+        .job(&name)
+        .ok_or_else(|| ApiFailure::not_found(format!("job {name:?} not found")))?;
+    Ok(Json(job_info(&snapshot.state, job, true)))
+}
+
+/// Stop a job: every task is stopped; the job stays, with desired state `stop`.
+#[utoipa::path(post, path = "/v1/jobs/{name}/stop", tag = "jobs", params(("name" = String, Path)),
+    responses((status = 200, body = JobInfo), (status = 404, body = ErrorBody)))]
+pub async fn stop_job(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<JobInfo>, ApiFailure> {
+    app.store
+        .propose(Command::StopJob {
+            name: name.clone(),
+            now: now(),
+        })
+        .await?;
+    let snapshot = app.store.snapshot();
+    let job = snapshot
+        .state
+        .job(&name)
+        .ok_or_else(|| ApiFailure::not_found(format!("job {name:?} not found")))?;
+    tracing::info!(job = %name, "job stopped");
+    Ok(Json(job_info(&snapshot.state, job, false)))
+}
+
+/// Filter of the task list.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TaskFilter {
+    /// Only this job's tasks.
+    job: Option<String>,
+}
+
+/// List tasks (all, or one job's).
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(TaskFilter),
+    responses((status = 200, body = Vec<TaskInfo>), (status = 404, body = ErrorBody)))]
+pub async fn list_tasks(
+    State(app): State<Arc<AppState>>,
+    Query(filter): Query<TaskFilter>,
+) -> Result<Json<Vec<TaskInfo>>, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let state = &snapshot.state;
+    let mut tasks: Vec<TaskInfo> = match &filter.job {
+        Some(job) => {
+            if state.job(job).is_none() {
+                return Err(ApiFailure::not_found(format!("job {job:?} not found")));
+            }
+            state.tasks_of_job(job).map(task_info).collect()
+        }
+        None => state.tasks().map(task_info).collect(),
+    };
+    tasks.sort_by(|a, b| (&a.job, a.created_at, &a.id).cmp(&(&b.job, b.created_at, &b.id)));
+    Ok(Json(tasks))
+}
+
+/// Get a task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, body = TaskInfo), (status = 404, body = ErrorBody)))]
+pub async fn get_task(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskInfo>, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let task = snapshot
+        .state
+        .task(&TaskId(id.clone()))
+        .ok_or_else(|| ApiFailure::not_found(format!("task {id} not found")))?;
+    Ok(Json(task_info(task)))
+}
+
+/// Options of a log request.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LogParams {
+    /// Keep streaming until the task ends.
+    #[serde(default)]
+    follow: bool,
+}
+
+/// A task's output (stdout and stderr), streamed from its node.
+#[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path), LogParams),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn task_logs(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(params): Query<LogParams>,
+) -> Result<Response, ApiFailure> {
+    let mut events = app
+        .dispatcher
+        .request_logs(&TaskId(id), params.follow)
+        .await
+        .map_err(|e| match e {
+            LogStreamError::TaskNotFound(_) | LogStreamError::NotPlaced(_) => {
+                ApiFailure::not_found(e.to_string())
+            }
+            LogStreamError::NodeNotConnected(_) => {
+                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            }
+        })?;
+    // The first event decides the status: an agent that has no log answers 404.
+    let first = events.recv().await;
+    let first = match first {
+        Some(LogEvent::Error(message)) => return Err(ApiFailure::not_found(message)),
+        None => {
+            return Err(ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "log stream ended before it started",
+            ));
+        }
+        Some(event) => event,
+    };
+    let stream = futures::stream::unfold((Some(first), events), |(pending, mut events)| async move {
+        let event = match pending {
+            Some(event) => Some(event),
+            None => events.recv().await,
+        };
+        match event? {
+            LogEvent::Data(bytes) => Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), (None, events))),
+            LogEvent::End => None,
+            LogEvent::Error(message) => Some((
+                Err(std::io::Error::other(message)),
+                (None, events),
+            )),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// List nodes.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", responses((status = 200, body = Vec<NodeInfo>)))]
+pub async fn list_nodes(State(app): State<Arc<AppState>>) -> Json<Vec<NodeInfo>> {
+    let snapshot = app.store.snapshot();
+    Json(
+        snapshot
+            .state
+            .nodes()
+            .map(|node| node_info(&snapshot.state, node))
+            .collect(),
+    )
+}

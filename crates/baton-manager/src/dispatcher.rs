@@ -1,0 +1,302 @@
+//! The dispatcher: one session per agent.
+//!
+//! For each session a pusher task watches store snapshots, computes the node's
+//! full assignment set ([`assignments_for`], pure) and pushes it whenever it
+//! differs from the last one pushed. Reports are proposed as commands carrying
+//! the session's node id; the state machine checks each reported task belongs
+//! to that node. Log streams are brokered: the API asks for a log through the
+//! owning node's session and the agent answers with [`Dispatcher::send_logs`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use baton_rpc::{
+    Assignment, AssignmentSet, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError,
+    Session, SessionMessage,
+};
+use baton_state::{
+    Command, Node, NodeAvailability, NodeId, NodeState, State, TaskId, TaskReport,
+};
+use baton_store::{Store, StoreError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::now;
+
+/// How long a node may be without a session before it is marked down and its
+/// tasks are rescheduled. Long enough for an agent restart or a brief network
+/// blip; short enough that services come back within a minute.
+pub const NODE_DOWN_GRACE: Duration = Duration::from_secs(30);
+
+struct SessionEntry {
+    generation: u64,
+    tx: mpsc::Sender<SessionMessage>,
+    cancel: CancellationToken,
+}
+
+struct LogStream {
+    node: NodeId,
+    tx: mpsc::Sender<LogEvent>,
+}
+
+/// Why a log stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStreamError {
+    /// No such task.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// The task never had a node.
+    #[error("task {0} was never placed on a node, so it has no log")]
+    NotPlaced(TaskId),
+    /// Its node has no session.
+    #[error("node {0} is not connected")]
+    NodeNotConnected(NodeId),
+}
+
+/// The dispatcher service.
+pub struct DispatcherService {
+    store: Arc<dyn Store>,
+    sessions: Mutex<HashMap<NodeId, SessionEntry>>,
+    logs: Mutex<HashMap<u64, LogStream>>,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+    this: Weak<DispatcherService>,
+}
+
+impl std::fmt::Debug for DispatcherService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherService").finish_non_exhaustive()
+    }
+}
+
+/// The full assignment set of a node: its tasks that are not finished.
+pub fn assignments_for(state: &State, node: &NodeId) -> Vec<Assignment> {
+    state
+        .tasks_of_node(node)
+        .filter(|task| task.is_active())
+        .filter_map(|task| {
+            let job = state.job(&task.job)?;
+            Some(Assignment {
+                task: task.id.clone(),
+                job: task.job.clone(),
+                job_version: task.job_version,
+                slot: task.slot.to_string(),
+                // Jobs keep only their current spec: an older-version task gets it
+                // too, which the agent only reads to stop the task (kill_timeout),
+                // as it never starts a task past `assigned` twice.
+                spec: job.spec.task.clone(),
+                desired: task.desired,
+                state: task.status.state,
+            })
+        })
+        .collect()
+}
+
+impl DispatcherService {
+    /// A dispatcher over a store; its sessions end when `shutdown` is cancelled.
+    pub fn new(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<DispatcherService> {
+        Arc::new_cyclic(|this| DispatcherService {
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+            this: this.clone(),
+        })
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LogStream>> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a stream of a task's log from the node that runs (or ran) it.
+    pub async fn request_logs(
+        &self,
+        task: &TaskId,
+        follow: bool,
+    ) -> Result<mpsc::Receiver<LogEvent>, LogStreamError> {
+        let snapshot = self.store.snapshot();
+        let node = snapshot
+            .state
+            .task(task)
+            .ok_or_else(|| LogStreamError::TaskNotFound(task.clone()))?
+            .node
+            .clone()
+            .ok_or_else(|| LogStreamError::NotPlaced(task.clone()))?;
+        let session_tx = self
+            .lock_sessions()
+            .get(&node)
+            .map(|s| s.tx.clone())
+            .ok_or_else(|| LogStreamError::NodeNotConnected(node.clone()))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(16);
+        self.lock_logs().insert(
+            id,
+            LogStream {
+                node: node.clone(),
+                tx,
+            },
+        );
+        let request = SessionMessage::Logs(LogRequest {
+            id,
+            task: task.clone(),
+            follow,
+        });
+        if session_tx.send(request).await.is_err() {
+            self.lock_logs().remove(&id);
+            return Err(LogStreamError::NodeNotConnected(node));
+        }
+        Ok(rx)
+    }
+
+    /// Pushes a node's assignment set whenever it changes, until the session ends.
+    async fn push_assignments(
+        self: Arc<Self>,
+        node: NodeId,
+        generation: u64,
+        tx: mpsc::Sender<SessionMessage>,
+        cancel: CancellationToken,
+    ) {
+        let mut changes = self.store.subscribe();
+        let mut last: Option<Vec<Assignment>> = None;
+        let mut seq = 0;
+        loop {
+            let snapshot = changes.borrow_and_update().clone();
+            let tasks = assignments_for(&snapshot.state, &node);
+            if last.as_ref() != Some(&tasks) {
+                seq += 1;
+                let set = AssignmentSet {
+                    seq,
+                    tasks: tasks.clone(),
+                };
+                if tx.send(SessionMessage::Assignments(set)).await.is_err() {
+                    break;
+                }
+                last = Some(tasks);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tx.closed() => break,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+        }
+        // The agent went away. Unless it comes back in time, its node is down.
+        let still_current = {
+            let mut sessions = self.lock_sessions();
+            let current = sessions.get(&node).is_some_and(|s| s.generation == generation);
+            if current {
+                sessions.remove(&node);
+            }
+            current
+        };
+        if !still_current {
+            return;
+        }
+        tracing::info!(node_id = %node, "agent session closed");
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = tokio::time::sleep(NODE_DOWN_GRACE) => {
+                if !self.lock_sessions().contains_key(&node) {
+                    tracing::warn!(node_id = %node, "node down: no session for {NODE_DOWN_GRACE:?}");
+                    let cmd = Command::NodeDown { id: node.clone(), now: now() };
+                    if let Err(e) = self.store.propose(cmd).await {
+                        tracing::error!(node_id = %node, error = %e, "marking node down failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn unavailable(e: StoreError) -> RpcError {
+    RpcError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Dispatcher for DispatcherService {
+    async fn open_session(&self, desc: NodeDescription) -> Result<Session, RpcError> {
+        if self.shutdown.is_cancelled() {
+            return Err(RpcError::Unavailable("manager is shutting down".to_owned()));
+        }
+        let now = now();
+        let node = Node {
+            id: desc.node_id.clone(),
+            hostname: desc.hostname,
+            capacity: desc.capacity,
+            drivers: desc.drivers.into_iter().collect::<BTreeSet<_>>(),
+            state: NodeState::Ready,
+            availability: NodeAvailability::Active,
+            registered_at: now,
+            state_since: now,
+        };
+        self.store
+            .propose(Command::RegisterNode { node, now })
+            .await
+            .map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(64);
+        let cancel = self.shutdown.child_token();
+        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let replaced = self.lock_sessions().insert(
+            desc.node_id.clone(),
+            SessionEntry {
+                generation,
+                tx: tx.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        if let Some(old) = replaced {
+            old.cancel.cancel();
+        }
+        tracing::info!(node_id = %desc.node_id, "agent session opened");
+        let this = self
+            .this
+            .upgrade()
+            .ok_or_else(|| RpcError::Unavailable("dispatcher is gone".to_owned()))?;
+        tokio::spawn(this.push_assignments(desc.node_id.clone(), generation, tx, cancel));
+        Ok(Session {
+            node_id: desc.node_id,
+            messages: rx,
+        })
+    }
+
+    async fn report(&self, node: &NodeId, reports: Vec<TaskReport>) -> Result<(), RpcError> {
+        if !self.lock_sessions().contains_key(node) {
+            return Err(RpcError::NoSession(node.clone()));
+        }
+        if reports.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .propose(Command::ReportTasks {
+                node: node.clone(),
+                reports,
+                now: now(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn send_logs(&self, node: &NodeId, request: u64, event: LogEvent) -> Result<(), RpcError> {
+        let tx = {
+            let logs = self.lock_logs();
+            match logs.get(&request) {
+                Some(stream) if &stream.node == node => stream.tx.clone(),
+                // Same answer whether the stream exists or belongs to another node.
+                _ => return Err(RpcError::LogStreamClosed(request)),
+            }
+        };
+        let last = matches!(event, LogEvent::End | LogEvent::Error(_));
+        let sent = tx.send(event).await;
+        if last || sent.is_err() {
+            self.lock_logs().remove(&request);
+        }
+        sent.map_err(|_| RpcError::LogStreamClosed(request))
+    }
+}

@@ -1,0 +1,29 @@
+//! The manager: it owns the cluster's desired state and drives it.
+//!
+//! - [`api`]: the HTTPS API (`/v1`), every route behind bearer-token
+//!   authentication, and its OpenAPI description.
+//! - [`control`]: the control loop: on every state change (or restart backoff
+//!   expiry) it runs the pure reconciler + scheduler over a snapshot and
+//!   proposes the resulting plan.
+//! - [`dispatcher`]: one session per agent; pushes each node its own full
+//!   assignment set, records its reports, brokers log streams.
+//!
+//! Architecture invariant: every write goes through [`baton_store::Store::propose`];
+//! nothing here mutates state directly, and reads come from store snapshots.
+
+pub mod api;
+pub mod control;
+pub mod dispatcher;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use baton_state::Timestamp;
+
+/// The wall clock, read only at the edge and carried into commands.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Timestamp(u64::try_from(ms).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,349 @@
+//! The client subcommands: each loads the client config and calls the API.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_api::{ApiClient, ClientConfig, JobInfo, SubmitOutcome, TaskInfo};
+use baton_spec::SpecFormat;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+
+use crate::Failure;
+use crate::output::{Format, or_dash, print_json, print_table};
+
+/// `baton job …`
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Create or update a job from a spec file (YAML, or JSON if it ends in .json).
+    Run {
+        /// Spec file.
+        file: PathBuf,
+        /// Return once submitted, without waiting for the tasks.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Check a spec file without submitting it.
+    Validate {
+        /// Spec file.
+        file: PathBuf,
+    },
+    /// List jobs.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a job's status and tasks.
+    Status {
+        /// Job name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Stop a job's tasks.
+    Stop {
+        /// Job name.
+        name: String,
+    },
+}
+
+/// `baton task …`
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// List tasks.
+    Ls {
+        /// Only this job's tasks.
+        #[arg(long)]
+        job: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+/// `baton node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+/// `baton logs TASK_ID [-f]`
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id.
+    task: String,
+    /// Keep printing new output until the task ends.
+    #[arg(short, long)]
+    follow: bool,
+}
+
+fn client(config: Option<PathBuf>) -> Result<ApiClient, Failure> {
+    let path = config.ok_or_else(|| {
+        Failure::usage(
+            "no client config: pass --config FILE or set BATON_CONFIG (baton dev writes DIR/client.toml)",
+        )
+    })?;
+    let config = ClientConfig::load(&path).map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(ApiClient::new(&config)?)
+}
+
+fn read_spec(file: &Path) -> Result<(String, Vec<u8>, SpecFormat), Failure> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+    let format = if file.extension().is_some_and(|e| e == "json") {
+        SpecFormat::Json
+    } else {
+        SpecFormat::Yaml
+    };
+    Ok((file.display().to_string(), bytes, format))
+}
+
+/// Runs a `job` subcommand.
+pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
+    match cmd {
+        JobCmd::Validate { file } => {
+            let (name, bytes, format) = read_spec(&file)?;
+            let spec = baton_spec::parse_job(&name, &bytes, format)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            println!("{name}: valid {} job {:?}", spec.kind.as_str(), spec.name);
+            Ok(())
+        }
+        JobCmd::Run { file, detach } => {
+            let (name, bytes, format) = read_spec(&file)?;
+            // Validate locally first: the same rules as the server, with no round trip.
+            baton_spec::parse_job(&name, &bytes, format)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            let api = client(config)?;
+            let resp = api
+                .submit_job(&name, bytes, format == SpecFormat::Yaml)
+                .await?;
+            let what = match resp.outcome {
+                SubmitOutcome::Created => "created",
+                SubmitOutcome::Updated => "updated",
+                SubmitOutcome::Unchanged => "unchanged",
+            };
+            println!("job {} {what} (version {})", resp.job.name, resp.job.version);
+            if detach {
+                return Ok(());
+            }
+            wait_for_job(&api, &resp.job.name).await
+        }
+        JobCmd::Ls { output } => {
+            let jobs = client(config)?.list_jobs().await?;
+            if output == Format::Json {
+                print_json(&jobs);
+                return Ok(());
+            }
+            print_table(
+                &["name", "type", "version", "phase", "running", "desired"],
+                jobs.iter()
+                    .map(|j| {
+                        vec![
+                            j.name.clone(),
+                            j.kind.clone(),
+                            j.version.to_string(),
+                            j.phase.clone(),
+                            j.running.to_string(),
+                            j.desired_tasks.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        JobCmd::Status { name, output } => {
+            let api = client(config)?;
+            let job = api.get_job(&name).await?;
+            let tasks = api.list_tasks(Some(&name)).await?;
+            if output == Format::Json {
+                print_json(&serde_json::json!({ "job": job, "tasks": tasks }));
+                return Ok(());
+            }
+            print_job_status(&job, &tasks);
+            Ok(())
+        }
+        JobCmd::Stop { name } => {
+            let job = client(config)?.stop_job(&name).await?;
+            println!("job {} stopping (version {})", job.name, job.version);
+            Ok(())
+        }
+    }
+}
+
+fn progress_line(job: &JobInfo) -> String {
+    if job.kind == "batch" {
+        format!(
+            "{}: {} — {}/{} completed, {} running",
+            job.name, job.phase, job.completed, job.desired_tasks, job.running
+        )
+    } else {
+        format!(
+            "{}: {} — {}/{} running",
+            job.name, job.phase, job.running, job.desired_tasks
+        )
+    }
+}
+
+fn failure_lines(job: &JobInfo) -> String {
+    job.failures
+        .iter()
+        .map(|f| {
+            let exit = match (f.exit_code, f.signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(code), None) => format!("exit code {code}"),
+                (None, None) => f.message.clone(),
+            };
+            format!(
+                "job {}: task {} (slot {}) failed after {} restarts: {exit}",
+                job.name, f.task, f.slot, f.restarts
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Shows progress until the job runs (or completes), or fails.
+async fn wait_for_job(api: &ApiClient, name: &str) -> Result<(), Failure> {
+    let mut last = String::new();
+    loop {
+        let job = api.get_job(name).await?;
+        let line = progress_line(&job);
+        if line != last {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+            last = line;
+        }
+        match job.phase.as_str() {
+            "running" if job.kind != "batch" => return Ok(()),
+            "complete" => return Ok(()),
+            "failed" => return Err(Failure::op(failure_lines(&job))),
+            "stopped" => return Err(Failure::op(format!("job {name} was stopped"))),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_job_status(job: &JobInfo, tasks: &[TaskInfo]) {
+    println!("name:     {}", job.name);
+    println!("type:     {}", job.kind);
+    println!("version:  {}", job.version);
+    println!("desired:  {}", job.desired);
+    println!("phase:    {}", job.phase);
+    if job.kind == "batch" {
+        println!("complete: {}/{}", job.completed, job.desired_tasks);
+    } else {
+        println!("running:  {}/{}", job.running, job.desired_tasks);
+    }
+    if !job.failures.is_empty() {
+        println!("failures:");
+        for line in failure_lines(job).lines() {
+            println!("  {line}");
+        }
+    }
+    println!();
+    print_tasks(tasks);
+}
+
+fn exit_text(task: &TaskInfo) -> String {
+    match (task.exit_code, task.signal) {
+        (_, Some(sig)) => format!("signal {sig}"),
+        (Some(code), None) => format!("exit {code}"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+fn print_tasks(tasks: &[TaskInfo]) {
+    print_table(
+        &["id", "job", "slot", "node", "state", "restarts", "pid", "exit", "message"],
+        tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.job.clone(),
+                    t.slot.clone(),
+                    or_dash(t.node.clone()),
+                    t.state.clone(),
+                    t.restarts.to_string(),
+                    or_dash(t.pid),
+                    exit_text(t),
+                    t.message.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+/// Runs a `task` subcommand.
+pub async fn task(config: Option<PathBuf>, cmd: TaskCmd) -> Result<(), Failure> {
+    match cmd {
+        TaskCmd::Ls { job, output } => {
+            let tasks = client(config)?.list_tasks(job.as_deref()).await?;
+            if output == Format::Json {
+                print_json(&tasks);
+            } else {
+                print_tasks(&tasks);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `logs`.
+pub async fn logs(config: Option<PathBuf>, args: LogsArgs) -> Result<(), Failure> {
+    let api = client(config)?;
+    let mut stream = Box::pin(api.logs(&args.task, args.follow).await?);
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        stdout
+            .write_all(&chunk)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Failure::op(format!("writing output: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Runs a `node` subcommand.
+pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> {
+    match cmd {
+        NodeCmd::Ls { output } => {
+            let nodes = client(config)?.list_nodes().await?;
+            if output == Format::Json {
+                print_json(&nodes);
+                return Ok(());
+            }
+            print_table(
+                &["id", "hostname", "state", "availability", "drivers", "cpu", "memory", "tasks"],
+                nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.clone(),
+                            n.hostname.clone(),
+                            n.state.clone(),
+                            n.availability.clone(),
+                            n.drivers.join(","),
+                            format!("{}m/{}m", n.cpu_reserved, n.cpu_millis),
+                            format!(
+                                "{}/{}",
+                                baton_spec::format_memory(n.memory_reserved),
+                                baton_spec::format_memory(n.memory_bytes)
+                            ),
+                            n.tasks.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+    }
+}

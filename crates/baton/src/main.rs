@@ -1,0 +1,114 @@
+//! `baton`: the one binary. `baton dev` runs a manager and an agent in one
+//! process; every other subcommand is a client of the HTTPS API.
+//!
+//! Exit codes: 0 ok, 1 the operation failed, 2 usage or validation error.
+
+mod cli;
+mod dev;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Baton: run services, batch jobs and global jobs, least privilege first.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about)]
+struct Args {
+    /// Client configuration file (written by `baton dev` as DIR/client.toml).
+    #[arg(long, global = true, env = "BATON_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a manager and an agent in this process, in the foreground.
+    Dev(dev::DevArgs),
+    /// Submit, inspect and stop jobs.
+    #[command(subcommand)]
+    Job(cli::JobCmd),
+    /// Inspect tasks.
+    #[command(subcommand)]
+    Task(cli::TaskCmd),
+    /// Print a task's output.
+    Logs(cli::LogsArgs),
+    /// Inspect nodes.
+    #[command(subcommand)]
+    Node(cli::NodeCmd),
+}
+
+/// A failure with its exit code: 1 the operation failed, 2 usage or validation.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// The operation failed.
+    pub fn op(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Bad usage or invalid input.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<baton_api::ApiError> for Failure {
+    fn from(e: baton_api::ApiError) -> Failure {
+        match &e {
+            baton_api::ApiError::Status { status: 400, body } => Failure::usage(
+                if body.details.is_empty() {
+                    body.message.clone()
+                } else {
+                    body.details.join("\n")
+                },
+            ),
+            baton_api::ApiError::Config(_) => Failure::usage(e.to_string()),
+            _ => Failure::op(e.to_string()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Cmd::Dev(dev_args) => dev::run(dev_args).await,
+            Cmd::Job(cmd) => cli::job(args.config, cmd).await,
+            Cmd::Task(cmd) => cli::task(args.config, cmd).await,
+            Cmd::Logs(logs) => cli::logs(args.config, logs).await,
+            Cmd::Node(cmd) => cli::node(args.config, cmd).await,
+        }
+    });
+    // Log streams and the like may hold blocking reads: don't wait for them.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            for line in failure.message.lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Starting `baton dev` and running CLI commands against it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of the built binary.
+pub fn baton_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_baton")
+}
+
+/// A running `baton dev`.
+pub struct Dev {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub ready_line: String,
+}
+
+impl Dev {
+    /// Starts `baton dev` on a fresh data dir.
+    pub fn start() -> (Dev, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dev = Dev::start_in(tmp.path());
+        (dev, tmp)
+    }
+
+    /// Starts `baton dev` on `dir` and waits for its ready line.
+    pub fn start_in(dir: &Path) -> Dev {
+        let mut child = Command::new(baton_bin())
+            .args(["dev", "--data-dir"])
+            .arg(dir)
+            .args(["--api", "127.0.0.1:0"])
+            .env("BATON_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn baton dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("baton dev ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        // Keep the log readable when a test fails, without blocking the child.
+        let log_path = dir.join("dev.log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .expect("dev log");
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        let ready_line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+                panic!("baton dev did not become ready; its log:\n{log}")
+            });
+        Dev {
+            child: Some(child),
+            dir: dir.to_owned(),
+            ready_line,
+        }
+    }
+
+    /// The client config it wrote.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("client.toml")
+    }
+
+    /// Runs a CLI command against it.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run_cli(&self.config(), args)
+    }
+
+    /// Runs a CLI command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "baton {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `-o json` output of a read command.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{text}"))
+    }
+
+    /// Tasks of a job (JSON).
+    pub fn tasks(&self, job: &str) -> Vec<Value> {
+        self.json(&["task", "ls", "--job", job])
+            .as_array()
+            .expect("task list")
+            .clone()
+    }
+
+    /// Running tasks of a job.
+    pub fn running(&self, job: &str) -> Vec<Value> {
+        self.tasks(job)
+            .into_iter()
+            .filter(|t| t["state"] == "running")
+            .collect()
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).expect("pid");
+            signal(pid, "TERM");
+            let status = wait_child(&mut child, Duration::from_secs(30));
+            assert!(status.is_some(), "baton dev did not stop on SIGTERM");
+        }
+    }
+
+    /// kill -9: a crash.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = i32::try_from(child.id()).expect("pid");
+            signal(pid, "TERM");
+            if wait_child(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(pid: i32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Whether a pid is alive (and not a zombie).
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+/// Runs the CLI with a config file.
+pub fn run_cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(baton_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("BATON_CONFIG")
+        .output()
+        .expect("run baton")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes a spec file into `dir`.
+pub fn spec_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write spec");
+    path
+}
+
+/// stdout + stderr as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

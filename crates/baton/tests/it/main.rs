@@ -1,0 +1,10 @@
+//! Integration tests: they drive the built `baton` binary, with real processes,
+//! real TLS and the real store. One test binary (modules below) so the suite
+//! links once.
+
+mod harness;
+
+mod api;
+mod crash;
+mod jobs;
+mod validation;
