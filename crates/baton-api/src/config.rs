@@ -65,6 +65,8 @@ impl ClientConfig {
     /// The file's text.
     pub fn to_toml(&self) -> String {
         let body = toml::to_string(self).expect("a struct of strings always serializes");
-        format!("# Baton client configuration. It holds a credential: keep it private (mode 0600).\n{body}")
+        format!(
+            "# Baton client configuration. It holds a credential: keep it private (mode 0600).\n{body}"
+        )
     }
 }

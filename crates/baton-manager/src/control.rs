@@ -23,7 +23,8 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
         let snapshot = store.snapshot();
         let now = now();
         let seed: u64 = rand::random();
-        let pass = tokio::task::spawn_blocking(move || baton_sched::plan(&snapshot.state, now, seed));
+        let pass =
+            tokio::task::spawn_blocking(move || baton_sched::plan(&snapshot.state, now, seed));
         let output = match pass.await {
             Ok(output) => output,
             Err(e) => {

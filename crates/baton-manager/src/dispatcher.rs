@@ -16,9 +16,7 @@ use baton_rpc::{
     Assignment, AssignmentSet, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError,
     Session, SessionMessage,
 };
-use baton_state::{
-    Command, Node, NodeAvailability, NodeId, NodeState, State, TaskId, TaskReport,
-};
+use baton_state::{Command, Node, NodeAvailability, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -189,7 +187,9 @@ impl DispatcherService {
         // The agent went away. Unless it comes back in time, its node is down.
         let still_current = {
             let mut sessions = self.lock_sessions();
-            let current = sessions.get(&node).is_some_and(|s| s.generation == generation);
+            let current = sessions
+                .get(&node)
+                .is_some_and(|s| s.generation == generation);
             if current {
                 sessions.remove(&node);
             }
@@ -283,7 +283,12 @@ impl Dispatcher for DispatcherService {
             .map_err(unavailable)
     }
 
-    async fn send_logs(&self, node: &NodeId, request: u64, event: LogEvent) -> Result<(), RpcError> {
+    async fn send_logs(
+        &self,
+        node: &NodeId,
+        request: u64,
+        event: LogEvent,
+    ) -> Result<(), RpcError> {
         let tx = {
             let logs = self.lock_logs();
             match logs.get(&request) {

@@ -8,8 +8,8 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use subtle::ConstantTimeEq;
 
@@ -134,8 +134,9 @@ mod tests {
 
     #[test]
     fn server_credentials_are_pem_and_key_is_redacted() {
-        let creds = generate_server_credentials("baton-dev", &["127.0.0.1".into(), "localhost".into()])
-            .expect("generate");
+        let creds =
+            generate_server_credentials("baton-dev", &["127.0.0.1".into(), "localhost".into()])
+                .expect("generate");
         assert!(creds.ca_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(creds.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(creds.key_pem.contains("PRIVATE KEY"));

@@ -54,7 +54,10 @@ fn main() {
                 if job.running == replicas {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(120), "{name} did not converge");
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "{name} did not converge"
+                );
                 std::thread::sleep(Duration::from_millis(2));
             }
             times.push(started.elapsed());

@@ -129,7 +129,10 @@ pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
                 SubmitOutcome::Updated => "updated",
                 SubmitOutcome::Unchanged => "unchanged",
             };
-            println!("job {} {what} (version {})", resp.job.name, resp.job.version);
+            println!(
+                "job {} {what} (version {})",
+                resp.job.name, resp.job.version
+            );
             if detach {
                 return Ok(());
             }
@@ -262,7 +265,9 @@ fn exit_text(task: &TaskInfo) -> String {
 
 fn print_tasks(tasks: &[TaskInfo]) {
     print_table(
-        &["id", "job", "slot", "node", "state", "restarts", "pid", "exit", "message"],
+        &[
+            "id", "job", "slot", "node", "state", "restarts", "pid", "exit", "message",
+        ],
         tasks
             .iter()
             .map(|t| {
@@ -322,7 +327,16 @@ pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> 
                 return Ok(());
             }
             print_table(
-                &["id", "hostname", "state", "availability", "drivers", "cpu", "memory", "tasks"],
+                &[
+                    "id",
+                    "hostname",
+                    "state",
+                    "availability",
+                    "drivers",
+                    "cpu",
+                    "memory",
+                    "tasks",
+                ],
                 nodes
                     .iter()
                     .map(|n| {

@@ -91,7 +91,11 @@ fn load_or_create_credentials(dir: &Path, api: SocketAddr) -> Result<Credentials
         return Ok(creds);
     }
     fs::create_dir_all(&tls_dir).map_err(|e| io_failure("cannot create", &tls_dir, e))?;
-    let mut sans = vec!["127.0.0.1".to_owned(), "::1".to_owned(), "localhost".to_owned()];
+    let mut sans = vec![
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+        "localhost".to_owned(),
+    ];
     let ip = api.ip().to_string();
     if !api.ip().is_unspecified() && !sans.contains(&ip) {
         sans.push(ip);
@@ -147,8 +151,10 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
 
     let manager_dir = dir.join("manager");
     fs::create_dir_all(&manager_dir).map_err(|e| io_failure("cannot create", &manager_dir, e))?;
-    let store = LocalStore::open(LocalStoreConfig::new(baton_store::default_path(&manager_dir)))
-        .map_err(|e| Failure::op(e.to_string()))?;
+    let store = LocalStore::open(LocalStoreConfig::new(baton_store::default_path(
+        &manager_dir,
+    )))
+    .map_err(|e| Failure::op(e.to_string()))?;
     let store: Arc<LocalStore> = Arc::new(store);
     let store_dyn: Arc<dyn Store> = store.clone();
 

@@ -69,13 +69,13 @@ impl Failure {
 impl From<baton_api::ApiError> for Failure {
     fn from(e: baton_api::ApiError) -> Failure {
         match &e {
-            baton_api::ApiError::Status { status: 400, body } => Failure::usage(
-                if body.details.is_empty() {
+            baton_api::ApiError::Status { status: 400, body } => {
+                Failure::usage(if body.details.is_empty() {
                     body.message.clone()
                 } else {
                     body.details.join("\n")
-                },
-            ),
+                })
+            }
             baton_api::ApiError::Config(_) => Failure::usage(e.to_string()),
             _ => Failure::op(e.to_string()),
         }
@@ -84,7 +84,10 @@ impl From<baton_api::ApiError> for Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -1,7 +1,9 @@
 //! State objects to wire types, by hand.
 
 use baton_api::{JobInfo, NodeInfo, SlotFailureInfo, TaskInfo};
-use baton_state::{Job, JobDesired, JobPhase, Node, NodeAvailability, NodeState, State, Task, TaskDesired};
+use baton_state::{
+    Job, JobDesired, JobPhase, Node, NodeAvailability, NodeState, State, Task, TaskDesired,
+};
 
 pub fn job_info(state: &State, job: &Job, with_source: bool) -> JobInfo {
     let summary = state.job_summary(job);
@@ -89,7 +91,12 @@ pub fn node_info(state: &State, node: &Node) -> NodeInfo {
         memory_bytes: node.capacity.memory_bytes,
         cpu_reserved: reserved.cpu_millis,
         memory_reserved: reserved.memory_bytes,
-        tasks: u32::try_from(state.tasks_of_node(&node.id).filter(|t| t.is_active()).count())
-            .unwrap_or(u32::MAX),
+        tasks: u32::try_from(
+            state
+                .tasks_of_node(&node.id)
+                .filter(|t| t.is_active())
+                .count(),
+        )
+        .unwrap_or(u32::MAX),
     }
 }

@@ -75,7 +75,10 @@ pub async fn submit_job(
             status: StatusCode::BAD_REQUEST,
             body: ErrorBody {
                 code: "invalid_spec".to_owned(),
-                message: format!("{source_name}: invalid job spec ({} problems)", details.len()),
+                message: format!(
+                    "{source_name}: invalid job spec ({} problems)",
+                    details.len()
+                ),
                 details,
             },
         }
@@ -241,9 +244,11 @@ pub async fn task_logs(
             LogStreamError::TaskNotFound(_) | LogStreamError::NotPlaced(_) => {
                 ApiFailure::not_found(e.to_string())
             }
-            LogStreamError::NodeNotConnected(_) => {
-                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-            }
+            LogStreamError::NodeNotConnected(_) => ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
         })?;
     // The first event decides the status: an agent that has no log answers 404.
     let first = events.recv().await;
@@ -258,20 +263,22 @@ pub async fn task_logs(
         }
         Some(event) => event,
     };
-    let stream = futures::stream::unfold((Some(first), events), |(pending, mut events)| async move {
-        let event = match pending {
-            Some(event) => Some(event),
-            None => events.recv().await,
-        };
-        match event? {
-            LogEvent::Data(bytes) => Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), (None, events))),
-            LogEvent::End => None,
-            LogEvent::Error(message) => Some((
-                Err(std::io::Error::other(message)),
-                (None, events),
-            )),
-        }
-    });
+    let stream =
+        futures::stream::unfold((Some(first), events), |(pending, mut events)| async move {
+            let event = match pending {
+                Some(event) => Some(event),
+                None => events.recv().await,
+            };
+            match event? {
+                LogEvent::Data(bytes) => {
+                    Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), (None, events)))
+                }
+                LogEvent::End => None,
+                LogEvent::Error(message) => {
+                    Some((Err(std::io::Error::other(message)), (None, events)))
+                }
+            }
+        });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),

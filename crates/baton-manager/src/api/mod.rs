@@ -83,7 +83,11 @@ impl From<baton_store::StoreError> for ApiFailure {
             }
             StoreError::Fatal(m) => {
                 tracing::error!(error = %m, "store failure");
-                ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "store failure")
+                ApiFailure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "store failure",
+                )
             }
         }
     }
@@ -175,6 +179,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         )
         .fallback(|| async { ApiFailure::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate,
+        ))
         .with_state(app)
 }

@@ -108,14 +108,20 @@ async fn snapshots_compact_the_log_and_reopen_to_the_same_state() {
     {
         let store = LocalStore::open(config.clone()).expect("open");
         for i in 0..25 {
-            store.propose(put(&format!("job-{i}"), 1)).await.expect("propose");
+            store
+                .propose(put(&format!("job-{i}"), 1))
+                .await
+                .expect("propose");
         }
     }
     let db = Database::create(&path).expect("db");
     let read = db.begin_read().expect("read");
     let log = read.open_table(LOG).expect("log");
     let first = log.first().expect("first").map(|(k, _)| k.value());
-    assert!(first.is_some_and(|i| i > 10), "log compacted, first = {first:?}");
+    assert!(
+        first.is_some_and(|i| i > 10),
+        "log compacted, first = {first:?}"
+    );
     drop(log);
     drop(read);
     drop(db);
@@ -127,12 +133,16 @@ async fn snapshots_compact_the_log_and_reopen_to_the_same_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_proposals_all_commit_in_one_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(LocalStore::open(LocalStoreConfig::new(dir.path().join("s.redb"))).expect("open"));
+    let store =
+        Arc::new(LocalStore::open(LocalStoreConfig::new(dir.path().join("s.redb"))).expect("open"));
     let mut handles = Vec::new();
     for i in 0..200 {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            store.propose(put(&format!("j-{i}"), 1)).await.map(|a| a.index)
+            store
+                .propose(put(&format!("j-{i}"), 1))
+                .await
+                .map(|a| a.index)
         }));
     }
     let mut indexes = Vec::new();

@@ -13,7 +13,10 @@ fn service(name: &str, replicas: u32) -> String {
 }
 
 fn pids(dev: &Dev, job: &str) -> Vec<i64> {
-    dev.running(job).iter().map(|t| t["pid"].as_i64().expect("pid")).collect()
+    dev.running(job)
+        .iter()
+        .map(|t| t["pid"].as_i64().expect("pid"))
+        .collect()
 }
 
 #[test]
@@ -34,7 +37,12 @@ fn clean_restart_stops_tasks_and_brings_every_job_back() {
 
     let dev = Dev::start_in(tmp.path());
     let jobs = dev.json(&["job", "ls"]);
-    let names: Vec<&str> = jobs.as_array().expect("jobs").iter().map(|j| j["name"].as_str().expect("name")).collect();
+    let names: Vec<&str> = jobs
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["name"].as_str().expect("name"))
+        .collect();
     assert_eq!(names, vec!["api", "web"]);
     wait_for("jobs running again", Duration::from_secs(20), || {
         (dev.running("web").len() == 2 && dev.running("api").len() == 1).then_some(())
@@ -59,16 +67,25 @@ fn kill_9_neither_orphans_nor_duplicates_tasks() {
     // ...until it comes back: it kills them, reports them lost, and the slots run anew.
     let dev = Dev::start_in(tmp.path());
     for pid in &old {
-        wait_for("the orphan to be killed", Duration::from_secs(10), || (!alive(*pid)).then_some(()));
+        wait_for("the orphan to be killed", Duration::from_secs(10), || {
+            (!alive(*pid)).then_some(())
+        });
     }
     let running = wait_for("two fresh tasks", Duration::from_secs(20), || {
         let running = dev.running("web");
         (running.len() == 2).then_some(running)
     });
-    let mut slots: Vec<&str> = running.iter().map(|t| t["slot"].as_str().expect("slot")).collect();
+    let mut slots: Vec<&str> = running
+        .iter()
+        .map(|t| t["slot"].as_str().expect("slot"))
+        .collect();
     slots.sort_unstable();
     assert_eq!(slots, vec!["0", "1"], "one task per slot, no duplicates");
-    let lost = dev.tasks("web").into_iter().filter(|t| t["state"] == "lost").count();
+    let lost = dev
+        .tasks("web")
+        .into_iter()
+        .filter(|t| t["state"] == "lost")
+        .count();
     assert_eq!(lost, 2);
 }
 
@@ -87,7 +104,10 @@ fn kill_9_during_submissions_loses_no_acknowledged_job() {
             for i in 0..100 {
                 let name = format!("job-{worker}-{i}");
                 let file = spec_file(&dir, &format!("{name}.yaml"), &service(&name, 0));
-                let out = run_cli(&config, &["job", "run", "--detach", file.to_str().expect("path")]);
+                let out = run_cli(
+                    &config,
+                    &["job", "run", "--detach", file.to_str().expect("path")],
+                );
                 if out.status.success() {
                     acked.lock().expect("lock").push(name);
                 } else {
@@ -96,9 +116,11 @@ fn kill_9_during_submissions_loses_no_acknowledged_job() {
             }
         }));
     }
-    wait_for("some acknowledged submissions", Duration::from_secs(60), || {
-        (acked.lock().expect("lock").len() >= 20).then_some(())
-    });
+    wait_for(
+        "some acknowledged submissions",
+        Duration::from_secs(60),
+        || (acked.lock().expect("lock").len() >= 20).then_some(()),
+    );
     dev.crash();
     for s in submitters {
         s.join().expect("submitter");

@@ -105,7 +105,8 @@ impl Dev {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         let text = self.ok(&all);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{text}"))
     }
 
     /// Tasks of a job (JSON).

@@ -28,7 +28,10 @@ fn service_reaches_replicas_and_a_killed_task_is_restarted() {
 
     let running = dev.running("web");
     assert_eq!(running.len(), 3, "{running:?}");
-    let mut slots: Vec<String> = running.iter().map(|t| t["slot"].as_str().expect("slot").to_owned()).collect();
+    let mut slots: Vec<String> = running
+        .iter()
+        .map(|t| t["slot"].as_str().expect("slot").to_owned())
+        .collect();
     slots.sort();
     assert_eq!(slots, vec!["0", "1", "2"]);
     for task in &running {
@@ -42,15 +45,25 @@ fn service_reaches_replicas_and_a_killed_task_is_restarted() {
     let victim = &running[0];
     let victim_id = victim["id"].as_str().expect("id").to_owned();
     let victim_slot = victim["slot"].as_str().expect("slot").to_owned();
-    signal(i32::try_from(victim["pid"].as_i64().expect("pid")).expect("pid"), "KILL");
-    let replacement = wait_for("the killed task's slot to run again", Duration::from_secs(5), || {
-        dev.running("web")
-            .into_iter()
-            .find(|t| t["slot"] == victim_slot.as_str() && t["id"] != victim_id.as_str())
-    });
+    signal(
+        i32::try_from(victim["pid"].as_i64().expect("pid")).expect("pid"),
+        "KILL",
+    );
+    let replacement = wait_for(
+        "the killed task's slot to run again",
+        Duration::from_secs(5),
+        || {
+            dev.running("web")
+                .into_iter()
+                .find(|t| t["slot"] == victim_slot.as_str() && t["id"] != victim_id.as_str())
+        },
+    );
     assert_eq!(replacement["restarts"], 1);
     let tasks = dev.tasks("web");
-    let old = tasks.iter().find(|t| t["id"] == victim_id.as_str()).expect("old task kept in history");
+    let old = tasks
+        .iter()
+        .find(|t| t["id"] == victim_id.as_str())
+        .expect("old task kept in history");
     assert_eq!(old["state"], "failed");
     assert_eq!(old["signal"], 9);
     assert_eq!(dev.running("web").len(), 3);
@@ -67,14 +80,26 @@ fn service_reaches_replicas_and_a_killed_task_is_restarted() {
 #[test]
 fn resubmitting_unchanged_spec_changes_nothing_and_changed_spec_replaces_tasks() {
     let (dev, tmp) = Dev::start();
-    let file = spec_file(tmp.path(), "web.yaml", &SERVICE.replace("replicas: 3", "replicas: 2"));
+    let file = spec_file(
+        tmp.path(),
+        "web.yaml",
+        &SERVICE.replace("replicas: 3", "replicas: 2"),
+    );
     dev.ok(&["job", "run", file.to_str().expect("path")]);
-    let before: Vec<String> = dev.running("web").iter().map(|t| t["id"].to_string()).collect();
+    let before: Vec<String> = dev
+        .running("web")
+        .iter()
+        .map(|t| t["id"].to_string())
+        .collect();
     assert_eq!(before.len(), 2);
 
     let out = dev.ok(&["job", "run", file.to_str().expect("path")]);
     assert!(out.contains("job web unchanged (version 1)"), "{out}");
-    let mut after: Vec<String> = dev.running("web").iter().map(|t| t["id"].to_string()).collect();
+    let mut after: Vec<String> = dev
+        .running("web")
+        .iter()
+        .map(|t| t["id"].to_string())
+        .collect();
     after.sort();
     let mut before_sorted = before.clone();
     before_sorted.sort();
@@ -86,12 +111,22 @@ fn resubmitting_unchanged_spec_changes_nothing_and_changed_spec_replaces_tasks()
     let file = spec_file(tmp.path(), "web.yaml", &changed);
     let out = dev.ok(&["job", "run", file.to_str().expect("path")]);
     assert!(out.contains("job web updated (version 2)"), "{out}");
-    let tasks = wait_for("both slots on version 2 and old tasks stopped", Duration::from_secs(20), || {
-        let tasks = dev.tasks("web");
-        let new_running = tasks.iter().filter(|t| t["job_version"] == 2 && t["state"] == "running").count();
-        let old_live = tasks.iter().filter(|t| t["job_version"] == 1 && t["state"] == "running").count();
-        (new_running == 2 && old_live == 0).then_some(tasks)
-    });
+    let tasks = wait_for(
+        "both slots on version 2 and old tasks stopped",
+        Duration::from_secs(20),
+        || {
+            let tasks = dev.tasks("web");
+            let new_running = tasks
+                .iter()
+                .filter(|t| t["job_version"] == 2 && t["state"] == "running")
+                .count();
+            let old_live = tasks
+                .iter()
+                .filter(|t| t["job_version"] == 1 && t["state"] == "running")
+                .count();
+            (new_running == 2 && old_live == 0).then_some(tasks)
+        },
+    );
     for old in tasks.iter().filter(|t| t["job_version"] == 1) {
         assert_eq!(old["state"], "shutdown", "{old}");
     }
@@ -118,7 +153,12 @@ task:
     let status = dev.json(&["job", "status", "crunch"]);
     assert_eq!(status["job"]["phase"], "complete");
     assert_eq!(status["job"]["completed"], 4);
-    let complete = status["tasks"].as_array().expect("tasks").iter().filter(|t| t["state"] == "complete").count();
+    let complete = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter(|t| t["state"] == "complete")
+        .count();
     assert_eq!(complete, 4);
     let human = dev.ok(&["job", "status", "crunch"]);
     assert!(human.contains("phase:    complete"), "{human}");
@@ -145,7 +185,11 @@ restart:
     );
     let out = dev.cli(&["job", "run", file.to_str().expect("path")]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(
         stderr.contains("failed after 2 restarts: exit code 3"),
         "stderr: {stderr}"
@@ -155,25 +199,46 @@ restart:
     let failure = &status["job"]["failures"][0];
     assert_eq!(failure["restarts"], 2);
     assert_eq!(failure["exit_code"], 3);
-    let failed = status["tasks"].as_array().expect("tasks").iter().filter(|t| t["state"] == "failed").count();
+    let failed = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter(|t| t["state"] == "failed")
+        .count();
     assert_eq!(failed, 3, "first run and two restarts");
     let human = dev.ok(&["job", "status", "doomed"]);
-    assert!(human.contains("failed after 2 restarts: exit code 3"), "{human}");
+    assert!(
+        human.contains("failed after 2 restarts: exit code 3"),
+        "{human}"
+    );
 }
 
 #[test]
 fn stopping_a_job_stops_its_processes() {
     let (dev, tmp) = Dev::start();
-    let file = spec_file(tmp.path(), "web.yaml", &SERVICE.replace("replicas: 3", "replicas: 2"));
+    let file = spec_file(
+        tmp.path(),
+        "web.yaml",
+        &SERVICE.replace("replicas: 3", "replicas: 2"),
+    );
     dev.ok(&["job", "run", file.to_str().expect("path")]);
-    let pids: Vec<i64> = dev.running("web").iter().map(|t| t["pid"].as_i64().expect("pid")).collect();
+    let pids: Vec<i64> = dev
+        .running("web")
+        .iter()
+        .map(|t| t["pid"].as_i64().expect("pid"))
+        .collect();
     let out = dev.ok(&["job", "stop", "web"]);
     assert!(out.contains("job web stopping"), "{out}");
     wait_for("every task shut down", Duration::from_secs(10), || {
-        dev.tasks("web").iter().all(|t| t["state"] == "shutdown").then_some(())
+        dev.tasks("web")
+            .iter()
+            .all(|t| t["state"] == "shutdown")
+            .then_some(())
     });
     for pid in pids {
-        wait_for("task process gone", Duration::from_secs(5), || (!alive(pid)).then_some(()));
+        wait_for("task process gone", Duration::from_secs(5), || {
+            (!alive(pid)).then_some(())
+        });
     }
     let jobs = dev.json(&["job", "ls"]);
     assert_eq!(jobs[0]["phase"], "stopped");
@@ -195,7 +260,9 @@ task:
     );
     dev.ok(&["job", "run", "--detach", file.to_str().expect("path")]);
     let task = wait_for("the task to be placed", Duration::from_secs(10), || {
-        dev.tasks("count").into_iter().find(|t| t["node"].is_string())
+        dev.tasks("count")
+            .into_iter()
+            .find(|t| t["node"].is_string())
     });
     let id = task["id"].as_str().expect("id").to_owned();
     let out = wait_for("the log to be readable", Duration::from_secs(10), || {

@@ -25,21 +25,81 @@ restart:
 /// (what, spec text, text that must appear in the error line)
 fn cases() -> Vec<(&'static str, String, &'static str)> {
     vec![
-        ("bad name", VALID.replace("name: web", "name: Web_1"), "web.yaml:1:7: name:"),
-        ("unknown field", VALID.replace("replicas: 2", "replica: 2"), "web.yaml:3:1: replica:"),
-        ("duplicate key", VALID.replace("type: service", "name: other"), "name:"),
-        ("wrong type", VALID.replace("replicas: 2", "replicas: many"), "web.yaml:3:11: replicas:"),
-        ("replicas on batch", VALID.replace("type: service", "type: batch"), "replicas:"),
-        ("bad memory", VALID.replace("memory: 64Mi", "memory: 64XB"), "task.resources.memory: \"64XB\" is not a size"),
-        ("bad cpu", VALID.replace("cpu: 100m", "cpu: lots"), "task.resources.cpu:"),
-        ("bad duration", VALID.replace("kill_timeout: 5s", "kill_timeout: 5 parsecs"), "task.kill_timeout:"),
-        ("empty command", VALID.replace("[\"/bin/sleep\", \"100\"]", "[]"), "task.command:"),
-        ("bad env key", VALID.replace("GREETING: hello", "1BAD-KEY: hello"), "task.env"),
-        ("relative workdir", VALID.replace("workdir: /tmp", "workdir: tmp"), "task.workdir:"),
-        ("unknown policy", VALID.replace("policy: on-failure", "policy: sometimes"), "restart.policy:"),
-        ("max_delay below delay", VALID.replace("max_delay: 30s", "max_delay: 10ms"), "restart.max_delay:"),
-        ("unknown type", VALID.replace("type: service", "type: daemon"), "type:"),
-        ("missing driver", VALID.replace("  driver: raw\n", ""), "task.driver"),
+        (
+            "bad name",
+            VALID.replace("name: web", "name: Web_1"),
+            "web.yaml:1:7: name:",
+        ),
+        (
+            "unknown field",
+            VALID.replace("replicas: 2", "replica: 2"),
+            "web.yaml:3:1: replica:",
+        ),
+        (
+            "duplicate key",
+            VALID.replace("type: service", "name: other"),
+            "name:",
+        ),
+        (
+            "wrong type",
+            VALID.replace("replicas: 2", "replicas: many"),
+            "web.yaml:3:11: replicas:",
+        ),
+        (
+            "replicas on batch",
+            VALID.replace("type: service", "type: batch"),
+            "replicas:",
+        ),
+        (
+            "bad memory",
+            VALID.replace("memory: 64Mi", "memory: 64XB"),
+            "task.resources.memory: \"64XB\" is not a size",
+        ),
+        (
+            "bad cpu",
+            VALID.replace("cpu: 100m", "cpu: lots"),
+            "task.resources.cpu:",
+        ),
+        (
+            "bad duration",
+            VALID.replace("kill_timeout: 5s", "kill_timeout: 5 parsecs"),
+            "task.kill_timeout:",
+        ),
+        (
+            "empty command",
+            VALID.replace("[\"/bin/sleep\", \"100\"]", "[]"),
+            "task.command:",
+        ),
+        (
+            "bad env key",
+            VALID.replace("GREETING: hello", "1BAD-KEY: hello"),
+            "task.env",
+        ),
+        (
+            "relative workdir",
+            VALID.replace("workdir: /tmp", "workdir: tmp"),
+            "task.workdir:",
+        ),
+        (
+            "unknown policy",
+            VALID.replace("policy: on-failure", "policy: sometimes"),
+            "restart.policy:",
+        ),
+        (
+            "max_delay below delay",
+            VALID.replace("max_delay: 30s", "max_delay: 10ms"),
+            "restart.max_delay:",
+        ),
+        (
+            "unknown type",
+            VALID.replace("type: service", "type: daemon"),
+            "type:",
+        ),
+        (
+            "missing driver",
+            VALID.replace("  driver: raw\n", ""),
+            "task.driver",
+        ),
     ]
 }
 
@@ -55,8 +115,14 @@ fn invalid_specs_exit_2_naming_the_field() {
             .expect("run");
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
-        assert!(stderr.contains(expected), "{what}: expected {expected:?} in:\n{stderr}");
-        assert!(stderr.lines().all(|l| l.starts_with("error: ")), "{what}: one error per line:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{what}: expected {expected:?} in:\n{stderr}"
+        );
+        assert!(
+            stderr.lines().all(|l| l.starts_with("error: ")),
+            "{what}: one error per line:\n{stderr}"
+        );
         // `job run` validates before it connects: same answer, nothing submitted.
         let out = std::process::Command::new(baton_bin())
             .args(["--config", "/nonexistent/client.toml", "job", "run"])
@@ -120,18 +186,27 @@ fn alias_bomb_is_refused_by_cli_and_api() {
     // Straight to the API (the CLI validates first, so this is the server's own check).
     let config = ClientConfig::load(&dev.config()).expect("config");
     let client = ApiClient::new(&config).expect("client");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     match rt.block_on(client.submit_job("bomb.yaml", ALIAS_BOMB.as_bytes().to_vec(), true)) {
         Err(ApiError::Status { status: 400, body }) => {
             assert_eq!(body.code, "invalid_spec");
-            assert!(body.details.iter().all(|d| d.starts_with("bomb.yaml")), "{:?}", body.details);
+            assert!(
+                body.details.iter().all(|d| d.starts_with("bomb.yaml")),
+                "{:?}",
+                body.details
+            );
         }
         other => panic!("expected 400, got {other:?}"),
     }
     let bad = VALID.replace("memory: 64Mi", "memory: 64XB");
     match rt.block_on(client.submit_job("web.yaml", bad.into_bytes(), true)) {
         Err(ApiError::Status { status: 400, body }) => assert!(
-            body.details.iter().any(|d| d.contains("task.resources.memory")),
+            body.details
+                .iter()
+                .any(|d| d.contains("task.resources.memory")),
             "{:?}",
             body.details
         ),
