@@ -5,6 +5,9 @@
 //! cluster. A [`JobSpec`] only comes out of [`parse_job`] (or from the store,
 //! which only ever persisted specs that came out of it).
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,7 +16,9 @@ use serde::{Deserialize, Serialize};
 mod parse;
 mod quantity;
 
-pub use parse::{MAX_SPEC_BYTES, SpecError, SpecErrors, parse_job};
+pub use parse::{
+    MAX_REPORTED_ERRORS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, SpecError, SpecErrors, parse_job,
+};
 pub use quantity::{format_duration, format_memory, parse_cpu, parse_duration, parse_memory};
 
 /// The format of submitted spec bytes.

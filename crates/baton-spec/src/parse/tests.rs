@@ -1,0 +1,706 @@
+//! Tests of [`parse_job`](super::parse_job): data-driven invalid specs with the
+//! exact error text they produce, valid specs with the exact `JobSpec`, and
+//! hostile input. Property tests and the example files are in `tests/`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::{DriverKind, JobKind, Resources, RestartCondition, RestartPolicy, TaskSpec};
+
+/// A valid spec every invalid YAML case below is a small edit of.
+const VALID: &str = "name: web
+type: service
+replicas: 2
+task:
+  driver: raw
+  command: [\"/bin/sleep\", \"100\"]
+  env: {GREETING: hello}
+  workdir: /tmp
+  resources: {cpu: 100m, memory: 64Mi}
+  kill_timeout: 5s
+restart:
+  policy: on-failure
+  max_attempts: 3
+  delay: 1s
+  max_delay: 30s
+";
+
+/// The same spec as JSON.
+const VALID_JSON: &str = r#"{
+  "name": "web",
+  "type": "service",
+  "replicas": 2,
+  "task": {
+    "driver": "raw",
+    "command": ["/bin/sleep", "100"],
+    "env": {"GREETING": "hello"},
+    "workdir": "/tmp",
+    "resources": {"cpu": "100m", "memory": "64Mi"},
+    "kill_timeout": "5s"
+  },
+  "restart": {"policy": "on-failure", "max_attempts": 3, "delay": "1s", "max_delay": "30s"}
+}
+"#;
+
+/// The full example of the spec format, with every field set.
+const FULL_EXAMPLE: &str = r#"name: web                 # required; [a-z0-9-], 1..=63 chars
+type: service             # service (default) | batch | global
+replicas: 3               # service only; default 1; 0..=10000
+task:                     # required
+  driver: raw             # required; only "raw" exists now
+  command: ["/bin/sh", "-c", "exec sleep 1000"]
+  env: {GREETING: hello}
+  workdir: /tmp
+  user: nobody
+  resources: {cpu: 100m, memory: 64Mi}
+  kill_timeout: 5s
+restart:
+  policy: on-failure
+  max_attempts: 3
+  delay: 1s
+  max_delay: 30s
+"#;
+
+/// Parses `input` and renders the outcome: `ok`, or the error lines.
+fn render(format: SpecFormat, input: &[u8]) -> String {
+    match parse_job("web.yaml", input, format) {
+        Ok(_) => "ok".to_owned(),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+fn yaml(edit: (&str, &str)) -> Vec<u8> {
+    assert!(VALID.contains(edit.0), "{edit:?}");
+    VALID.replacen(edit.0, edit.1, 1).into_bytes()
+}
+
+fn json(edit: (&str, &str)) -> Vec<u8> {
+    assert!(VALID_JSON.contains(edit.0), "{edit:?}");
+    VALID_JSON.replacen(edit.0, edit.1, 1).into_bytes()
+}
+
+/// (what, format, document, exact rendered errors)
+fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
+    use SpecFormat::{Json, Yaml};
+    vec![
+        (
+            "bad name",
+            Yaml,
+            yaml(("name: web", "name: Web_1")),
+            "web.yaml:1:7: name: \"Web_1\" is not a valid job name (expected 1 to 63 characters \
+             of a-z, 0-9 and -, starting and ending with a letter or digit)",
+        ),
+        (
+            "name ending in a dash",
+            Yaml,
+            yaml(("name: web", "name: web-")),
+            "web.yaml:1:7: name: \"web-\" is not a valid job name (expected 1 to 63 characters \
+             of a-z, 0-9 and -, starting and ending with a letter or digit)",
+        ),
+        (
+            "missing name",
+            Yaml,
+            yaml(("name: web\n", "")),
+            "web.yaml:1:1: name: missing required field (expected a job name)",
+        ),
+        (
+            "unknown field",
+            Yaml,
+            yaml(("replicas: 2", "replica: 2")),
+            "web.yaml:3:1: replica: unknown field \"replica\" (expected one of: name, type, \
+             replicas, completions, parallelism, task, restart)",
+        ),
+        (
+            "unknown nested field",
+            Yaml,
+            yaml(("{cpu: 100m, memory: 64Mi}", "{cpu: 100m, gpu: 1}")),
+            "web.yaml:9:26: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory)",
+        ),
+        (
+            "duplicate key",
+            Yaml,
+            yaml(("type: service", "name: other")),
+            "web.yaml:2:1: name: duplicate key (first defined at line 1, column 1)",
+        ),
+        (
+            "duplicate env key",
+            Yaml,
+            yaml(("{GREETING: hello}", "{GREETING: hello, GREETING: bye}")),
+            "web.yaml:7:26: task.env.GREETING: duplicate key (first defined at line 7, column 9)",
+        ),
+        (
+            "wrong type: integer",
+            Yaml,
+            yaml(("replicas: 2", "replicas: many")),
+            "web.yaml:3:11: replicas: expected an integer, found \"many\"",
+        ),
+        (
+            "wrong type: float for an integer",
+            Yaml,
+            yaml(("max_attempts: 3", "max_attempts: 2.5")),
+            "web.yaml:13:17: restart.max_attempts: expected an integer, found 2.5",
+        ),
+        (
+            "wrong type: mapping",
+            Yaml,
+            yaml((
+                "restart:\n  policy: on-failure",
+                "restart: []\nx:\n  policy: on-failure",
+            )),
+            "web.yaml:11:10: restart: expected a restart mapping, found a list\n\
+             web.yaml:12:1: x: unknown field \"x\" (expected one of: name, type, replicas, \
+             completions, parallelism, task, restart)",
+        ),
+        (
+            "replicas out of range",
+            Yaml,
+            yaml(("replicas: 2", "replicas: 10001")),
+            "web.yaml:3:11: replicas: \"10001\" is out of range (expected 0 to 10000)",
+        ),
+        (
+            "replicas on a batch job",
+            Yaml,
+            yaml(("type: service", "type: batch")),
+            "web.yaml:3:1: replicas: only for service jobs (this is a batch job)",
+        ),
+        (
+            "completions on a service job",
+            Yaml,
+            yaml(("replicas: 2", "completions: 2")),
+            "web.yaml:3:1: completions: only for batch jobs (this is a service job)",
+        ),
+        (
+            "bad memory size",
+            Yaml,
+            yaml(("memory: 64Mi", "memory: 64XB")),
+            "web.yaml:9:34: task.resources.memory: \"64XB\" is not a size (use 64Mi, 1Gi, ...)",
+        ),
+        (
+            "memory below 1Mi",
+            Yaml,
+            yaml(("memory: 64Mi", "memory: 64")),
+            "web.yaml:9:34: task.resources.memory: \"64\" is below the minimum of 1Mi",
+        ),
+        (
+            "bad cpu",
+            Yaml,
+            yaml(("cpu: 100m", "cpu: lots")),
+            "web.yaml:9:20: task.resources.cpu: \"lots\" is not a CPU quantity (use 100m, 0.5, 2, ...)",
+        ),
+        (
+            "zero cpu",
+            Yaml,
+            yaml(("cpu: 100m", "cpu: 0m")),
+            "web.yaml:9:20: task.resources.cpu: \"0m\" must be greater than 0",
+        ),
+        (
+            "bad duration",
+            Yaml,
+            yaml(("kill_timeout: 5s", "kill_timeout: 5 parsecs")),
+            "web.yaml:10:17: task.kill_timeout: \"5 parsecs\" is not a duration (use 100ms, 5s, 1m30s, ...)",
+        ),
+        (
+            "kill timeout over an hour",
+            Yaml,
+            yaml(("kill_timeout: 5s", "kill_timeout: 61m")),
+            "web.yaml:10:17: task.kill_timeout: \"61m\" is above the maximum of 1h",
+        ),
+        (
+            "empty command",
+            Yaml,
+            yaml(("[\"/bin/sleep\", \"100\"]", "[]")),
+            "web.yaml:6:12: task.command: must not be empty (expected a list of strings: the \
+             program and its arguments)",
+        ),
+        (
+            "command is a string",
+            Yaml,
+            yaml(("[\"/bin/sleep\", \"100\"]", "/bin/sleep 100")),
+            "web.yaml:6:12: task.command: expected a list of strings, found \"/bin/sleep 100\"",
+        ),
+        (
+            "bad command items",
+            Yaml,
+            yaml(("[\"/bin/sleep\", \"100\"]", "[\"\", [x], ~, \"a\\0b\"]")),
+            "web.yaml:6:13: task.command[0]: the program must not be empty\n\
+             web.yaml:6:17: task.command[1]: expected a string, found a list\n\
+             web.yaml:6:22: task.command[2]: expected a string, found null\n\
+             web.yaml:6:25: task.command[3]: must not contain NUL characters",
+        ),
+        (
+            "invalid env key",
+            Yaml,
+            yaml(("GREETING: hello", "1BAD-KEY: hello")),
+            "web.yaml:7:9: task.env.1BAD-KEY: invalid environment variable name (expected \
+             letters, digits and _, not starting with a digit)",
+        ),
+        (
+            "env value is not a scalar",
+            Yaml,
+            yaml(("GREETING: hello", "GREETING: [hello]")),
+            "web.yaml:7:19: task.env.GREETING: expected a string, found a list",
+        ),
+        (
+            "relative workdir",
+            Yaml,
+            yaml(("workdir: /tmp", "workdir: tmp")),
+            "web.yaml:8:12: task.workdir: \"tmp\" is not an absolute path (expected a path starting with /)",
+        ),
+        (
+            "bad user",
+            Yaml,
+            yaml(("workdir: /tmp", "user: Bob")),
+            "web.yaml:8:9: task.user: \"Bob\" is not a valid user (expected a user name like \
+             nobody, or a numeric uid)",
+        ),
+        (
+            "max_delay below delay",
+            Yaml,
+            yaml(("max_delay: 30s", "max_delay: 10ms")),
+            "web.yaml:15:14: restart.max_delay: \"10ms\" is shorter than restart.delay (expected at least 1s)",
+        ),
+        (
+            "zero delay",
+            Yaml,
+            yaml(("delay: 1s", "delay: 0s")),
+            "web.yaml:14:10: restart.delay: \"0s\" must be greater than 0",
+        ),
+        (
+            "unknown driver",
+            Yaml,
+            yaml(("driver: raw", "driver: docker")),
+            "web.yaml:5:11: task.driver: unknown driver \"docker\" (expected raw)",
+        ),
+        (
+            "missing driver",
+            Yaml,
+            yaml(("  driver: raw\n", "")),
+            "web.yaml:5:3: task.driver: missing required field (expected a driver: raw)",
+        ),
+        (
+            "unknown type",
+            Yaml,
+            yaml(("type: service", "type: daemon")),
+            "web.yaml:2:7: type: unknown job type \"daemon\" (expected service, batch or global)",
+        ),
+        (
+            "unknown restart policy",
+            Yaml,
+            yaml(("policy: on-failure", "policy: sometimes")),
+            "web.yaml:12:11: restart.policy: unknown restart policy \"sometimes\" (expected \
+             always, on-failure or never)",
+        ),
+        (
+            "two documents",
+            Yaml,
+            format!("{VALID}---\nname: other\n").into_bytes(),
+            "web.yaml:16:1: more than one YAML document in the file (expected exactly one job spec)",
+        ),
+        (
+            "anchor and alias",
+            Yaml,
+            yaml(("name: web", "name: &n web\nx: *n")),
+            "web.yaml:1:7: name: anchors and aliases are not supported in job specs (write the \
+             value out)\n\
+             web.yaml:2:1: x: unknown field \"x\" (expected one of: name, type, replicas, \
+             completions, parallelism, task, restart)",
+        ),
+        (
+            "tag",
+            Yaml,
+            yaml(("name: web", "name: !!binary d2Vi")),
+            "web.yaml:1:7: name: unsupported tag !!binary (job specs allow only !!str, !!seq and !!map)",
+        ),
+        (
+            "custom tag on a mapping",
+            Yaml,
+            yaml(("restart:\n", "restart: !policy\n")),
+            "web.yaml:11:10: restart: unsupported tag !policy (job specs allow only !!str, \
+             !!seq and !!map)",
+        ),
+        (
+            "merge key",
+            Yaml,
+            yaml(("replicas: 2", "<<: {replicas: 2}")),
+            "web.yaml:3:1: merge keys (<<) are not supported in job specs (write the fields out)",
+        ),
+        (
+            "syntax error",
+            Yaml,
+            yaml(("replicas: 2", "replicas: [2")),
+            "web.yaml:4:5: invalid YAML: illegal placement of ':' indicator",
+        ),
+        (
+            "deep nesting",
+            Yaml,
+            format!("{}{}", "[".repeat(40), "]".repeat(40)).into_bytes(),
+            "web.yaml:1:33: nesting deeper than 32 levels (a job spec needs 4)",
+        ),
+        (
+            "deep block nesting",
+            Yaml,
+            "- ".repeat(40).into_bytes(),
+            "web.yaml:1:65: nesting deeper than 32 levels (a job spec needs 4)",
+        ),
+        (
+            "key that is not a string",
+            Yaml,
+            yaml(("name: web", "name: web\n? [a]\n: b")),
+            "web.yaml:2:3: expected a string key, found a list",
+        ),
+        (
+            "empty document",
+            Yaml,
+            b"# nothing here\n".to_vec(),
+            "web.yaml:1:1: empty document (expected a job spec mapping)",
+        ),
+        (
+            "not a mapping",
+            Yaml,
+            b"- name: web\n".to_vec(),
+            "web.yaml:1:1: expected a job spec mapping, found a list",
+        ),
+        (
+            "not UTF-8",
+            Yaml,
+            yaml(("name: web", "name: w\u{e9}b"))
+                .iter()
+                .map(|&b| if b == 0xc3 { 0xff } else { b })
+                .collect(),
+            "web.yaml:1:8: not valid UTF-8 (byte 0xff at offset 7; expected UTF-8 text)",
+        ),
+        (
+            "oversized document",
+            Yaml,
+            format!("{VALID}#{}\n", "x".repeat(MAX_SPEC_BYTES)).into_bytes(),
+            "web.yaml: document is 262411 bytes, more than the limit of 262144 bytes (256 KiB)",
+        ),
+        (
+            "json: bad memory size",
+            Json,
+            json(("\"64Mi\"", "\"64XB\"")),
+            "web.yaml:10:44: task.resources.memory: \"64XB\" is not a size (use 64Mi, 1Gi, ...)",
+        ),
+        (
+            "json: unknown field",
+            Json,
+            json(("\"replicas\"", "\"replica\"")),
+            "web.yaml:4:3: replica: unknown field \"replica\" (expected one of: name, type, \
+             replicas, completions, parallelism, task, restart)",
+        ),
+        (
+            "json: duplicate key",
+            Json,
+            json(("\"type\": \"service\"", "\"name\": \"other\"")),
+            "web.yaml:3:3: name: duplicate key (first defined at line 2, column 3)",
+        ),
+        (
+            "json: wrong type",
+            Json,
+            json(("\"replicas\": 2", "\"replicas\": \"2\"")),
+            "web.yaml:4:15: replicas: expected an integer, found \"2\"",
+        ),
+        (
+            "json: replicas on a batch job",
+            Json,
+            json(("\"service\"", "\"batch\"")),
+            "web.yaml:4:3: replicas: only for service jobs (this is a batch job)",
+        ),
+        (
+            "json: column counts characters",
+            Json,
+            json((
+                "\"GREETING\": \"hello\"",
+                "\"GR\u{c9}\u{c9}TING\": \"h\u{e9}llo\", \"X\": 1.5e400",
+            )),
+            "web.yaml:8:13: task.env[\"GRÉÉTING\"]: invalid environment variable name \
+             (expected letters, digits and _, not starting with a digit)",
+        ),
+        (
+            "json: trailing comma",
+            Json,
+            json(("\"kill_timeout\": \"5s\"", "\"kill_timeout\": \"5s\",")),
+            "web.yaml:12:3: invalid JSON: unexpected '}' (expected a string key)",
+        ),
+        (
+            "json: trailing characters",
+            Json,
+            format!("{VALID_JSON}{{}}").into_bytes(),
+            "web.yaml:15:1: invalid JSON: unexpected characters after the end of the document",
+        ),
+        (
+            "json: lone surrogate",
+            Json,
+            json(("\"hello\"", "\"\\ud800x\"")),
+            "web.yaml:8:26: invalid JSON: invalid escape sequence in a string",
+        ),
+        (
+            "json: deep nesting",
+            Json,
+            format!("{}{}", "[".repeat(40), "]".repeat(40)).into_bytes(),
+            "web.yaml:1:33: invalid JSON: nesting deeper than 32 levels (a job spec needs 4)",
+        ),
+        (
+            "json: empty",
+            Json,
+            b" \n".to_vec(),
+            "web.yaml:2:1: invalid JSON: empty document (expected a job spec object)",
+        ),
+    ]
+}
+
+#[test]
+fn invalid_specs_report_the_exact_error() {
+    let cases = invalid_cases();
+    assert!(cases.len() >= 15);
+    let mut failures = Vec::new();
+    for (what, format, input, expected) in cases {
+        let got = render(format, &input);
+        if got != expected {
+            failures.push(format!(
+                "{what}:\n  expected: {expected}\n       got: {got}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_problem_is_reported_in_one_pass_in_document_order() {
+    let spec = "restart:
+  policy: sometimes
+  delay: 0s
+name: Web_1
+task:
+  driver: docker
+  command: []
+  env: {1X: a, OK: [b]}
+  resources: {cpu: lots, memory: 64XB, gpu: 1}
+  kill_timeout: 2h
+replicas: -1
+extra: true
+";
+    let expected = "\
+web.yaml:2:11: restart.policy: unknown restart policy \"sometimes\" (expected always, on-failure or never)
+web.yaml:3:10: restart.delay: \"0s\" must be greater than 0
+web.yaml:4:7: name: \"Web_1\" is not a valid job name (expected 1 to 63 characters of a-z, 0-9 and -, starting and ending with a letter or digit)
+web.yaml:6:11: task.driver: unknown driver \"docker\" (expected raw)
+web.yaml:7:12: task.command: must not be empty (expected a list of strings: the program and its arguments)
+web.yaml:8:9: task.env.1X: invalid environment variable name (expected letters, digits and _, not starting with a digit)
+web.yaml:8:20: task.env.OK: expected a string, found a list
+web.yaml:9:20: task.resources.cpu: \"lots\" is not a CPU quantity (use 100m, 0.5, 2, ...)
+web.yaml:9:34: task.resources.memory: \"64XB\" is not a size (use 64Mi, 1Gi, ...)
+web.yaml:9:40: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory)
+web.yaml:10:17: task.kill_timeout: \"2h\" is above the maximum of 1h
+web.yaml:11:11: replicas: \"-1\" is out of range (expected 0 to 10000)
+web.yaml:12:1: extra: unknown field \"extra\" (expected one of: name, type, replicas, completions, parallelism, task, restart)";
+    assert_eq!(render(SpecFormat::Yaml, spec.as_bytes()), expected);
+}
+
+/// The classic "billion laughs": 9 levels of 9 aliases, 9^9 (387 million)
+/// strings once expanded, in about 1 KB. Refused at the first anchor without
+/// expanding anything: measured at about 0.1 ms in a debug build (the whole
+/// document is still read, so every other problem is reported too).
+const ALIAS_BOMB: &str = r#"a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+name: bomb
+task: {driver: raw, command: [*i]}
+"#;
+
+#[test]
+fn alias_bomb_is_refused_without_expansion() {
+    assert!(ALIAS_BOMB.len() < 1100);
+    let unknown =
+        "(expected one of: name, type, replicas, completions, parallelism, task, restart)";
+    let mut expected = vec![
+        format!("bomb.yaml:1:1: a: unknown field \"a\" {unknown}"),
+        "bomb.yaml:1:4: a: anchors and aliases are not supported in job specs (write the value out)"
+            .to_owned(),
+    ];
+    for (idx, key) in ["b", "c", "d", "e", "f", "g", "h", "i"].iter().enumerate() {
+        expected.push(format!(
+            "bomb.yaml:{}:1: {key}: unknown field \"{key}\" {unknown}",
+            idx + 2
+        ));
+    }
+    let errors = parse_job("bomb.yaml", ALIAS_BOMB.as_bytes(), SpecFormat::Yaml)
+        .expect_err("a bomb is refused");
+    assert_eq!(errors.to_string(), expected.join("\n"));
+}
+
+#[test]
+fn too_many_problems_are_capped() {
+    let spec: String = (0..200).map(|idx| format!("x{idx}: 1\n")).collect();
+    let errors = parse_job("web.yaml", spec.as_bytes(), SpecFormat::Yaml).expect_err("invalid");
+    assert_eq!(errors.errors.len(), MAX_REPORTED_ERRORS + 1);
+    // 200 unknown fields and `name` and `task` missing, reported at the
+    // mapping's start (1:1), after the unknown field found there first.
+    let paths: Vec<&str> = errors.errors[..5].iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["x0", "name", "task", "x1", "x2"]);
+    assert_eq!(
+        errors.errors[MAX_REPORTED_ERRORS].message,
+        "152 more problems not shown"
+    );
+}
+
+fn full_example_spec() -> JobSpec {
+    JobSpec {
+        name: "web".to_owned(),
+        kind: JobKind::Service { replicas: 3 },
+        task: TaskSpec {
+            driver: DriverKind::Raw,
+            command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1000".into()],
+            env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+            workdir: Some("/tmp".to_owned()),
+            user: Some("nobody".to_owned()),
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 64 << 20,
+            },
+            kill_timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_attempts: 3,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
+    }
+}
+
+#[test]
+fn full_example_parses_to_the_expected_spec() {
+    let spec = parse_job("web.yaml", FULL_EXAMPLE.as_bytes(), SpecFormat::Yaml);
+    assert_eq!(spec, Ok(full_example_spec()));
+}
+
+#[test]
+fn json_equivalent_parses_to_the_same_spec() {
+    let doc = r#"{"name": "web", "type": "service", "replicas": 3,
+ "task": {"driver": "raw", "command": ["/bin/sh", "-c", "exec sleep 1000"],
+          "env": {"GREETING": "hello"}, "workdir": "/tmp", "user": "nobody",
+          "resources": {"cpu": "100m", "memory": "64Mi"}, "kill_timeout": "5s"},
+ "restart": {"policy": "on-failure", "max_attempts": 3, "delay": "1s", "max_delay": "30s"}}"#;
+    let spec = parse_job("web.json", doc.as_bytes(), SpecFormat::Json);
+    assert_eq!(spec, Ok(full_example_spec()));
+}
+
+#[test]
+fn minimal_spec_gets_the_defaults() {
+    let doc = "name: web\ntask:\n  driver: raw\n  command: [/bin/true]\n";
+    let expected = JobSpec {
+        name: "web".to_owned(),
+        kind: JobKind::Service { replicas: 1 },
+        task: TaskSpec {
+            driver: DriverKind::Raw,
+            command: vec!["/bin/true".to_owned()],
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 128 << 20,
+            },
+            kill_timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::Always,
+            max_attempts: 0,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
+    };
+    assert_eq!(
+        parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml),
+        Ok(expected.clone())
+    );
+
+    // Batch defaults differ: one completion at a time, restart on failure 3 times.
+    let batch = format!("type: batch\n{doc}");
+    let mut expected_batch = expected.clone();
+    expected_batch.kind = JobKind::Batch {
+        completions: 1,
+        parallelism: 1,
+    };
+    expected_batch.restart.condition = RestartCondition::OnFailure;
+    expected_batch.restart.max_attempts = 3;
+    assert_eq!(
+        parse_job("web.yaml", batch.as_bytes(), SpecFormat::Yaml),
+        Ok(expected_batch)
+    );
+
+    // Null counts as unset, and a long delay alone raises the default cap.
+    let nulls = format!("{doc}  env:\n  workdir: ~\nrestart:\n  delay: 1m\n");
+    let mut expected_nulls = expected;
+    expected_nulls.restart.delay = Duration::from_secs(60);
+    expected_nulls.restart.max_delay = Duration::from_secs(60);
+    assert_eq!(
+        parse_job("web.yaml", nulls.as_bytes(), SpecFormat::Yaml),
+        Ok(expected_nulls)
+    );
+}
+
+#[test]
+fn scalars_keep_their_source_text() {
+    let doc = "name: \"007\"
+task:
+  driver: raw
+  command: [sleep, 10, 0.50, true]
+  env: {PORT: 8080, RATIO: 0.50, DEBUG: yes, HEX: 0x1f, MULTI: \"a\\nb\"}
+  user: 1000
+  resources: {cpu: 0.5, memory: 1Gi}
+";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    assert_eq!(spec.name, "007");
+    assert_eq!(spec.task.command, ["sleep", "10", "0.50", "true"]);
+    let env: Vec<(&str, &str)> = spec
+        .task
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("DEBUG", "yes"),
+            ("HEX", "0x1f"),
+            ("MULTI", "a\nb"),
+            ("PORT", "8080"),
+            ("RATIO", "0.50"),
+        ]
+    );
+    assert_eq!(spec.task.user.as_deref(), Some("1000"));
+    assert_eq!(spec.task.resources.cpu_millis, 500);
+}
+
+#[test]
+fn core_tags_that_match_their_node_are_accepted() {
+    let doc = "name: !!str 123\ntask: !!map\n  driver: raw\n  command: !!seq [a]\n";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    assert_eq!(spec.name, "123");
+}
+
+#[test]
+fn byte_order_marks_are_accepted() {
+    let yaml = format!("\u{feff}{VALID}");
+    assert_eq!(render(SpecFormat::Yaml, yaml.as_bytes()), "ok");
+    let json = format!("\u{feff}{VALID_JSON}");
+    assert_eq!(render(SpecFormat::Json, json.as_bytes()), "ok");
+}
+
+#[test]
+fn documents_at_the_size_limit_are_read() {
+    // Padding in a comment: exactly MAX_SPEC_BYTES is accepted.
+    let padding = MAX_SPEC_BYTES - VALID.len() - 2;
+    let doc = format!("{VALID}#{}\n", "x".repeat(padding));
+    assert_eq!(doc.len(), MAX_SPEC_BYTES);
+    assert_eq!(render(SpecFormat::Yaml, doc.as_bytes()), "ok");
+}

@@ -1,0 +1,112 @@
+//! The example job files in the repository's `examples/` parse to the specs
+//! their comments describe.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_spec::{
+    DriverKind, JobKind, JobSpec, Resources, RestartCondition, RestartPolicy, SpecFormat, TaskSpec,
+    parse_job,
+};
+
+fn parse_example(file: &str) -> JobSpec {
+    let path = format!("{}/../../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("read {path}: {err}"));
+    parse_job(file, &bytes, SpecFormat::Yaml).unwrap_or_else(|errors| panic!("{errors}"))
+}
+
+#[test]
+fn web_example_is_a_service_of_three() {
+    let expected = JobSpec {
+        name: "web".to_owned(),
+        kind: JobKind::Service { replicas: 3 },
+        task: TaskSpec {
+            driver: DriverKind::Raw,
+            command: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "while true; do echo \"web: alive at $(date +%T)\"; sleep 1; done".to_owned(),
+            ],
+            env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+            workdir: None,
+            user: None,
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 32 << 20,
+            },
+            kill_timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::Always,
+            max_attempts: 0,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
+    };
+    assert_eq!(parse_example("web.yaml"), expected);
+}
+
+#[test]
+fn batch_example_needs_three_completions_two_at_a_time() {
+    let expected = JobSpec {
+        name: "report".to_owned(),
+        kind: JobKind::Batch {
+            completions: 3,
+            parallelism: 2,
+        },
+        task: TaskSpec {
+            driver: DriverKind::Raw,
+            command: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "echo report part done; exit 0".to_owned(),
+            ],
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            resources: Resources {
+                cpu_millis: 50,
+                memory_bytes: 16 << 20,
+            },
+            kill_timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_attempts: 3,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
+    };
+    assert_eq!(parse_example("batch.yaml"), expected);
+}
+
+#[test]
+fn global_example_runs_on_every_node() {
+    let expected = JobSpec {
+        name: "node-probe".to_owned(),
+        kind: JobKind::Global,
+        task: TaskSpec {
+            driver: DriverKind::Raw,
+            command: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "while true; do echo \"probe on $(hostname)\"; sleep 10; done".to_owned(),
+            ],
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            resources: Resources {
+                cpu_millis: 10,
+                memory_bytes: 8 << 20,
+            },
+            kill_timeout: Duration::from_secs(2),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::Always,
+            max_attempts: 0,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
+    };
+    assert_eq!(parse_example("global.yaml"), expected);
+}
