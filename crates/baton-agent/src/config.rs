@@ -1,0 +1,52 @@
+//! The operator's configuration of an agent.
+
+use std::path::PathBuf;
+
+use baton_spec::Resources;
+
+/// Default size at which a task's log is rotated: 10 MiB.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+
+/// Default number of finished tasks whose directory (and log) a node keeps.
+pub const DEFAULT_MAX_FINISHED_TASKS: usize = 100;
+
+/// How an agent runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Where the agent keeps its node id and its tasks' directories
+    /// (`tasks/<task_id>/`: working directory, `task.log`, records).
+    pub data_dir: PathBuf,
+    /// Host name reported to the cluster.
+    pub hostname: String,
+    /// Offer the `raw` driver (plain processes, no isolation).
+    pub enable_raw: bool,
+    /// Resources offered to tasks; `None` measures the host (CPUs x 1000
+    /// millicores, `MemTotal` bytes).
+    pub capacity: Option<Resources>,
+    /// A task's `task.log` is rotated to `task.log.1` when it reaches this size,
+    /// so one task uses at most twice this on disk for logs.
+    pub log_max_bytes: u64,
+    /// Directories of finished tasks kept on this node; the oldest beyond this
+    /// number are deleted.
+    pub max_finished_tasks: usize,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults: measured capacity, 10 MiB logs,
+    /// 100 finished tasks kept.
+    pub fn new(data_dir: PathBuf, hostname: String, enable_raw: bool) -> AgentConfig {
+        AgentConfig {
+            data_dir,
+            hostname,
+            enable_raw,
+            capacity: None,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
+        }
+    }
+
+    /// `data_dir/tasks`.
+    pub(crate) fn tasks_dir(&self) -> PathBuf {
+        self.data_dir.join("tasks")
+    }
+}

@@ -1,0 +1,82 @@
+//! The seam between the executor and the ways a task can run.
+//!
+//! A [`Driver`] starts a task from a [`TaskRun`] and returns a [`TaskHandle`]
+//! to wait for it or stop it. The executor does not know how a driver runs a
+//! task; `raw` ([`RawDriver`]) is the first, and `exec` (isolated) and `docker`
+//! come next behind the same trait.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_spec::{DriverKind, TaskSpec};
+use baton_state::{ExitInfo, NodeId, TaskId};
+
+use crate::error::AgentError;
+use crate::log_file::LogWriter;
+
+mod raw;
+
+pub use raw::RawDriver;
+
+/// Everything a driver needs to start one task.
+#[derive(Clone)]
+pub struct TaskRun {
+    /// Task id.
+    pub task: TaskId,
+    /// Job name.
+    pub job: String,
+    /// Slot within the job, as text.
+    pub slot: String,
+    /// Node the task runs on.
+    pub node: NodeId,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// The task's own directory (`data_dir/tasks/<task_id>/`), which exists;
+    /// its working directory unless the spec names one.
+    pub task_dir: PathBuf,
+    /// Where the task's stdout and stderr go.
+    pub log: LogWriter,
+}
+
+// By hand: the spec's environment values must never reach a log.
+impl fmt::Debug for TaskRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskRun")
+            .field("task", &self.task)
+            .field("job", &self.job)
+            .field("slot", &self.slot)
+            .field("node", &self.node)
+            .field("command", &self.spec.command)
+            .field("env_keys", &self.spec.env.keys().collect::<Vec<_>>())
+            .field("task_dir", &self.task_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A way to run tasks.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync + fmt::Debug + 'static {
+    /// Which driver this is.
+    fn kind(&self) -> DriverKind;
+
+    /// Starts the task. An error means it never ran; its message (`start
+    /// failed: ...`) becomes the task's status message.
+    async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError>;
+}
+
+/// A started task.
+#[async_trait::async_trait]
+pub trait TaskHandle: Send + fmt::Debug {
+    /// Host pid of the task's main process (also its process group id).
+    fn pid(&self) -> u32;
+
+    /// Waits until the task has exited and its output is in its log.
+    /// Cancel-safe: it may be dropped and called again, also after it returned.
+    async fn wait(&mut self) -> Result<ExitInfo, AgentError>;
+
+    /// Stops the task: asks it to end (SIGTERM), forces it (SIGKILL) after
+    /// `grace`, and waits as [`TaskHandle::wait`]. Returns how it ended and
+    /// whether it had to be forced.
+    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError>;
+}

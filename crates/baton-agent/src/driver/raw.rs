@@ -1,0 +1,298 @@
+//! The `raw` driver: the task is a plain child process of the agent, with no
+//! isolation beyond an optional user switch.
+//!
+//! The process leads its own process group, so stopping the task (and cleaning
+//! up after it) signals everything it started. It gets a clean environment (the
+//! agent's own never leaks into it), `/dev/null` as stdin, and its stdout and
+//! stderr go to the task's rotating log.
+//!
+//! Only the uid and gid are switched (std also drops the agent's supplementary
+//! groups when it sets a uid). Adding the target user's own supplementary groups
+//! would need code between fork and exec (`pre_exec`, which is `unsafe`), which
+//! belongs in `baton-isolate`.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use baton_spec::DriverKind;
+use baton_state::ExitInfo;
+use nix::sys::signal::Signal;
+use nix::unistd::{Uid, User, geteuid};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::{Driver, TaskHandle, TaskRun};
+use crate::error::{AgentError, describe_io};
+use crate::log_file::LogWriter;
+use crate::process::signal_group;
+
+/// `PATH` given to every task (Debian's default for root).
+const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Group given to a numeric uid that has no passwd entry (`nogroup`): never
+/// the agent's own group, which would often be root.
+const FALLBACK_GID: u32 = 65534;
+
+/// How long to wait, after a task's process group is gone, for its output to
+/// reach the log. Only a process that left the group (with `setsid`) can keep
+/// the pipes open this long.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs tasks as plain processes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawDriver;
+
+impl RawDriver {
+    /// The driver.
+    pub fn new() -> RawDriver {
+        RawDriver
+    }
+}
+
+/// The identity a task runs as.
+struct RunAs {
+    /// `Some((uid, gid))` if the process must switch to it.
+    switch: Option<(u32, u32)>,
+    /// Home directory for `HOME`.
+    home: Option<PathBuf>,
+}
+
+/// Resolves the spec's `user` (a name or a numeric uid). Refuses a user switch
+/// the agent cannot make.
+fn resolve_user(user: Option<&str>) -> Result<RunAs, AgentError> {
+    let euid = geteuid();
+    let Some(spec_user) = user else {
+        let home = User::from_uid(euid).ok().flatten().map(|u| u.dir);
+        return Ok(RunAs { switch: None, home });
+    };
+    let (uid, gid, home) = match spec_user.parse::<u32>() {
+        Ok(uid) => match User::from_uid(Uid::from_raw(uid)).ok().flatten() {
+            Some(entry) => (uid, entry.gid.as_raw(), Some(entry.dir)),
+            None => (uid, FALLBACK_GID, None),
+        },
+        Err(_) => match User::from_name(spec_user).ok().flatten() {
+            Some(entry) => (entry.uid.as_raw(), entry.gid.as_raw(), Some(entry.dir)),
+            None => {
+                return Err(AgentError::UnknownUser {
+                    user: spec_user.to_owned(),
+                });
+            }
+        },
+    };
+    if euid.is_root() {
+        Ok(RunAs {
+            switch: Some((uid, gid)),
+            home,
+        })
+    } else if uid == euid.as_raw() {
+        // Already that user: nothing to switch.
+        Ok(RunAs { switch: None, home })
+    } else {
+        Err(AgentError::NotRoot {
+            user: spec_user.to_owned(),
+        })
+    }
+}
+
+/// The task's whole environment: a clean base, the spec's variables, and the
+/// `BATON_*` variables last, so a spec cannot forge them.
+fn task_env(run: &TaskRun, home: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_owned(), TASK_PATH.to_owned());
+    env.insert("HOME".to_owned(), home.to_owned());
+    env.extend(run.spec.env.clone());
+    env.insert("BATON_TASK_ID".to_owned(), run.task.0.clone());
+    env.insert("BATON_JOB".to_owned(), run.job.clone());
+    env.insert("BATON_SLOT".to_owned(), run.slot.clone());
+    env.insert("BATON_NODE_ID".to_owned(), run.node.0.clone());
+    env
+}
+
+#[async_trait::async_trait]
+impl Driver for RawDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Raw
+    }
+
+    async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError> {
+        let Some((program, args)) = run.spec.command.split_first() else {
+            return Err(AgentError::StartFailed {
+                what: "command".to_owned(),
+                reason: "empty".to_owned(),
+            });
+        };
+        let run_as = resolve_user(run.spec.user.as_deref())?;
+        let workdir = run
+            .spec
+            .workdir
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| run.task_dir.clone());
+        // Checked here because a failing chdir in the child would be reported
+        // under the program's name.
+        match tokio::fs::metadata(&workdir).await {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(AgentError::StartFailed {
+                    what: format!("workdir {}", workdir.display()),
+                    reason: "Not a directory".to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(AgentError::StartFailed {
+                    what: format!("workdir {}", workdir.display()),
+                    reason: describe_io(&e),
+                });
+            }
+        }
+        let home = run_as.home.clone().unwrap_or_else(|| run.task_dir.clone());
+        let env = task_env(&run, &home.to_string_lossy());
+
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .envs(&env)
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: stop signals reach everything it started,
+            // and a signal to the agent's group does not reach the task.
+            .process_group(0)
+            // An agent that dies must not take its tasks with it: a restarted
+            // agent finds them through their run records.
+            .kill_on_drop(false);
+        if let Some((uid, gid)) = run_as.switch {
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command.spawn().map_err(|e| AgentError::StartFailed {
+            what: program.clone(),
+            reason: describe_io(&e),
+        })?;
+        let pid = child.id().ok_or_else(|| AgentError::Process {
+            pid: 0,
+            reason: "exited before its pid was read".to_owned(),
+        })?;
+        let mut output = Vec::with_capacity(2);
+        if let Some(stdout) = child.stdout.take() {
+            output.push(tokio::spawn(copy_output(stdout, run.log.clone())));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            output.push(tokio::spawn(copy_output(stderr, run.log.clone())));
+        }
+        Ok(Box::new(RawHandle {
+            child,
+            pid,
+            exit: None,
+            output,
+        }))
+    }
+}
+
+/// Copies one output pipe into the log until it closes.
+async fn copy_output(mut from: impl AsyncRead + Unpin, log: LogWriter) {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut log_failed = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Keep reading even when the log cannot be written (disk full): a task
+        // blocked on a full pipe would hang.
+        if log_failed {
+            continue;
+        }
+        if let Err(e) = log.write(&buf[..n]).await {
+            tracing::warn!(error = %e, "task output is being dropped");
+            log_failed = true;
+        }
+    }
+}
+
+/// A running raw task.
+#[derive(Debug)]
+struct RawHandle {
+    child: Child,
+    pid: u32,
+    /// Set once the main process has been reaped.
+    exit: Option<ExitInfo>,
+    /// The output copiers still running.
+    output: Vec<JoinHandle<()>>,
+}
+
+#[async_trait::async_trait]
+impl TaskHandle for RawHandle {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait(&mut self) -> Result<ExitInfo, AgentError> {
+        let exit = match self.exit {
+            Some(exit) => exit,
+            None => {
+                let status = self.child.wait().await.map_err(|e| AgentError::Process {
+                    pid: self.pid,
+                    reason: format!("wait: {}", describe_io(&e)),
+                })?;
+                let exit = ExitInfo {
+                    code: status.code(),
+                    signal: status.signal(),
+                };
+                self.exit = Some(exit);
+                // The task is its process group: whatever it left running in
+                // the background ends with it, so nothing outlives the task or
+                // keeps its output pipes open.
+                if let Err(e) = signal_group(self.pid, Signal::SIGKILL) {
+                    tracing::warn!(pid = self.pid, error = %e, "cannot kill task process group");
+                }
+                exit
+            }
+        };
+        let drained = tokio::time::timeout(OUTPUT_GRACE, async {
+            // One at a time, removing each once done: a finished JoinHandle
+            // must not be polled again if this future is dropped and rerun.
+            while let Some(copier) = self.output.first_mut() {
+                // A copier only ends by returning; a join error means it panicked.
+                let _ = copier.await;
+                self.output.remove(0);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                pid = self.pid,
+                "task output still open after its process group ended; the rest is dropped"
+            );
+        }
+        for copier in self.output.drain(..) {
+            copier.abort();
+        }
+        Ok(exit)
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
+        if self.exit.is_none() {
+            // Until it is reaped the pid (and so the group id) is still this task's.
+            if let Err(e) = signal_group(self.pid, Signal::SIGTERM) {
+                tracing::warn!(pid = self.pid, error = %e, "cannot signal task process group");
+            }
+        }
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(res) => res.map(|exit| (exit, false)),
+            Err(_) => {
+                if self.exit.is_none()
+                    && let Err(e) = signal_group(self.pid, Signal::SIGKILL)
+                {
+                    tracing::warn!(pid = self.pid, error = %e, "cannot kill task process group");
+                }
+                self.wait().await.map(|exit| (exit, true))
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! A task's log file: `task.log`, size-capped, rotated to `task.log.1`.
+//!
+//! Both stdout and stderr of a task go through one [`LogWriter`], so their
+//! order is kept (at the granularity of the pipe reads). The file never grows
+//! past the cap: a write that would cross it is split, the full file is renamed
+//! to `task.log.1` (replacing the previous one) and a new `task.log` begins.
+//! So one task uses at most twice the cap on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::fs::{File, OpenOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::error::AgentError;
+
+/// Name of the current log file in a task directory.
+pub const LOG_FILE: &str = "task.log";
+/// Name of the previous (rotated) log file in a task directory.
+pub const ROTATED_LOG_FILE: &str = "task.log.1";
+
+/// A shared handle to a task's rotating log.
+#[derive(Clone, Debug)]
+pub struct LogWriter {
+    inner: Arc<Mutex<RotatingLog>>,
+}
+
+#[derive(Debug)]
+struct RotatingLog {
+    path: PathBuf,
+    rotated: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl LogWriter {
+    /// Opens (appending) `dir/task.log`, rotated at `max_bytes` (at least 1).
+    pub async fn open(dir: &Path, max_bytes: u64) -> Result<LogWriter, AgentError> {
+        let path = dir.join(LOG_FILE);
+        let file = open_append(&path).await?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| AgentError::io("stat", &path, e))?
+            .len();
+        Ok(LogWriter {
+            inner: Arc::new(Mutex::new(RotatingLog {
+                rotated: dir.join(ROTATED_LOG_FILE),
+                path,
+                file,
+                size,
+                max_bytes: max_bytes.max(1),
+            })),
+        })
+    }
+
+    /// Appends `bytes`, rotating as often as the cap requires. Returns once the
+    /// bytes are in the file, so a reader sees them.
+    pub async fn write(&self, mut bytes: &[u8]) -> Result<(), AgentError> {
+        let mut log = self.inner.lock().await;
+        while !bytes.is_empty() {
+            if log.size >= log.max_bytes {
+                log.rotate().await?;
+            }
+            let room = usize::try_from(log.max_bytes - log.size).unwrap_or(usize::MAX);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            let path = log.path.clone();
+            log.file
+                .write_all(now)
+                .await
+                .map_err(|e| AgentError::io("write", &path, e))?;
+            // tokio hands writes to a blocking thread; flushing waits for them.
+            log.file
+                .flush()
+                .await
+                .map_err(|e| AgentError::io("write", &path, e))?;
+            log.size += now.len() as u64;
+            bytes = rest;
+        }
+        Ok(())
+    }
+}
+
+impl RotatingLog {
+    async fn rotate(&mut self) -> Result<(), AgentError> {
+        tokio::fs::rename(&self.path, &self.rotated)
+            .await
+            .map_err(|e| AgentError::io("rename", &self.path, e))?;
+        self.file = open_append(&self.path).await?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+async fn open_append(path: &Path) -> Result<File, AgentError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|e| AgentError::io("open", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rotates_at_the_cap_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = LogWriter::open(dir.path(), 10).await.expect("open");
+        log.write(b"0123456").await.expect("write");
+        log.write(b"789abcdefghijklmnopqrstu").await.expect("write");
+        // 31 bytes with a cap of 10: three full files, the first two rotated away
+        // (each replacing the previous task.log.1), one byte in the current file.
+        let current = std::fs::read(dir.path().join(LOG_FILE)).expect("read");
+        let rotated = std::fs::read(dir.path().join(ROTATED_LOG_FILE)).expect("read");
+        assert_eq!(rotated, b"klmnopqrst");
+        assert_eq!(current, b"u");
+    }
+
+    #[tokio::test]
+    async fn reopening_continues_the_size_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        LogWriter::open(dir.path(), 4)
+            .await
+            .expect("open")
+            .write(b"abc")
+            .await
+            .expect("write");
+        let log = LogWriter::open(dir.path(), 4).await.expect("reopen");
+        log.write(b"de").await.expect("write");
+        let rotated = std::fs::read(dir.path().join(ROTATED_LOG_FILE)).expect("read");
+        assert_eq!(rotated, b"abcd");
+        let current = std::fs::read(dir.path().join(LOG_FILE)).expect("read");
+        assert_eq!(current, b"e");
+    }
+}
