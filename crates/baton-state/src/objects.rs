@@ -169,7 +169,9 @@ pub struct Task {
     pub id: TaskId,
     /// Owning job's name.
     pub job: String,
-    /// Job version this task runs.
+    /// Job version this task runs. When a running job changes only its counts or
+    /// restart policy, apply moves the previous version's tasks to the new
+    /// version, so only a change of what tasks run replaces them.
     pub job_version: u64,
     /// Place within the job.
     pub slot: Slot,
@@ -201,6 +203,26 @@ impl Task {
     /// Whether it is meant to run and has not finished.
     pub fn is_live(&self) -> bool {
         self.desired == TaskDesired::Running && !self.status.state.is_terminal()
+    }
+
+    /// Whether `self` is a later run of its slot than `other`: a newer job version,
+    /// then more restarts, then created later. Ties (a replacement created in the
+    /// same millisecond as the task it replaces) go to the task still meant to run,
+    /// then to the unfinished one, then to the larger id, so the order is total and
+    /// every reader agrees on a slot's latest task.
+    pub fn is_newer_than(&self, other: &Task) -> bool {
+        self.recency() > other.recency()
+    }
+
+    fn recency(&self) -> (u64, u32, Timestamp, bool, bool, &TaskId) {
+        (
+            self.job_version,
+            self.restarts,
+            self.created_at,
+            self.desired == TaskDesired::Running,
+            !self.status.state.is_terminal(),
+            &self.id,
+        )
     }
 }
 

@@ -192,16 +192,21 @@ impl State {
                 }]
             }
             Some(job) => {
+                let carry = job.desired == JobDesired::Run
+                    && job.spec.task == spec.task
+                    && std::mem::discriminant(&job.spec.kind) == std::mem::discriminant(&spec.kind);
+                let from = job.version;
                 job.version += 1;
                 job.spec = spec;
                 job.format = format;
                 job.source = source;
                 job.desired = JobDesired::Run;
                 job.updated_at = now;
-                vec![Event::JobUpdated {
-                    name,
-                    version: job.version,
-                }]
+                let version = job.version;
+                if carry {
+                    self.carry_tasks_forward(&name, from, version);
+                }
+                vec![Event::JobUpdated { name, version }]
             }
             None => {
                 self.jobs.insert(
@@ -242,6 +247,25 @@ impl State {
             name: name.to_owned(),
             version: job.version,
         }])
+    }
+
+    /// When a running job changes only its counts or its restart policy, the new
+    /// version takes over the previous version's tasks (running, completed and
+    /// failed alike): their task spec is unchanged, so scaling or re-tuning a job
+    /// neither replaces its running tasks nor reruns its completed batch slots.
+    /// Tasks of older versions ran another task spec and stay behind. A job that
+    /// was stopped starts over: submitting it again is a new run.
+    fn carry_tasks_forward(&mut self, job: &str, from: u64, to: u64) {
+        let ids: Vec<TaskId> = self
+            .tasks_of_job(job)
+            .filter(|t| t.job_version == from)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                task.job_version = to;
+            }
+        }
     }
 
     fn register_node(&mut self, mut node: Node, now: Timestamp) -> Vec<Event> {
@@ -497,15 +521,14 @@ impl State {
         Some(task)
     }
 
-    /// The newest task of each slot of a job's current version line: by slot, the
-    /// task with the most restarts, then the latest created.
+    /// The newest task of each slot of a job, by [`Task::is_newer_than`]: the
+    /// newest job version, then the most restarts, then the latest created.
     pub fn latest_by_slot<'a>(&'a self, job: &str) -> BTreeMap<Slot, &'a Task> {
         let mut latest: BTreeMap<Slot, &Task> = BTreeMap::new();
         for task in self.tasks_of_job(job) {
-            let newer = latest.get(&task.slot).is_none_or(|cur| {
-                (task.job_version, task.restarts, task.created_at)
-                    > (cur.job_version, cur.restarts, cur.created_at)
-            });
+            let newer = latest
+                .get(&task.slot)
+                .is_none_or(|cur| task.is_newer_than(cur));
             if newer {
                 latest.insert(task.slot.clone(), task);
             }

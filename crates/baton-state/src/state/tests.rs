@@ -1,10 +1,786 @@
-//! Tests of `State::apply`.
+//! Tests of `State::apply`, the indexes it maintains, persistence and job summaries.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use baton_spec::{DriverKind, JobSpec, RestartCondition, RestartPolicy, SpecFormat, TaskSpec};
 
 use super::*;
+use crate::command::PlanPlacement;
+use crate::command::PlanStop;
+use crate::command::PlanUnplaced;
+use crate::objects::{ExitInfo, TaskStatus};
+
+const MI: u64 = 1 << 20;
+const T0: Timestamp = Timestamp(1_000);
+const T1: Timestamp = Timestamp(2_000);
+
+fn res(cpu_millis: u64, memory_bytes: u64) -> Resources {
+    Resources {
+        cpu_millis,
+        memory_bytes,
+    }
+}
+
+fn spec(name: &str, kind: JobKind) -> JobSpec {
+    JobSpec {
+        name: name.to_owned(),
+        kind,
+        task: TaskSpec {
+            driver: DriverKind::Raw,
+            command: vec!["sleep".to_owned(), "60".to_owned()],
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            resources: res(100, 64 * MI),
+            kill_timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_attempts: 1,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(4),
+        },
+    }
+}
+
+fn service(name: &str, replicas: u32) -> JobSpec {
+    spec(name, JobKind::Service { replicas })
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        id: NodeId(id.to_owned()),
+        hostname: id.to_owned(),
+        capacity: res(1000, 1024 * MI),
+        drivers: BTreeSet::from([DriverKind::Raw]),
+        state: NodeState::Down,
+        availability: NodeAvailability::Active,
+        registered_at: Timestamp(0),
+        state_since: Timestamp(0),
+    }
+}
+
+fn task(id: &str, job: &str, version: u64, slot: u32, node: Option<&str>) -> Task {
+    Task {
+        id: TaskId(id.to_owned()),
+        job: job.to_owned(),
+        job_version: version,
+        slot: Slot::Index(slot),
+        restarts: 0,
+        node: node.map(|n| NodeId(n.to_owned())),
+        resources: res(100, 64 * MI),
+        driver: DriverKind::Raw,
+        desired: TaskDesired::Running,
+        status: TaskStatus {
+            state: if node.is_some() {
+                TaskState::Assigned
+            } else {
+                TaskState::Pending
+            },
+            since: T0,
+            message: String::new(),
+            exit: None,
+            pid: None,
+            started_at: None,
+            finished_at: None,
+        },
+        not_before: None,
+        created_at: T0,
+    }
+}
+
+fn id(s: &str) -> TaskId {
+    TaskId(s.to_owned())
+}
+
+fn nid(s: &str) -> NodeId {
+    NodeId(s.to_owned())
+}
+
+fn put(state: &mut State, spec: JobSpec) -> Vec<Event> {
+    state
+        .apply(Command::PutJob {
+            spec,
+            format: SpecFormat::Yaml,
+            source: "bytes".to_owned(),
+            now: T0,
+        })
+        .expect("put job")
+}
+
+fn register(state: &mut State, node: Node) {
+    state
+        .apply(Command::RegisterNode { node, now: T0 })
+        .expect("register");
+}
+
+fn apply_plan(state: &mut State, plan: Plan) -> Vec<Event> {
+    state
+        .apply(Command::ApplyPlan { plan, now: T1 })
+        .expect("apply plan")
+}
+
+fn create(state: &mut State, tasks: Vec<Task>) -> Vec<Event> {
+    apply_plan(
+        state,
+        Plan {
+            create: tasks,
+            ..Plan::default()
+        },
+    )
+}
+
+fn report(state: &mut State, node: &str, task: &str, to: TaskState) -> Vec<Event> {
+    state
+        .apply(Command::ReportTasks {
+            node: nid(node),
+            reports: vec![TaskReport {
+                task: id(task),
+                state: to,
+                message: format!("now {}", to.as_str()),
+                exit: to.is_terminal().then_some(ExitInfo {
+                    code: Some(if to == TaskState::Complete { 0 } else { 1 }),
+                    signal: None,
+                }),
+                pid: (to == TaskState::Running).then_some(42),
+            }],
+            now: T1,
+        })
+        .expect("report")
+}
+
+/// One service `web` (version 1) with two tasks on `n1`.
+fn running_web() -> State {
+    let mut state = State::default();
+    register(&mut state, node("n1"));
+    put(&mut state, service("web", 2));
+    create(
+        &mut state,
+        vec![
+            task("web.0.a", "web", 1, 0, Some("n1")),
+            task("web.1.b", "web", 1, 1, Some("n1")),
+        ],
+    );
+    state
+}
 
 #[test]
 fn empty_state_has_nothing() {
     let state = State::default();
     assert_eq!(state.jobs().count(), 0);
     assert_eq!(state.n_tasks(), 0);
+}
+
+#[test]
+fn put_job_new_starts_at_version_1() {
+    let mut state = State::default();
+    let events = put(&mut state, service("web", 2));
+    assert_eq!(
+        events,
+        vec![Event::JobCreated {
+            name: "web".to_owned(),
+            version: 1
+        }]
+    );
+    let job = state.job("web").expect("job");
+    assert_eq!(
+        (job.version, job.desired, job.created_at, job.updated_at),
+        (1, JobDesired::Run, T0, T0)
+    );
+    assert_eq!(job.source, "bytes");
+}
+
+#[test]
+fn put_job_unchanged_keeps_the_version() {
+    let mut state = State::default();
+    put(&mut state, service("web", 2));
+    let events = put(&mut state, service("web", 2));
+    assert_eq!(
+        events,
+        vec![Event::JobUnchanged {
+            name: "web".to_owned(),
+            version: 1
+        }]
+    );
+}
+
+#[test]
+fn put_job_with_a_new_task_spec_leaves_tasks_on_the_old_version() {
+    let mut state = running_web();
+    let mut changed = service("web", 2);
+    changed.task.command.push("--verbose".to_owned());
+    let events = put(&mut state, changed);
+    assert_eq!(
+        events,
+        vec![Event::JobUpdated {
+            name: "web".to_owned(),
+            version: 2
+        }]
+    );
+    let versions: Vec<u64> = state.tasks().map(|t| t.job_version).collect();
+    assert_eq!(versions, vec![1, 1]);
+}
+
+#[test]
+fn put_job_with_new_counts_carries_tasks_forward() {
+    let mut state = running_web();
+    report(&mut state, "n1", "web.1.b", TaskState::Failed);
+    put(&mut state, service("web", 5));
+    let versions: Vec<u64> = state.tasks().map(|t| t.job_version).collect();
+    assert_eq!(versions, vec![2, 2], "running and finished tasks alike");
+    // A job type change is not a count change.
+    put(&mut state, spec("web", JobKind::Global));
+    let versions: Vec<u64> = state.tasks().map(|t| t.job_version).collect();
+    assert_eq!(versions, vec![2, 2]);
+}
+
+#[test]
+fn stop_job_bumps_the_version_once() {
+    let mut state = running_web();
+    let events = state
+        .apply(Command::StopJob {
+            name: "web".to_owned(),
+            now: T1,
+        })
+        .expect("stop");
+    assert_eq!(
+        events,
+        vec![Event::JobStopped {
+            name: "web".to_owned(),
+            version: 2
+        }]
+    );
+    let job = state.job("web").expect("job");
+    assert_eq!((job.desired, job.updated_at), (JobDesired::Stop, T1));
+    let again = state
+        .apply(Command::StopJob {
+            name: "web".to_owned(),
+            now: T1,
+        })
+        .expect("stop again");
+    assert_eq!(
+        again,
+        vec![Event::JobUnchanged {
+            name: "web".to_owned(),
+            version: 2
+        }]
+    );
+    // Submitting the same spec runs it again, as a new version and a new run:
+    // the stopped version's tasks stay behind.
+    let events = put(&mut state, service("web", 2));
+    assert_eq!(
+        events,
+        vec![Event::JobUpdated {
+            name: "web".to_owned(),
+            version: 3
+        }]
+    );
+    assert_eq!(state.job("web").map(|j| j.desired), Some(JobDesired::Run));
+    let versions: Vec<u64> = state.tasks().map(|t| t.job_version).collect();
+    assert_eq!(versions, vec![1, 1]);
+}
+
+#[test]
+fn stop_of_an_unknown_job_is_an_error() {
+    let mut state = State::default();
+    let err = state
+        .apply(Command::StopJob {
+            name: "nope".to_owned(),
+            now: T0,
+        })
+        .expect_err("unknown job");
+    assert_eq!(
+        err,
+        ApplyError::JobNotFound {
+            name: "nope".to_owned()
+        }
+    );
+    assert_eq!(err.to_string(), "job \"nope\" not found");
+}
+
+#[test]
+fn register_node_is_ready_and_keeps_first_registration_and_availability() {
+    let mut state = State::default();
+    let mut paused = node("n1");
+    paused.availability = NodeAvailability::Pause;
+    let events = state
+        .apply(Command::RegisterNode {
+            node: paused,
+            now: T0,
+        })
+        .expect("register");
+    assert_eq!(
+        events,
+        vec![Event::NodeStateChanged {
+            id: nid("n1"),
+            state: NodeState::Ready
+        }]
+    );
+    // Registering again (an agent restart) keeps what the cluster decided.
+    let mut again = node("n1");
+    again.hostname = "renamed".to_owned();
+    state
+        .apply(Command::RegisterNode {
+            node: again,
+            now: T1,
+        })
+        .expect("register again");
+    let n = state.node(&nid("n1")).expect("node");
+    assert_eq!(
+        (
+            n.state,
+            n.availability,
+            n.registered_at,
+            n.state_since,
+            n.hostname.as_str()
+        ),
+        (NodeState::Ready, NodeAvailability::Pause, T0, T1, "renamed")
+    );
+}
+
+#[test]
+fn node_down_marks_tasks_lost_and_releases_reservations() {
+    let mut state = running_web();
+    assert_eq!(state.reserved(&nid("n1")), res(200, 128 * MI));
+    let events = state
+        .apply(Command::NodeDown {
+            id: nid("n1"),
+            now: T1,
+        })
+        .expect("node down");
+    assert_eq!(
+        events,
+        vec![
+            Event::NodeStateChanged {
+                id: nid("n1"),
+                state: NodeState::Down
+            },
+            Event::TaskStateChanged {
+                id: id("web.0.a"),
+                state: TaskState::Lost
+            },
+            Event::TaskStateChanged {
+                id: id("web.1.b"),
+                state: TaskState::Lost
+            },
+        ]
+    );
+    assert_eq!(state.reserved(&nid("n1")), Resources::default());
+    let lost = state.task(&id("web.0.a")).expect("task");
+    assert_eq!(lost.status.message, "node down");
+    assert_eq!(lost.status.finished_at, Some(T1));
+    // Down again: nothing more happens.
+    let again = state
+        .apply(Command::NodeDown {
+            id: nid("n1"),
+            now: T1,
+        })
+        .expect("node down again");
+    assert_eq!(again, vec![]);
+    assert_eq!(
+        state.apply(Command::NodeDown {
+            id: nid("n9"),
+            now: T1
+        }),
+        Err(ApplyError::NodeNotFound { id: nid("n9") })
+    );
+}
+
+#[test]
+fn apply_plan_creates_places_stops_and_removes() {
+    let mut state = running_web();
+    let mut done = task("web.1.old", "web", 1, 1, None);
+    done.status.state = TaskState::Failed;
+    create(&mut state, vec![task("web.0.p", "web", 1, 0, None), done]);
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            create: vec![task("web.1.c", "web", 1, 1, Some("n1"))],
+            place: vec![PlanPlacement {
+                task: id("web.0.p"),
+                node: nid("n1"),
+            }],
+            stop: vec![PlanStop {
+                task: id("web.0.a"),
+                reason: "scaled down".to_owned(),
+            }],
+            unplaced: vec![],
+            remove: vec![id("web.1.old")],
+        },
+    );
+    assert_eq!(
+        events,
+        vec![
+            Event::TaskCreated { id: id("web.1.c") },
+            Event::TaskPlaced {
+                id: id("web.1.c"),
+                node: nid("n1")
+            },
+            Event::TaskPlaced {
+                id: id("web.0.p"),
+                node: nid("n1")
+            },
+            Event::TaskStopping { id: id("web.0.a") },
+            Event::TaskRemoved {
+                id: id("web.1.old")
+            },
+        ]
+    );
+    let placed = state.task(&id("web.0.p")).expect("task");
+    assert_eq!(
+        (placed.status.state, placed.status.since),
+        (TaskState::Assigned, T1)
+    );
+    let stopping = state.task(&id("web.0.a")).expect("task");
+    assert_eq!(
+        (
+            stopping.desired,
+            stopping.status.state,
+            stopping.status.message.as_str()
+        ),
+        (TaskDesired::Shutdown, TaskState::Assigned, "scaled down")
+    );
+    // A stopping task still holds its resources until its node reports it gone.
+    assert_eq!(state.reserved(&nid("n1")), res(400, 256 * MI));
+    assert!(state.task(&id("web.1.old")).is_none());
+    let on_node: Vec<&str> = state
+        .tasks_of_node(&nid("n1"))
+        .map(|t| t.id.0.as_str())
+        .collect();
+    assert_eq!(on_node, vec!["web.0.a", "web.0.p", "web.1.b", "web.1.c"]);
+}
+
+#[test]
+fn apply_plan_ignores_stale_items() {
+    let mut state = running_web();
+    let mut paused = node("n2");
+    paused.availability = NodeAvailability::Pause;
+    register(&mut state, paused);
+    let mut huge = task("web.1.huge", "web", 1, 1, Some("n1"));
+    huge.resources = res(5000, MI);
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            create: vec![
+                task("web.0.old-version", "web", 7, 0, None),
+                task("nope.0.x", "nope", 1, 0, None),
+                task("web.0.a", "web", 1, 0, None),
+                huge,
+                task("web.1.paused", "web", 1, 1, Some("n2")),
+            ],
+            place: vec![PlanPlacement {
+                task: id("web.1.b"),
+                node: nid("n1"),
+            }],
+            stop: vec![PlanStop {
+                task: id("unknown"),
+                reason: "x".to_owned(),
+            }],
+            unplaced: vec![],
+            remove: vec![id("web.0.a")],
+        },
+    );
+    let stale = |what: &str, task: &str| Event::Ignored {
+        reason: format!("stale plan: cannot {what} task {task}"),
+    };
+    assert_eq!(
+        events,
+        vec![
+            stale("create", "web.0.old-version"),
+            stale("create", "nope.0.x"),
+            stale("create", "web.0.a"),
+            stale("create", "web.1.huge"),
+            stale("create", "web.1.paused"),
+            stale("place", "web.1.b"),
+        ]
+    );
+    // The active task named in `remove` is kept.
+    assert!(state.task(&id("web.0.a")).is_some());
+    assert_eq!(state.n_tasks(), 2);
+    // A stopped job takes no new tasks.
+    state
+        .apply(Command::StopJob {
+            name: "web".to_owned(),
+            now: T1,
+        })
+        .expect("stop");
+    let events = create(&mut state, vec![task("web.0.late", "web", 2, 0, None)]);
+    assert_eq!(events, vec![stale("create", "web.0.late")]);
+}
+
+#[test]
+fn stopping_an_unplaced_task_shuts_it_down_at_once() {
+    let mut state = running_web();
+    create(&mut state, vec![task("web.0.p", "web", 1, 0, None)]);
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            stop: vec![PlanStop {
+                task: id("web.0.p"),
+                reason: "job stopped".to_owned(),
+            }],
+            ..Plan::default()
+        },
+    );
+    assert_eq!(
+        events,
+        vec![
+            Event::TaskStopping { id: id("web.0.p") },
+            Event::TaskStateChanged {
+                id: id("web.0.p"),
+                state: TaskState::Shutdown
+            },
+        ]
+    );
+    // Stopping it again changes nothing.
+    let again = apply_plan(
+        &mut state,
+        Plan {
+            stop: vec![PlanStop {
+                task: id("web.0.p"),
+                reason: "job stopped".to_owned(),
+            }],
+            ..Plan::default()
+        },
+    );
+    assert_eq!(again, vec![]);
+}
+
+#[test]
+fn unplaced_sets_the_message_of_pending_tasks_only() {
+    let mut state = running_web();
+    create(&mut state, vec![task("web.0.p", "web", 1, 0, None)]);
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            unplaced: vec![
+                PlanUnplaced {
+                    task: id("web.0.p"),
+                    reason: "no node fits".to_owned(),
+                },
+                PlanUnplaced {
+                    task: id("web.0.a"),
+                    reason: "no node fits".to_owned(),
+                },
+            ],
+            ..Plan::default()
+        },
+    );
+    assert_eq!(events, vec![]);
+    let msg = |s: &State, t: &str| s.task(&id(t)).map(|t| t.status.message.clone());
+    assert_eq!(msg(&state, "web.0.p").as_deref(), Some("no node fits"));
+    assert_eq!(msg(&state, "web.0.a").as_deref(), Some(""));
+}
+
+#[test]
+fn reports_move_task_state_forward_only() {
+    let mut state = running_web();
+    let events = report(&mut state, "n1", "web.0.a", TaskState::Running);
+    assert_eq!(
+        events,
+        vec![Event::TaskStateChanged {
+            id: id("web.0.a"),
+            state: TaskState::Running
+        }]
+    );
+    let t = state.task(&id("web.0.a")).expect("task");
+    assert_eq!(
+        (t.status.started_at, t.status.pid, t.status.message.as_str()),
+        (Some(T1), Some(42), "now running")
+    );
+    // Backwards: ignored.
+    assert_eq!(
+        report(&mut state, "n1", "web.0.a", TaskState::Starting),
+        vec![]
+    );
+    assert_eq!(
+        state.task(&id("web.0.a")).map(|t| t.status.state),
+        Some(TaskState::Running)
+    );
+    // Terminal: recorded with its exit, resources released.
+    report(&mut state, "n1", "web.0.a", TaskState::Failed);
+    let t = state.task(&id("web.0.a")).expect("task");
+    assert_eq!(
+        (t.status.state, t.status.finished_at, t.status.pid),
+        (TaskState::Failed, Some(T1), None)
+    );
+    assert_eq!(
+        t.status.exit,
+        Some(ExitInfo {
+            code: Some(1),
+            signal: None
+        })
+    );
+    assert_eq!(state.reserved(&nid("n1")), res(100, 64 * MI));
+    // Out of a terminal state: ignored.
+    assert_eq!(
+        report(&mut state, "n1", "web.0.a", TaskState::Running),
+        vec![]
+    );
+    assert_eq!(
+        report(&mut state, "n1", "web.0.a", TaskState::Complete),
+        vec![]
+    );
+}
+
+#[test]
+fn reports_for_another_nodes_task_are_rejected() {
+    let mut state = running_web();
+    register(&mut state, node("n2"));
+    let events = report(&mut state, "n2", "web.0.a", TaskState::Failed);
+    assert_eq!(
+        events,
+        vec![Event::Ignored {
+            reason: "node n2 reported task web.0.a it does not run".to_owned()
+        }]
+    );
+    assert_eq!(
+        state.task(&id("web.0.a")).map(|t| t.status.state),
+        Some(TaskState::Assigned)
+    );
+    // A task no node runs yet cannot be reported either.
+    create(&mut state, vec![task("web.0.p", "web", 1, 0, None)]);
+    let events = report(&mut state, "n1", "web.0.p", TaskState::Running);
+    assert_eq!(
+        events,
+        vec![Event::Ignored {
+            reason: "node n1 reported task web.0.p it does not run".to_owned()
+        }]
+    );
+}
+
+#[test]
+fn serde_round_trip_rebuilds_indexes() {
+    let mut state = running_web();
+    report(&mut state, "n1", "web.1.b", TaskState::Complete);
+    create(&mut state, vec![task("web.0.p", "web", 1, 0, None)]);
+    let json = serde_json::to_string(&state).expect("serialise");
+    let loaded: State = serde_json::from_str(&json).expect("load");
+    assert_eq!(serde_json::to_string(&loaded).expect("serialise"), json);
+    assert_eq!(loaded.reserved(&nid("n1")), state.reserved(&nid("n1")));
+    assert_eq!(loaded.reserved(&nid("n1")), res(100, 64 * MI));
+    let ids =
+        |s: &State| -> Vec<String> { s.tasks_of_job("web").map(|t| t.id.0.clone()).collect() };
+    assert_eq!(ids(&loaded), vec!["web.0.a", "web.0.p", "web.1.b"]);
+    let on_node: Vec<&str> = loaded
+        .tasks_of_node(&nid("n1"))
+        .map(|t| t.id.0.as_str())
+        .collect();
+    assert_eq!(on_node, vec!["web.0.a", "web.1.b"]);
+    // The persisted form holds only the primary tables.
+    let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
+    assert_eq!(keys, vec!["jobs", "nodes", "tasks"]);
+}
+
+#[test]
+fn latest_by_slot_prefers_the_live_replacement_made_in_the_same_millisecond() {
+    let mut state = running_web();
+    state
+        .apply(Command::NodeDown {
+            id: nid("n1"),
+            now: T0,
+        })
+        .expect("down");
+    register(&mut state, node("n2"));
+    // Same version, restarts and created_at as the lost tasks; one replacement id
+    // sorts before the lost task's, the other after.
+    create(
+        &mut state,
+        vec![
+            task("web.0.0", "web", 1, 0, Some("n2")),
+            task("web.1.z", "web", 1, 1, Some("n2")),
+        ],
+    );
+    let latest = state.latest_by_slot("web");
+    assert_eq!(
+        latest.get(&Slot::Index(0)).map(|t| t.id.0.as_str()),
+        Some("web.0.0")
+    );
+    assert_eq!(
+        latest.get(&Slot::Index(1)).map(|t| t.id.0.as_str()),
+        Some("web.1.z")
+    );
+}
+
+fn summary(state: &State, job: &str) -> JobSummary {
+    state.job_summary(state.job(job).expect("job"))
+}
+
+#[test]
+fn job_summary_phases() {
+    // Service: pending until every replica runs.
+    let mut state = running_web();
+    let s = summary(&state, "web");
+    assert_eq!(
+        (s.phase, s.desired, s.running, s.pending),
+        (JobPhase::Pending, 2, 0, 2)
+    );
+    report(&mut state, "n1", "web.0.a", TaskState::Running);
+    report(&mut state, "n1", "web.1.b", TaskState::Running);
+    assert_eq!(summary(&state, "web").phase, JobPhase::Running);
+
+    // A slot that gave up (on-failure, max_attempts 1, already restarted once).
+    let mut retried = task("web.0.r", "web", 1, 0, Some("n1"));
+    retried.restarts = 1;
+    create(&mut state, vec![retried]);
+    report(&mut state, "n1", "web.0.a", TaskState::Failed);
+    report(&mut state, "n1", "web.0.r", TaskState::Failed);
+    let s = summary(&state, "web");
+    assert_eq!(s.phase, JobPhase::Failed);
+    assert_eq!(
+        s.failures,
+        vec![SlotFailure {
+            slot: Slot::Index(0),
+            task: id("web.0.r"),
+            restarts: 1,
+            exit: Some(ExitInfo {
+                code: Some(1),
+                signal: None
+            }),
+            message: "now failed".to_owned(),
+        }]
+    );
+
+    state
+        .apply(Command::StopJob {
+            name: "web".to_owned(),
+            now: T1,
+        })
+        .expect("stop");
+    assert_eq!(summary(&state, "web").phase, JobPhase::Stopped);
+
+    // Batch: running while in progress, complete once every completion exited 0.
+    put(
+        &mut state,
+        spec(
+            "etl",
+            JobKind::Batch {
+                completions: 2,
+                parallelism: 2,
+            },
+        ),
+    );
+    assert_eq!(summary(&state, "etl").phase, JobPhase::Pending);
+    create(
+        &mut state,
+        vec![
+            task("etl.0.a", "etl", 1, 0, Some("n1")),
+            task("etl.1.b", "etl", 1, 1, Some("n1")),
+        ],
+    );
+    report(&mut state, "n1", "etl.0.a", TaskState::Running);
+    assert_eq!(summary(&state, "etl").phase, JobPhase::Running);
+    report(&mut state, "n1", "etl.0.a", TaskState::Complete);
+    report(&mut state, "n1", "etl.1.b", TaskState::Complete);
+    let s = summary(&state, "etl");
+    assert_eq!(
+        (s.phase, s.completed, s.desired),
+        (JobPhase::Complete, 2, 2)
+    );
+
+    // Global: one slot per eligible node.
+    put(&mut state, spec("agent", JobKind::Global));
+    assert_eq!(summary(&state, "agent").desired, 1);
 }

@@ -1,0 +1,79 @@
+//! Reconciler and scheduler: one pure pass from a state snapshot to a [`Plan`].
+//!
+//! [`plan`] runs the reconciler (`reconcile.rs`: desired slots against actual
+//! tasks, giving tasks to create, stop and forget) and then the scheduler
+//! (`schedule.rs`: nodes for new and pending tasks). The manager proposes the
+//! result as `Command::ApplyPlan`, and `State::apply` re-checks every item, so a
+//! plan computed on a stale snapshot is harmless.
+//!
+//! Architecture invariants: this crate reads no clock (`now` is an argument),
+//! draws no randomness but from the `seed` argument, does no I/O and holds no
+//! state between passes. The same `(state, now, seed)` always yields the same
+//! output. A pass over the state that results from applying its own plan, at
+//! the same `now`, yields an empty plan unless something was left waiting.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod ids;
+mod reconcile;
+mod schedule;
+mod timefmt;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+
+use baton_state::{Plan, PlanStop, State, Timestamp};
+
+use crate::ids::IdGen;
+use crate::reconcile::Reconciled;
+
+/// The result of one pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanOutput {
+    /// What to change.
+    pub plan: Plan,
+    /// The earliest time after `now` at which a pass would do something new (a
+    /// restart backoff expiring), if any. Other changes arrive as commands.
+    pub next_wakeup: Option<Timestamp>,
+}
+
+/// One reconcile + schedule pass over `state` at time `now`. Task ids are drawn
+/// from `seed`: `<job>.<slot>.<12 lowercase hex>`.
+pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
+    let mut ids = IdGen::new(seed);
+    let Reconciled {
+        mut create,
+        pending,
+        mut stop,
+        remove,
+        make_room,
+        next_wakeup,
+    } = reconcile::reconcile(state, now, &mut ids);
+    let scheduled = schedule::schedule(state, now, &mut create, &pending);
+    for room in make_room {
+        let helps = room.old.node.as_ref().is_some_and(|node| {
+            scheduled.fits_once_freed(node, room.driver, &room.resources, &room.old.resources)
+        });
+        if scheduled.is_unplaced(&room.new_task) && helps {
+            stop.push(PlanStop {
+                task: room.old.id.clone(),
+                reason: room.reason,
+            });
+        }
+    }
+    PlanOutput {
+        plan: Plan {
+            create,
+            place: scheduled.place,
+            stop,
+            unplaced: scheduled.unplaced,
+            remove,
+        },
+        next_wakeup,
+    }
+}
