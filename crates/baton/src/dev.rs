@@ -208,6 +208,27 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
         agent_stop.clone(),
     ));
 
+    // Ready means a submitted job can run: wait for the agent's node to register.
+    let mut changes = store_dyn.subscribe();
+    let registered = matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            changes.wait_for(|snap| {
+                snap.state
+                    .nodes()
+                    .any(|n| n.state == baton_state::NodeState::Ready)
+            }),
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !registered {
+        return Err(Failure::op(
+            "the agent did not register its node within 30s",
+        ));
+    }
+    drop(changes);
+
     println!(
         "baton dev ready: api {} · client config {} · try: baton --config {} job run examples/web.yaml",
         client_config.api,
