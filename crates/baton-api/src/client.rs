@@ -221,14 +221,12 @@ impl ApiClient {
     }
 }
 
-/// The error and its causes on one line.
+/// The root cause of an error (e.g. "Connection refused"), which is what a user
+/// can act on; reqwest's outer layers only repeat the URL.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        cur = cause.source();
+    let mut root = e;
+    while let Some(cause) = root.source() {
+        root = cause;
     }
-    out
+    root.to_string()
 }

@@ -19,7 +19,9 @@ mod quantity;
 pub use parse::{
     MAX_REPORTED_ERRORS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, SpecError, SpecErrors, parse_job,
 };
-pub use quantity::{format_duration, format_memory, parse_cpu, parse_duration, parse_memory};
+pub use quantity::{
+    format_duration, format_memory, human_memory, parse_cpu, parse_duration, parse_memory,
+};
 
 /// The format of submitted spec bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

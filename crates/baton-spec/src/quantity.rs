@@ -103,11 +103,30 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
-/// Formats bytes with the largest exact binary unit (`64Mi`), or bytes.
+/// Formats bytes exactly, with the largest binary unit that divides them
+/// (`64Mi`), else in bytes: `parse_memory` reads it back to the same value.
 pub fn format_memory(bytes: u64) -> String {
     for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
         if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// Formats bytes for people: the largest binary unit that keeps the value at
+/// least 1, exact values as integers (`64Mi`), others with one decimal (`23.5Gi`).
+pub fn human_memory(bytes: u64) -> String {
+    for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        let size = 1u64 << shift;
+        if bytes >= size {
+            if bytes.is_multiple_of(size) {
+                return format!("{}{unit}", bytes >> shift);
+            }
+            // Display only: rounding a huge value through f64 does not matter.
+            #[allow(clippy::cast_precision_loss)]
+            let value = bytes as f64 / size as f64;
+            return format!("{value:.1}{unit}");
         }
     }
     bytes.to_string()
@@ -138,6 +157,11 @@ mod tests {
             Err("\"64XB\" is not a size (use 64Mi, 1Gi, ...)".to_owned())
         );
         assert!(parse_memory("99999999999Ti").is_err());
+        assert_eq!(format_memory(64 << 20), "64Mi");
+        assert_eq!(format_memory((1 << 20) + 1), "1048577");
+        assert_eq!(human_memory((23 << 30) + (1 << 29)), "23.5Gi");
+        assert_eq!(human_memory(64 << 20), "64Mi");
+        assert_eq!(format_memory(1000), "1000");
     }
 
     #[test]

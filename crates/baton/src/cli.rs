@@ -217,7 +217,23 @@ async fn wait_for_job(api: &ApiClient, name: &str) -> Result<(), Failure> {
     let mut last = String::new();
     loop {
         let job = api.get_job(name).await?;
-        let line = progress_line(&job);
+        let mut line = progress_line(&job);
+        if job.phase == "pending" {
+            // Say why tasks wait (no node fits, restart backoff), once per reason.
+            let tasks = api.list_tasks(Some(name)).await?;
+            let mut reasons: Vec<&str> = tasks
+                .iter()
+                .filter(|t| {
+                    t.job_version == job.version && t.state == "pending" && !t.message.is_empty()
+                })
+                .map(|t| t.message.as_str())
+                .collect();
+            reasons.sort_unstable();
+            reasons.dedup();
+            if !reasons.is_empty() {
+                line = format!("{line} ({})", reasons.join("; "));
+            }
+        }
         if line != last {
             println!("{line}");
             let _ = std::io::stdout().flush();
@@ -349,8 +365,8 @@ pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> 
                             format!("{}m/{}m", n.cpu_reserved, n.cpu_millis),
                             format!(
                                 "{}/{}",
-                                baton_spec::format_memory(n.memory_reserved),
-                                baton_spec::format_memory(n.memory_bytes)
+                                baton_spec::human_memory(n.memory_reserved),
+                                baton_spec::human_memory(n.memory_bytes)
                             ),
                             n.tasks.to_string(),
                         ]

@@ -272,3 +272,22 @@ task:
     let (stdout, _) = text(&out);
     assert_eq!(stdout, "line 1\nline 2\nline 3\noops\n");
 }
+
+#[test]
+fn a_task_that_fits_nowhere_stays_pending_and_says_why() {
+    let (dev, tmp) = Dev::start();
+    let file = spec_file(
+        tmp.path(),
+        "huge.yaml",
+        "name: huge\ntask:\n  driver: raw\n  command: [/bin/sleep, \"100\"]\n  resources: {memory: 100Ti}\n",
+    );
+    dev.ok(&["job", "run", "--detach", file.to_str().expect("path")]);
+    let task = wait_for("the unplaced reason", Duration::from_secs(10), || {
+        dev.tasks("huge").into_iter().find(|t| t["message"] != "")
+    });
+    assert_eq!(task["state"], "pending");
+    assert_eq!(task["node"], serde_json::Value::Null);
+    assert_eq!(task["message"], "no node fits: 1 node: insufficient memory");
+    let job = dev.json(&["job", "status", "huge"]);
+    assert_eq!(job["job"]["phase"], "pending");
+}
