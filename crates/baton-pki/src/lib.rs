@@ -7,6 +7,10 @@
 
 use std::fmt;
 
+mod cluster_ca;
+
+pub use cluster_ca::{ClusterCa, PeerIdentity, Role, generate_csr, peer_identity, root_digest};
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -25,6 +29,12 @@ pub enum PkiError {
     /// The system random source failed.
     #[error("random source failed")]
     Random,
+    /// A certificate signing request is malformed or its signature is wrong.
+    #[error("invalid certificate signing request: {0}")]
+    InvalidCsr(String),
+    /// A certificate could not be read, or lacks the cluster's identity fields.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
 }
 
 /// A CA and a server certificate it signed, all PEM.
