@@ -7,7 +7,9 @@ use baton_spec::{JobSpec, SpecFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId, Timestamp};
-use crate::objects::{ExitInfo, Node, NodeState, Task, TaskState};
+use crate::objects::{
+    Cluster, ExitInfo, Node, NodeAvailability, NodeRole, NodeState, Task, TaskState,
+};
 
 /// A change to the cluster state. Carries every input that varies between runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +62,54 @@ pub enum Command {
         reports: Vec<TaskReport>,
         /// Clock at the edge.
         now: Timestamp,
+    },
+    /// Creates the cluster identity. Refused if the cluster exists.
+    InitCluster {
+        /// The cluster.
+        cluster: Cluster,
+    },
+    /// Replaces a join token (by its digest): the old one stops admitting nodes;
+    /// nodes already joined are not affected.
+    RotateJoinToken {
+        /// Which token.
+        role: NodeRole,
+        /// SHA-256 (hex) of the new token's secret.
+        digest: String,
+    },
+    /// A node joined: the cluster assigned it `id` and `role` and signed its
+    /// certificate. Refused for an id in use or revoked.
+    AdmitNode {
+        /// Assigned id.
+        id: NodeId,
+        /// Role from the token used.
+        role: NodeRole,
+        /// Its certificate's expiry.
+        cert_not_after: Timestamp,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// A member renewed its certificate.
+    RenewNodeCert {
+        /// Node.
+        id: NodeId,
+        /// New expiry.
+        cert_not_after: Timestamp,
+    },
+    /// Removes a node from the cluster for good: its membership ends, its id is
+    /// revoked (its certificate is refused from then on) and its unfinished
+    /// tasks are `lost`.
+    RemoveNode {
+        /// Node.
+        id: NodeId,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// Changes whether a node takes new tasks.
+    SetNodeAvailability {
+        /// Node.
+        id: NodeId,
+        /// New availability.
+        availability: NodeAvailability,
     },
 }
 
@@ -198,6 +248,40 @@ pub enum Event {
     TaskRemoved {
         /// Task.
         id: TaskId,
+    },
+    /// The cluster identity was created.
+    ClusterCreated {
+        /// Cluster id.
+        id: String,
+    },
+    /// A join token was replaced.
+    JoinTokenRotated {
+        /// Which.
+        role: NodeRole,
+    },
+    /// A node became a member.
+    NodeAdmitted {
+        /// Node.
+        id: NodeId,
+        /// Role.
+        role: NodeRole,
+    },
+    /// A member's certificate was renewed.
+    NodeCertRenewed {
+        /// Node.
+        id: NodeId,
+    },
+    /// A node was removed and revoked.
+    NodeRemoved {
+        /// Node.
+        id: NodeId,
+    },
+    /// A node's availability changed.
+    NodeAvailabilityChanged {
+        /// Node.
+        id: NodeId,
+        /// New availability.
+        availability: NodeAvailability,
     },
     /// Part of a command was not applied (stale plan, report for another node's task).
     Ignored {

@@ -17,8 +17,8 @@ mod state;
 pub use command::{Command, Event, Plan, PlanPlacement, PlanStop, PlanUnplaced, TaskReport};
 pub use ids::{NodeId, TaskId, Timestamp};
 pub use objects::{
-    ExitInfo, Job, JobDesired, JobPhase, JobSummary, Node, NodeAvailability, NodeState, Slot,
-    SlotFailure, Task, TaskDesired, TaskState, TaskStatus,
+    Cluster, ExitInfo, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability,
+    NodeRole, NodeState, Slot, SlotFailure, Task, TaskDesired, TaskState, TaskStatus,
 };
 pub use restart::{RestartDecision, restart_decision};
 pub use state::{ApplyError, State};

@@ -316,3 +316,54 @@ pub struct JobSummary {
     /// Slots that gave up.
     pub failures: Vec<SlotFailure>,
 }
+
+/// The role a node was admitted with (and that its certificate carries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Runs the control plane (and may run tasks).
+    Manager,
+    /// Runs tasks only.
+    Worker,
+}
+
+impl NodeRole {
+    /// The lowercase word used in the API, the CLI and certificates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Manager => "manager",
+            NodeRole::Worker => "worker",
+        }
+    }
+}
+
+/// Cluster-wide identity settings, set once when the cluster is created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Cluster id (the O of every certificate).
+    pub id: String,
+    /// The root CA certificate, PEM (public; the key is not part of the state).
+    pub root_ca_pem: String,
+    /// SHA-256 (hex) of the worker join token's secret; the token itself is
+    /// never stored.
+    pub worker_token_digest: String,
+    /// SHA-256 (hex) of the manager join token's secret.
+    pub manager_token_digest: String,
+    /// Lifetime of issued node certificates.
+    pub cert_validity: std::time::Duration,
+    /// When the cluster was created.
+    pub created_at: Timestamp,
+}
+
+/// A node's membership: admitted by a join, ended by removal (which revokes it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The id the cluster assigned.
+    pub id: NodeId,
+    /// Its role.
+    pub role: NodeRole,
+    /// When it joined.
+    pub admitted_at: Timestamp,
+    /// Expiry of its current certificate.
+    pub cert_not_after: Timestamp,
+}

@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::command::{Command, Event, Plan, TaskReport};
 use crate::ids::{NodeId, TaskId, Timestamp};
 use crate::objects::{
-    Job, JobDesired, JobPhase, JobSummary, Node, NodeAvailability, NodeState, Slot, SlotFailure,
-    Task, TaskDesired, TaskState,
+    Cluster, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability, NodeState,
+    Slot, SlotFailure, Task, TaskDesired, TaskState,
 };
 use crate::restart::{RestartDecision, restart_decision};
 
@@ -29,6 +29,24 @@ pub enum ApplyError {
         /// Id asked for.
         id: NodeId,
     },
+    /// The cluster identity exists already.
+    #[error("the cluster is already initialised")]
+    ClusterExists,
+    /// No cluster identity yet.
+    #[error("the cluster is not initialised")]
+    NoCluster,
+    /// The node id is a member already, or was revoked.
+    #[error("node id {id} is taken or revoked")]
+    NodeIdTaken {
+        /// Id asked for.
+        id: NodeId,
+    },
+    /// The node is not a member (never joined, or removed).
+    #[error("node {id} is not a member of the cluster")]
+    NotAMember {
+        /// Id asked for.
+        id: NodeId,
+    },
 }
 
 /// The whole cluster state. Cloning is O(1) (persistent maps), so readers take
@@ -42,6 +60,9 @@ pub struct State {
     tasks_by_job: OrdMap<String, OrdSet<TaskId>>,
     tasks_by_node: OrdMap<NodeId, OrdSet<TaskId>>,
     reserved: OrdMap<NodeId, Resources>,
+    cluster: Option<Cluster>,
+    members: OrdMap<NodeId, Member>,
+    revoked: OrdSet<NodeId>,
 }
 
 /// The persisted form: the primary tables only.
@@ -50,6 +71,12 @@ struct StateRecord {
     jobs: BTreeMap<String, Job>,
     tasks: Vec<Task>,
     nodes: Vec<Node>,
+    #[serde(default)]
+    cluster: Option<Cluster>,
+    #[serde(default)]
+    members: Vec<Member>,
+    #[serde(default)]
+    revoked: Vec<NodeId>,
 }
 
 impl Serialize for State {
@@ -62,6 +89,9 @@ impl Serialize for State {
                 .collect(),
             tasks: self.tasks.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
+            cluster: self.cluster.clone(),
+            members: self.members.values().cloned().collect(),
+            revoked: self.revoked.iter().cloned().collect(),
         }
         .serialize(serializer)
     }
@@ -77,6 +107,13 @@ impl<'de> Deserialize<'de> for State {
                 .into_iter()
                 .map(|n| (n.id.clone(), n))
                 .collect(),
+            cluster: record.cluster,
+            members: record
+                .members
+                .into_iter()
+                .map(|m| (m.id.clone(), m))
+                .collect(),
+            revoked: record.revoked.into_iter().collect(),
             ..State::default()
         };
         for task in record.tasks {
@@ -172,6 +209,21 @@ impl State {
             Command::ApplyPlan { plan, now } => Ok(self.apply_plan(plan, now)),
             Command::ReportTasks { node, reports, now } => {
                 Ok(self.report_tasks(&node, reports, now))
+            }
+            Command::InitCluster { cluster } => self.init_cluster(cluster),
+            Command::RotateJoinToken { role, digest } => self.rotate_join_token(role, digest),
+            Command::AdmitNode {
+                id,
+                role,
+                cert_not_after,
+                now,
+            } => self.admit_node(id, role, cert_not_after, now),
+            Command::RenewNodeCert { id, cert_not_after } => {
+                self.renew_node_cert(&id, cert_not_after)
+            }
+            Command::RemoveNode { id, now } => self.remove_node(&id, now),
+            Command::SetNodeAvailability { id, availability } => {
+                self.set_node_availability(&id, availability)
             }
         }
     }
@@ -285,7 +337,11 @@ impl State {
         }]
     }
 
-    fn node_down(&mut self, id: &NodeId, now: Timestamp) -> Result<Vec<Event>, ApplyError> {
+    pub(crate) fn node_down(
+        &mut self,
+        id: &NodeId,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, ApplyError> {
         let node = self
             .nodes
             .get_mut(id)
@@ -607,6 +663,8 @@ impl State {
         summary
     }
 }
+
+mod membership;
 
 #[cfg(test)]
 mod tests;

@@ -671,7 +671,10 @@ fn serde_round_trip_rebuilds_indexes() {
     // The persisted form holds only the primary tables.
     let value: serde_json::Value = serde_json::from_str(&json).expect("json");
     let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
-    assert_eq!(keys, vec!["jobs", "nodes", "tasks"]);
+    assert_eq!(
+        keys,
+        vec!["cluster", "jobs", "members", "nodes", "revoked", "tasks"]
+    );
 }
 
 #[test]

@@ -1,0 +1,284 @@
+//! Cluster identity and membership: the cluster record, join-token digests,
+//! admitted nodes, revocations, node availability.
+//!
+//! A node's id is assigned by the cluster at admission and never reused: a
+//! removed node's id goes to the revocation set, and its certificate is
+//! refused from then on (the transport checks [`State::is_revoked`]).
+
+use std::collections::BTreeSet;
+
+use super::State;
+use crate::command::Event;
+use crate::ids::{NodeId, Timestamp};
+use crate::objects::{Cluster, Member, NodeAvailability, NodeRole};
+use crate::state::ApplyError;
+
+impl State {
+    /// The cluster identity, once created.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// A member.
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// All members, by id.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// Whether a node id was revoked by removal.
+    pub fn is_revoked(&self, id: &NodeId) -> bool {
+        self.revoked.contains(id)
+    }
+
+    /// Every revoked node id.
+    pub fn revoked(&self) -> BTreeSet<NodeId> {
+        self.revoked.iter().cloned().collect()
+    }
+
+    pub(super) fn init_cluster(&mut self, cluster: Cluster) -> Result<Vec<Event>, ApplyError> {
+        if self.cluster.is_some() {
+            return Err(ApplyError::ClusterExists);
+        }
+        let id = cluster.id.clone();
+        self.cluster = Some(cluster);
+        Ok(vec![Event::ClusterCreated { id }])
+    }
+
+    pub(super) fn rotate_join_token(
+        &mut self,
+        role: NodeRole,
+        digest: String,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let cluster = self.cluster.as_mut().ok_or(ApplyError::NoCluster)?;
+        match role {
+            NodeRole::Worker => cluster.worker_token_digest = digest,
+            NodeRole::Manager => cluster.manager_token_digest = digest,
+        }
+        Ok(vec![Event::JoinTokenRotated { role }])
+    }
+
+    pub(super) fn admit_node(
+        &mut self,
+        id: NodeId,
+        role: NodeRole,
+        cert_not_after: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, ApplyError> {
+        if self.cluster.is_none() {
+            return Err(ApplyError::NoCluster);
+        }
+        if self.members.contains_key(&id) || self.revoked.contains(&id) {
+            return Err(ApplyError::NodeIdTaken { id });
+        }
+        self.members.insert(
+            id.clone(),
+            Member {
+                id: id.clone(),
+                role,
+                admitted_at: now,
+                cert_not_after,
+            },
+        );
+        Ok(vec![Event::NodeAdmitted { id, role }])
+    }
+
+    pub(super) fn renew_node_cert(
+        &mut self,
+        id: &NodeId,
+        cert_not_after: Timestamp,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let member = self
+            .members
+            .get_mut(id)
+            .ok_or_else(|| ApplyError::NotAMember { id: id.clone() })?;
+        member.cert_not_after = cert_not_after;
+        Ok(vec![Event::NodeCertRenewed { id: id.clone() }])
+    }
+
+    pub(super) fn remove_node(
+        &mut self,
+        id: &NodeId,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, ApplyError> {
+        if !self.members.contains_key(id) && !self.nodes.contains_key(id) {
+            return Err(ApplyError::NodeNotFound { id: id.clone() });
+        }
+        let mut events = if self.nodes.contains_key(id) {
+            // Its unfinished tasks are lost and get replaced elsewhere.
+            self.node_down(id, now)?
+        } else {
+            Vec::new()
+        };
+        self.nodes.remove(id);
+        self.members.remove(id);
+        self.revoked.insert(id.clone());
+        events.push(Event::NodeRemoved { id: id.clone() });
+        Ok(events)
+    }
+
+    pub(super) fn set_node_availability(
+        &mut self,
+        id: &NodeId,
+        availability: NodeAvailability,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let node = self
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| ApplyError::NodeNotFound { id: id.clone() })?;
+        if node.availability == availability {
+            return Ok(Vec::new());
+        }
+        node.availability = availability;
+        Ok(vec![Event::NodeAvailabilityChanged {
+            id: id.clone(),
+            availability,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::command::Command;
+
+    fn cluster() -> Cluster {
+        Cluster {
+            id: "c1".to_owned(),
+            root_ca_pem: "-----BEGIN CERTIFICATE-----".to_owned(),
+            worker_token_digest: "aa".repeat(32),
+            manager_token_digest: "bb".repeat(32),
+            cert_validity: Duration::from_secs(90 * 86_400),
+            created_at: Timestamp(1),
+        }
+    }
+
+    fn admit(state: &mut State, id: &str) -> Result<Vec<Event>, ApplyError> {
+        state.apply(Command::AdmitNode {
+            id: NodeId(id.to_owned()),
+            role: NodeRole::Worker,
+            cert_not_after: Timestamp(100),
+            now: Timestamp(2),
+        })
+    }
+
+    #[test]
+    fn cluster_is_created_once_and_tokens_rotate() {
+        let mut state = State::default();
+        assert_eq!(
+            state.apply(Command::RotateJoinToken {
+                role: NodeRole::Worker,
+                digest: "cc".repeat(32)
+            }),
+            Err(ApplyError::NoCluster)
+        );
+        assert_eq!(
+            state.apply(Command::InitCluster { cluster: cluster() }),
+            Ok(vec![Event::ClusterCreated {
+                id: "c1".to_owned()
+            }])
+        );
+        assert_eq!(
+            state.apply(Command::InitCluster { cluster: cluster() }),
+            Err(ApplyError::ClusterExists)
+        );
+        state
+            .apply(Command::RotateJoinToken {
+                role: NodeRole::Worker,
+                digest: "cc".repeat(32),
+            })
+            .expect("rotate");
+        let c = state.cluster().expect("cluster");
+        assert_eq!(c.worker_token_digest, "cc".repeat(32));
+        assert_eq!(c.manager_token_digest, "bb".repeat(32));
+    }
+
+    #[test]
+    fn admitted_ids_are_unique_and_removed_ids_stay_revoked() {
+        let mut state = State::default();
+        assert_eq!(admit(&mut state, "n1"), Err(ApplyError::NoCluster));
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        assert_eq!(
+            admit(&mut state, "n1"),
+            Ok(vec![Event::NodeAdmitted {
+                id: NodeId("n1".to_owned()),
+                role: NodeRole::Worker
+            }])
+        );
+        assert_eq!(
+            admit(&mut state, "n1"),
+            Err(ApplyError::NodeIdTaken {
+                id: NodeId("n1".to_owned())
+            })
+        );
+        state
+            .apply(Command::RenewNodeCert {
+                id: NodeId("n1".to_owned()),
+                cert_not_after: Timestamp(200),
+            })
+            .expect("renew");
+        assert_eq!(
+            state
+                .member(&NodeId("n1".to_owned()))
+                .map(|m| m.cert_not_after),
+            Some(Timestamp(200))
+        );
+        let events = state
+            .apply(Command::RemoveNode {
+                id: NodeId("n1".to_owned()),
+                now: Timestamp(3),
+            })
+            .expect("remove");
+        assert_eq!(
+            events,
+            vec![Event::NodeRemoved {
+                id: NodeId("n1".to_owned())
+            }]
+        );
+        assert!(state.is_revoked(&NodeId("n1".to_owned())));
+        assert!(state.member(&NodeId("n1".to_owned())).is_none());
+        assert_eq!(
+            admit(&mut state, "n1"),
+            Err(ApplyError::NodeIdTaken {
+                id: NodeId("n1".to_owned())
+            })
+        );
+        assert_eq!(
+            state.apply(Command::RenewNodeCert {
+                id: NodeId("n1".to_owned()),
+                cert_not_after: Timestamp(300),
+            }),
+            Err(ApplyError::NotAMember {
+                id: NodeId("n1".to_owned())
+            })
+        );
+    }
+
+    #[test]
+    fn membership_survives_serialization() {
+        let mut state = State::default();
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        admit(&mut state, "n1").expect("admit");
+        admit(&mut state, "n2").expect("admit");
+        state
+            .apply(Command::RemoveNode {
+                id: NodeId("n2".to_owned()),
+                now: Timestamp(3),
+            })
+            .expect("remove");
+        let json = serde_json::to_string(&state).expect("encode");
+        let back: State = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back.cluster(), state.cluster());
+        assert_eq!(back.members().count(), 1);
+        assert!(back.is_revoked(&NodeId("n2".to_owned())));
+    }
+}
