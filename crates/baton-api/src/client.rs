@@ -10,7 +10,9 @@ use rustls::pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 
 use crate::config::ClientConfig;
-use crate::types::{ErrorBody, Health, JobInfo, NodeInfo, SubmitResponse, TaskInfo};
+use crate::types::{
+    AvailabilityRequest, ErrorBody, Health, JobInfo, NodeInfo, SubmitResponse, TaskInfo,
+};
 
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,20 @@ impl ApiClient {
     /// `GET /v1/nodes`.
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ApiError> {
         self.json(self.request(Method::GET, "/v1/nodes")).await
+    }
+
+    /// `POST /v1/nodes/{id}/availability`.
+    pub async fn set_node_availability(
+        &self,
+        id: &str,
+        availability: &str,
+    ) -> Result<NodeInfo, ApiError> {
+        let req = self
+            .request(Method::POST, &format!("/v1/nodes/{id}/availability"))
+            .json(&AvailabilityRequest {
+                availability: availability.to_owned(),
+            });
+        self.json(req).await
     }
 
     /// `GET` of any path, as JSON (e.g. `/v1/openapi.json`).

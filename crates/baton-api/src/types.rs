@@ -155,3 +155,11 @@ pub struct NodeInfo {
     /// Its tasks that are not finished.
     pub tasks: u32,
 }
+
+/// Body of `POST /v1/nodes/{id}/availability`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AvailabilityRequest {
+    /// `active` (takes tasks), `pause` (keeps its tasks, takes no new ones) or
+    /// `drain` (its tasks move elsewhere).
+    pub availability: String,
+}

@@ -6,7 +6,15 @@
 //! `CertificateSigningRequestParams::signed_by` would copy what the CSR asks
 //! for (including `CA:true`), so it is never used.
 //!
-//! Identity in a certificate: CN = node id, OU = role, O = cluster id.
+//! Identity in a certificate: CN = node id, OU = role, O = cluster id. Node
+//! certificates ([`ClusterCa::issue`]) are for TLS servers and clients and
+//! carry the node id as a DNS SAN; admin user certificates
+//! ([`ClusterCa::issue_client`]) are for TLS clients only and carry no SAN.
+//!
+//! Certificates start a little before `now` so that a peer whose clock is
+//! behind still accepts them: one hour, or a quarter of the validity if that is
+//! shorter. The cap keeps the renewal point of a seconds-long test certificate
+//! (see [`crate::renewal`]) after the moment it was issued.
 
 use std::fmt;
 use std::time::Duration;
@@ -136,9 +144,16 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
-/// Certificates start this long before `now`, so a peer whose clock is a little
-/// behind still accepts them.
+/// Certificates start at most this long before `now`, so a peer whose clock is
+/// a little behind still accepts them.
 const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// The `not_before` of a certificate issued at `now` for `validity`: backdated
+/// by [`BACKDATE`] or a quarter of the validity, whichever is shorter.
+fn not_before(now: i64, validity: Duration) -> Result<OffsetDateTime, PkiError> {
+    let backdate = secs(BACKDATE).min(secs(validity) / 4);
+    datetime(now.saturating_sub(backdate))
+}
 
 impl ClusterCa {
     /// A new root CA for `cluster_id`, valid from `now` (Unix seconds) for `validity`.
@@ -166,7 +181,7 @@ impl ClusterCa {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = datetime(now - secs(BACKDATE))?;
+        params.not_before = not_before(now, validity)?;
         params.not_after = datetime(now.saturating_add(secs(validity)))?;
         Ok(params)
     }
@@ -212,10 +227,13 @@ impl ClusterCa {
         root_digest(&self.cert_der)
     }
 
-    /// Signs a certificate for `node_id` with `role`, valid from `now` (Unix
-    /// seconds) for `validity`, for the public key of `csr_pem`. Nothing else of
-    /// the CSR is used: its self-signature is checked, its subject, SANs,
-    /// extensions and requested CA status are ignored.
+    /// Signs a node certificate for `node_id` with `role` (manager or
+    /// worker), valid from `now` (Unix seconds) for `validity`, for the public
+    /// key of `csr_pem`. Nothing else of the CSR is used: its self-signature is
+    /// checked, its subject, SANs, extensions and requested CA status are
+    /// ignored. The certificate serves TLS as server and client, and names
+    /// `node_id` as its DNS SAN. [`Role::Admin`] is refused: users get
+    /// client-only certificates from [`ClusterCa::issue_client`].
     pub fn issue(
         &self,
         csr_pem: &str,
@@ -224,33 +242,113 @@ impl ClusterCa {
         now: i64,
         validity: Duration,
     ) -> Result<String, PkiError> {
-        // from_pem verifies the CSR's signature with its own key.
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| PkiError::InvalidCsr(e.to_string()))?;
+        if role == Role::Admin {
+            return Err(PkiError::InvalidIdentity(
+                "the admin role is for user certificates, not node certificates".to_owned(),
+            ));
+        }
+        let public_key = csr_public_key(csr_pem)?;
+        let san = rcgen::SanType::DnsName(
+            node_id
+                .to_owned()
+                .try_into()
+                .map_err(|_| PkiError::InvalidSan(node_id.to_owned()))?,
+        );
+        let mut params = self.leaf_params(node_id, role, now, validity)?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = vec![san];
+        self.sign(&params, &public_key)
+    }
+
+    /// Signs an admin user's client certificate for `user_name`, valid from
+    /// `now` (Unix seconds) for `validity`, for the public key of `csr_pem`
+    /// (nothing else of the CSR is used, as in [`ClusterCa::issue`]). The
+    /// certificate has OU = admin, the ClientAuth extended key usage only and
+    /// no SAN: it cannot serve TLS, so it cannot pose as a node.
+    pub fn issue_client(
+        &self,
+        csr_pem: &str,
+        user_name: &str,
+        now: i64,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        let public_key = csr_public_key(csr_pem)?;
+        let mut params = self.leaf_params(user_name, Role::Admin, now, validity)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(&params, &public_key)
+    }
+
+    /// The parameters every leaf certificate shares: the identity the cluster
+    /// chose, never a CA, digital signatures only, and the validity window.
+    fn leaf_params(
+        &self,
+        name: &str,
+        role: Role,
+        now: i64,
+        validity: Duration,
+    ) -> Result<CertificateParams, PkiError> {
+        if name.is_empty() {
+            return Err(PkiError::InvalidIdentity("the name is empty".to_owned()));
+        }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::CommonName, name);
         dn.push(DnType::OrganizationalUnitName, role.as_str());
         dn.push(DnType::OrganizationName, self.cluster_id.as_str());
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.subject_alt_names = vec![rcgen::SanType::DnsName(
-            node_id
-                .to_owned()
-                .try_into()
-                .map_err(|_| PkiError::InvalidSan(node_id.to_owned()))?,
-        )];
-        params.not_before = datetime(now - secs(BACKDATE))?;
+        params.not_before = not_before(now, validity)?;
         params.not_after = datetime(now.saturating_add(secs(validity)))?;
+        Ok(params)
+    }
+
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &rcgen::PublicKey,
+    ) -> Result<String, PkiError> {
         let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key)?;
-        let cert = params.signed_by(&csr.public_key, &issuer)?;
+        let cert = params.signed_by(public_key, &issuer)?;
         Ok(cert.pem())
     }
+}
+
+/// Reads a CSR and checks its self-signature; only its public key is kept.
+fn csr_public_key(csr_pem: &str) -> Result<rcgen::PublicKey, PkiError> {
+    // from_pem verifies the CSR's signature with its own key.
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| PkiError::InvalidCsr(e.to_string()))?;
+    Ok(csr.public_key)
+}
+
+/// A new key pair and a certificate for it signed by `ca`, both PEM: `(key,
+/// certificate)`. For a manager's own certificate and for `baton dev`, where
+/// the key is made where the CA is. It goes through a CSR and the same signing
+/// path as a joining node: [`ClusterCa::issue`] for managers and workers,
+/// [`ClusterCa::issue_client`] for [`Role::Admin`] (with `node_id` as the user
+/// name).
+pub fn generate_key_and_cert(
+    ca: &ClusterCa,
+    node_id: &str,
+    role: Role,
+    now: i64,
+    validity: Duration,
+) -> Result<(String, String), PkiError> {
+    let (key_pem, csr_pem) = generate_csr()?;
+    let cert_pem = match role {
+        Role::Admin => ca.issue_client(&csr_pem, node_id, now, validity)?,
+        Role::Manager | Role::Worker => ca.issue(&csr_pem, node_id, role, now, validity)?,
+    };
+    Ok((key_pem, cert_pem))
+}
+
+/// The DER of the first certificate in `cert_pem`.
+pub fn certificate_der(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
+    rustls_pki_der(cert_pem)
 }
 
 /// SHA-256 of a DER certificate, hex.
@@ -266,97 +364,4 @@ fn rustls_pki_der(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DAY: Duration = Duration::from_secs(86_400);
-    const NOW: i64 = 1_800_000_000;
-
-    #[test]
-    fn issued_certificate_carries_the_cluster_chosen_identity() {
-        let ca = ClusterCa::generate("c1", NOW, 3650 * DAY).expect("ca");
-        let (_key, csr) = generate_csr().expect("csr");
-        let cert = ca
-            .issue(&csr, "node-a", Role::Worker, NOW, 90 * DAY)
-            .expect("issue");
-        let der = rustls_pki_der(&cert).expect("der");
-        let id = peer_identity(&der).expect("identity");
-        assert_eq!(id.node_id, "node-a");
-        assert_eq!(id.role, Role::Worker);
-        assert_eq!(id.cluster_id, "c1");
-        assert_eq!(id.not_after, NOW + 90 * 86_400);
-    }
-
-    #[test]
-    fn csr_asking_for_ca_manager_role_and_another_id_gets_none_of_it() {
-        let ca = ClusterCa::generate("c1", NOW, 3650 * DAY).expect("ca");
-        let key = KeyPair::generate().expect("key");
-        let mut greedy = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "other-node");
-        dn.push(DnType::OrganizationalUnitName, "manager");
-        dn.push(DnType::OrganizationName, "evil");
-        greedy.distinguished_name = dn;
-        greedy.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        greedy.subject_alt_names = vec![rcgen::SanType::DnsName(
-            "other-node".try_into().expect("san"),
-        )];
-        let csr = greedy
-            .serialize_request(&key)
-            .expect("csr")
-            .pem()
-            .expect("pem");
-        let cert = ca
-            .issue(&csr, "node-a", Role::Worker, NOW, DAY)
-            .expect("issue");
-        let der = rustls_pki_der(&cert).expect("der");
-        let id = peer_identity(&der).expect("identity");
-        assert_eq!(
-            (id.node_id.as_str(), id.role, id.cluster_id.as_str()),
-            ("node-a", Role::Worker, "c1")
-        );
-        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
-        let constraints = parsed.basic_constraints().expect("ext").map(|b| b.value.ca);
-        assert_eq!(constraints, Some(false), "never a CA");
-        let sans: Vec<String> = parsed
-            .subject_alternative_name()
-            .expect("ext")
-            .map(|s| {
-                s.value
-                    .general_names
-                    .iter()
-                    .map(|g| g.to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert_eq!(sans, vec!["DNSName(node-a)".to_owned()]);
-    }
-
-    #[test]
-    fn tampered_csr_is_refused() {
-        let ca = ClusterCa::generate("c1", NOW, DAY).expect("ca");
-        assert!(matches!(
-            ca.issue(
-                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-                "n",
-                Role::Worker,
-                NOW,
-                DAY
-            ),
-            Err(PkiError::InvalidCsr(_))
-        ));
-    }
-
-    #[test]
-    fn ca_round_trips_through_pem_and_keeps_its_digest() {
-        let ca = ClusterCa::generate("c1", NOW, DAY).expect("ca");
-        let again = ClusterCa::from_pem("c1", ca.cert_pem(), &ca.key_pem()).expect("load");
-        assert_eq!(ca.root_digest(), again.root_digest());
-        assert_eq!(ca.root_digest().len(), 64);
-        let (_k, csr) = generate_csr().expect("csr");
-        again
-            .issue(&csr, "n1", Role::Manager, NOW, DAY)
-            .expect("issue from loaded CA");
-        assert!(!format!("{again:?}").contains("PRIVATE"));
-    }
-}
+mod tests;

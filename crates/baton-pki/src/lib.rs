@@ -1,15 +1,34 @@
-//! Certificates and credentials, with no network and no disk access: the
-//! callers decide where the bytes live.
+//! Certificates and credentials, with no network, no disk access and no
+//! clock: the callers decide where the bytes live, and `now` is an argument.
 //!
-//! Today: a CA and the API server certificate it signs (for `baton dev`), and
-//! bearer tokens checked in constant time against a stored digest. The cluster
-//! CA, CSR signing and join tokens build on this.
+//! - [`ClusterCa`]: the cluster's root CA; it signs the public key of a CSR
+//!   with the identity the cluster chose ([`ClusterCa::issue`] for nodes,
+//!   [`ClusterCa::issue_client`] for admin users), and [`peer_identity`] reads
+//!   that identity back from a certificate.
+//! - [`JoinToken`]: `BATON-1-<root CA digest>-<secret>`, with a redacted,
+//!   zeroized, constant-time [`Secret`].
+//! - [`renew_at`]: when a node renews its certificate.
+//! - [`RevocationList`]: the node ids whose certificates are refused.
+//! - API bearer tokens checked in constant time against a stored digest, and
+//!   the self-contained server credentials of `baton dev`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fmt;
 
 mod cluster_ca;
+pub mod join_token;
+pub mod renewal;
+mod revocation;
 
-pub use cluster_ca::{ClusterCa, PeerIdentity, Role, generate_csr, peer_identity, root_digest};
+pub use cluster_ca::{
+    ClusterCa, PeerIdentity, Role, certificate_der, generate_csr, generate_key_and_cert,
+    peer_identity, root_digest,
+};
+pub use join_token::{HexDefect, JoinToken, Secret, TokenError};
+pub use renewal::{CertValidity, cert_validity, renew_at, renew_in};
+pub use revocation::RevocationList;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -35,6 +54,9 @@ pub enum PkiError {
     /// A certificate could not be read, or lacks the cluster's identity fields.
     #[error("invalid certificate: {0}")]
     InvalidCertificate(String),
+    /// The identity asked for cannot go into this kind of certificate.
+    #[error("invalid identity: {0}")]
+    InvalidIdentity(String),
 }
 
 /// A CA and a server certificate it signed, all PEM.

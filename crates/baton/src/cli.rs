@@ -72,6 +72,15 @@ pub enum NodeCmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Change a node's availability.
+    Update {
+        /// Node id.
+        node: String,
+        /// `active` takes tasks; `pause` keeps its tasks and takes no new ones;
+        /// `drain` moves its service tasks elsewhere (start, then stop).
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: String,
+    },
 }
 
 /// `baton logs TASK_ID [-f]`
@@ -336,6 +345,13 @@ pub async fn logs(config: Option<PathBuf>, args: LogsArgs) -> Result<(), Failure
 /// Runs a `node` subcommand.
 pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> {
     match cmd {
+        NodeCmd::Update { node, availability } => {
+            let node = client(config)?
+                .set_node_availability(&node, &availability)
+                .await?;
+            println!("node {} is now {}", node.id, node.availability);
+            Ok(())
+        }
         NodeCmd::Ls { output } => {
             let nodes = client(config)?.list_nodes().await?;
             if output == Format::Json {

@@ -7,10 +7,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use baton_api::{ErrorBody, Health, JobInfo, NodeInfo, SubmitOutcome, SubmitResponse, TaskInfo};
+use baton_api::{
+    AvailabilityRequest, ErrorBody, Health, JobInfo, NodeInfo, SubmitOutcome, SubmitResponse,
+    TaskInfo,
+};
 use baton_rpc::LogEvent;
 use baton_spec::SpecFormat;
-use baton_state::{Command, Event, TaskId};
+use baton_state::{Command, Event, NodeAvailability, NodeId, TaskId};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -297,4 +300,42 @@ pub async fn list_nodes(State(app): State<Arc<AppState>>) -> Json<Vec<NodeInfo>>
             .map(|node| node_info(&snapshot.state, node))
             .collect(),
     )
+}
+
+/// Set a node's availability: `active`, `pause` (no new tasks) or `drain`
+/// (its service tasks are replaced elsewhere, then stopped).
+#[utoipa::path(post, path = "/v1/nodes/{id}/availability", tag = "nodes", params(("id" = String, Path)),
+    request_body = AvailabilityRequest,
+    responses((status = 200, body = NodeInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_node_availability(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Json(req): Json<AvailabilityRequest>,
+) -> Result<Json<NodeInfo>, ApiFailure> {
+    let availability = match req.availability.as_str() {
+        "active" => NodeAvailability::Active,
+        "pause" => NodeAvailability::Pause,
+        "drain" => NodeAvailability::Drain,
+        other => {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("availability: {other:?} is not one of active, pause, drain"),
+            ));
+        }
+    };
+    let node_id = NodeId(id.clone());
+    app.store
+        .propose(Command::SetNodeAvailability {
+            id: node_id.clone(),
+            availability,
+        })
+        .await?;
+    let snapshot = app.store.snapshot();
+    let node = snapshot
+        .state
+        .node(&node_id)
+        .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))?;
+    tracing::info!(node_id = %id, availability = %req.availability, "node availability set");
+    Ok(Json(node_info(&snapshot.state, node)))
 }

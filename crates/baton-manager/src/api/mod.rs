@@ -75,6 +75,9 @@ impl From<baton_store::StoreError> for ApiFailure {
             StoreError::Rejected(ApplyError::JobNotFound { name }) => {
                 ApiFailure::not_found(format!("job {name:?} not found"))
             }
+            StoreError::Rejected(ApplyError::NodeNotFound { id }) => {
+                ApiFailure::not_found(format!("node {id} not found"))
+            }
             StoreError::Rejected(e) => {
                 ApiFailure::new(StatusCode::CONFLICT, "rejected", e.to_string())
             }
@@ -167,6 +170,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::get_task))
         .routes(routes!(handlers::task_logs))
         .routes(routes!(handlers::list_nodes))
+        .routes(routes!(handlers::set_node_availability))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     routes

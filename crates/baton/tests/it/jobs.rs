@@ -291,3 +291,45 @@ fn a_task_that_fits_nowhere_stays_pending_and_says_why() {
     let job = dev.json(&["job", "status", "huge"]);
     assert_eq!(job["job"]["phase"], "pending");
 }
+
+#[test]
+fn draining_the_only_node_stops_its_tasks_and_activating_it_brings_them_back() {
+    let (dev, tmp) = Dev::start();
+    let file = spec_file(
+        tmp.path(),
+        "web.yaml",
+        &SERVICE.replace("replicas: 3", "replicas: 2"),
+    );
+    dev.ok(&["job", "run", file.to_str().expect("path")]);
+    let node = dev.json(&["node", "ls"])[0]["id"]
+        .as_str()
+        .expect("node id")
+        .to_owned();
+    let out = dev.ok(&["node", "update", &node, "--availability", "drain"]);
+    assert_eq!(out.trim(), format!("node {node} is now drain"));
+    wait_for(
+        "tasks off the draining node",
+        Duration::from_secs(10),
+        || {
+            let tasks = dev.tasks("web");
+            let pending = tasks
+                .iter()
+                .filter(|t| {
+                    t["state"] == "pending" && t["message"] == "no node fits: 1 node: draining"
+                })
+                .count();
+            (dev.running("web").is_empty() && pending == 2).then_some(())
+        },
+    );
+    dev.ok(&["node", "update", &node, "--availability", "active"]);
+    wait_for("tasks back on the node", Duration::from_secs(10), || {
+        (dev.running("web").len() == 2).then_some(())
+    });
+    let bad = dev.cli(&["node", "update", "no-such-node", "--availability", "pause"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad).1.contains("node no-such-node not found"),
+        "{}",
+        text(&bad).1
+    );
+}
