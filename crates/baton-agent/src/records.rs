@@ -6,7 +6,6 @@
 //! of one. Records carry a `version` and are read back strictly.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use baton_state::{ExitInfo, TaskState};
@@ -60,22 +59,7 @@ pub(crate) const RECORD_VERSION: u32 = 1;
 
 /// Writes `bytes` to `path` atomically: a crash leaves the old content or the new.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(|e| AgentError::io("create", &tmp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| AgentError::io("write", &tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| AgentError::io("rename", &tmp, e))?;
-    // The rename is durable only once the directory entry is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| AgentError::io("sync", dir, e))
+    baton_files::write_atomic(path, bytes, 0o644).map_err(|e| AgentError::io("write", path, e))
 }
 
 /// Writes a record as JSON, atomically.

@@ -6,9 +6,9 @@
 //! is written, with the CA certificate, to `DIR/client.toml` (mode 0600).
 
 use std::fs;
-use std::io::Write;
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,21 +40,9 @@ fn io_failure(what: &str, path: &Path, e: std::io::Error) -> Failure {
     Failure::op(format!("{what} {}: {e}", path.display()))
 }
 
-/// Writes a file atomically (temp file, fsync, rename) with `mode`.
+/// Writes a file atomically with `mode` (see [`baton_files::write_atomic`]).
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io_failure("cannot write", &tmp, e))?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .and_then(|()| file.write_all(bytes))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_failure("cannot write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_failure("cannot write", path, e))
+    baton_files::write_atomic(path, bytes, mode).map_err(|e| io_failure("cannot write", path, e))
 }
 
 /// The API's TLS material, made once and kept in `DIR/tls`.
