@@ -5,6 +5,7 @@
 //! - [`control`]: the control loop: on every state change (or restart backoff
 //!   expiry) it runs the pure reconciler + scheduler over a snapshot and
 //!   proposes the resulting plan.
+//! - [`ca`]: admits joining nodes (join tokens) and renews certificates.
 //! - [`dispatcher`]: one session per agent; pushes each node its own full
 //!   assignment set, records its reports, brokers log streams.
 //!
@@ -12,8 +13,10 @@
 //! nothing here mutates state directly, and reads come from store snapshots.
 
 pub mod api;
+pub mod ca;
 pub mod control;
 pub mod dispatcher;
+pub mod identity;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -12,6 +12,27 @@
 //!
 //! Architecture invariant: a node's identity is the session's, never a field of
 //! a request. The dispatcher authorises every report against the stored task.
+//!
+//! # The networked transport
+//!
+//! The same protocol runs as gRPC (`proto/baton.proto`, generated into [`pb`])
+//! over mutual TLS:
+//!
+//! - [`tls`]: rustls configurations (TLS 1.3, aws-lc-rs, ALPN h2) for the
+//!   cluster port, the hot-swappable node certificate [`tls::HotCert`], and the
+//!   one-way "bootstrap" configuration a joining node uses to fetch the root.
+//! - [`transport`]: the accept loop [`transport::serve`] (handshakes off the
+//!   accept loop, with a timeout) and [`transport::connect`] for clients.
+//! - [`auth`]: who the caller is, read from its verified certificate, and the
+//!   role checks every handler makes.
+//! - [`server`]: [`server::DispatcherServer`] and [`server::CaServer`], which
+//!   put a [`Dispatcher`] and a [`server::CaService`] on the wire.
+//! - [`client`]: [`client::GrpcDispatcher`], a [`Dispatcher`] over a channel
+//!   (so the agent does not know which transport it uses), and
+//!   [`client::CaClient`].
+//! - `convert`: wire messages to and from this crate's types, by hand.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::collections::BTreeSet;
 
@@ -20,10 +41,36 @@ use baton_state::{NodeId, TaskDesired, TaskId, TaskReport, TaskState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub mod auth;
+pub mod client;
+mod convert;
+pub mod server;
+pub mod tls;
+pub mod transport;
+
+/// The protobuf messages and tonic services generated from `proto/baton.proto`.
+///
+/// Use the crate's own types everywhere else: these are converted by hand at
+/// the edge.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used
+)]
+pub mod pb {
+    tonic::include_proto!("baton.v1");
+}
+
 /// What an agent says about its node when it opens a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDescription {
     /// The node's id (from its persisted identity).
+    ///
+    /// Over the network this field is never sent: identity comes from the
+    /// certificate, never the request. [`server::DispatcherServer`] fills it
+    /// from the caller's verified certificate before the dispatcher sees it.
     pub node_id: NodeId,
     /// Host name.
     pub hostname: String,

@@ -1,0 +1,190 @@
+//! The manager's side of the cluster CA: admits joining nodes and renews
+//! certificates, as [`baton_rpc::server::CaService`].
+//!
+//! A join is authorised by a join token: its CA digest must name this
+//! cluster's root, and its secret's SHA-256 must equal the worker or the
+//! manager token digest in the state (compared in constant time); the role
+//! comes from which one matched. The node id is chosen here, at random, and
+//! the CSR contributes nothing but its public key ([`ClusterCa::issue`]). The
+//! admission is committed to the store before the certificate is returned, so
+//! a certificate never exists for a node the cluster does not know.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_pki::{ClusterCa, JoinToken, PeerIdentity, PkiError, Role};
+use baton_rpc::server::{CaError, CaService};
+use baton_state::{Command, NodeId, NodeRole, Timestamp};
+use baton_store::{Store, StoreError};
+
+use crate::now;
+
+/// The CA service of a manager that holds the root key.
+pub struct ManagerCa {
+    store: Arc<dyn Store>,
+    ca: ClusterCa,
+}
+
+impl std::fmt::Debug for ManagerCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerCa")
+            .field("cluster_id", &self.ca.cluster_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes 64 hex digits into 32 bytes.
+fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn unix_secs(ts: Timestamp) -> i64 {
+    i64::try_from(ts.0 / 1000).unwrap_or(i64::MAX)
+}
+
+fn cert_expiry(cert_pem: &str) -> Result<Timestamp, CaError> {
+    let der = baton_pki::certificate_der(cert_pem)
+        .map_err(|e| CaError::Unavailable(format!("issued an unreadable certificate: {e}")))?;
+    let identity = baton_pki::peer_identity(&der)
+        .map_err(|e| CaError::Unavailable(format!("issued an unreadable certificate: {e}")))?;
+    Ok(Timestamp(
+        u64::try_from(identity.not_after)
+            .unwrap_or(0)
+            .saturating_mul(1000),
+    ))
+}
+
+fn signing_error(e: PkiError) -> CaError {
+    match e {
+        PkiError::InvalidCsr(m) => {
+            CaError::InvalidRequest(format!("certificate signing request: {m}"))
+        }
+        other => CaError::Unavailable(format!("signing failed: {other}")),
+    }
+}
+
+fn store_error(e: StoreError) -> CaError {
+    CaError::Unavailable(e.to_string())
+}
+
+impl ManagerCa {
+    /// A CA service over `store` signing with `ca`.
+    pub fn new(store: Arc<dyn Store>, ca: ClusterCa) -> ManagerCa {
+        ManagerCa { store, ca }
+    }
+
+    fn validity(&self) -> Result<Duration, CaError> {
+        self.store
+            .snapshot()
+            .state
+            .cluster()
+            .map(|c| c.cert_validity)
+            .ok_or_else(|| CaError::Unavailable("the cluster is not initialised".to_owned()))
+    }
+
+    /// Which role a presented token grants, if any.
+    fn role_for(&self, token: &JoinToken) -> Result<NodeRole, CaError> {
+        // The same answer for every wrong token, so a caller learns nothing by trying.
+        let refused = || {
+            CaError::PermissionDenied(
+                "join token refused: it is not this cluster's current worker or manager token"
+                    .to_owned(),
+            )
+        };
+        if token.verify_ca(self.ca.cert_der()).is_err() {
+            return Err(refused());
+        }
+        let snapshot = self.store.snapshot();
+        let cluster = snapshot.state.cluster().ok_or_else(refused)?;
+        let worker = digest_bytes(&cluster.worker_token_digest).ok_or_else(refused)?;
+        let manager = digest_bytes(&cluster.manager_token_digest).ok_or_else(refused)?;
+        // Both comparisons always run: timing does not tell which one matched.
+        let is_worker = token.matches_digest(&worker);
+        let is_manager = token.matches_digest(&manager);
+        match (is_worker, is_manager) {
+            (true, _) => Ok(NodeRole::Worker),
+            (false, true) => Ok(NodeRole::Manager),
+            (false, false) => Err(refused()),
+        }
+    }
+}
+
+fn pki_role(role: NodeRole) -> Role {
+    match role {
+        NodeRole::Manager => Role::Manager,
+        NodeRole::Worker => Role::Worker,
+    }
+}
+
+#[async_trait::async_trait]
+impl CaService for ManagerCa {
+    async fn root_ca(&self) -> Result<String, CaError> {
+        Ok(self.ca.cert_pem().to_owned())
+    }
+
+    async fn join(&self, csr_pem: &str, token: &str) -> Result<(NodeId, String), CaError> {
+        let token = JoinToken::parse(token)
+            .map_err(|e| CaError::PermissionDenied(format!("join token refused: {e}")))?;
+        let role = self.role_for(&token)?;
+        let validity = self.validity()?;
+        let id = NodeId(baton_pki::hex(&rand::random::<[u8; 8]>()));
+        let now = now();
+        let cert_pem = self
+            .ca
+            .issue(csr_pem, &id.0, pki_role(role), unix_secs(now), validity)
+            .map_err(signing_error)?;
+        let cert_not_after = cert_expiry(&cert_pem)?;
+        self.store
+            .propose(Command::AdmitNode {
+                id: id.clone(),
+                role,
+                cert_not_after,
+                now,
+            })
+            .await
+            .map_err(store_error)?;
+        tracing::info!(node_id = %id, role = role.as_str(), "node joined");
+        Ok((id, cert_pem))
+    }
+
+    async fn renew(&self, identity: &PeerIdentity, csr_pem: &str) -> Result<String, CaError> {
+        let id = NodeId(identity.node_id.clone());
+        let snapshot = self.store.snapshot();
+        let member = snapshot
+            .state
+            .member(&id)
+            .filter(|m| pki_role(m.role) == identity.role && !snapshot.state.is_revoked(&id))
+            .ok_or_else(|| {
+                tracing::warn!(node_id = %id, role = %identity.role, "renewal refused");
+                CaError::PermissionDenied(
+                    "renewal refused: not a member of this cluster".to_owned(),
+                )
+            })?;
+        let role = member.role;
+        let validity = self.validity()?;
+        let cert_pem = self
+            .ca
+            .issue(csr_pem, &id.0, pki_role(role), unix_secs(now()), validity)
+            .map_err(signing_error)?;
+        let cert_not_after = cert_expiry(&cert_pem)?;
+        self.store
+            .propose(Command::RenewNodeCert {
+                id: id.clone(),
+                cert_not_after,
+            })
+            .await
+            .map_err(store_error)?;
+        tracing::info!(node_id = %id, "certificate renewed");
+        Ok(cert_pem)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+//! Wire messages ([`crate::pb`]) to and from the crate's types, by hand, and
+//! the one place where [`RpcError`] and [`CaError`] map to and from gRPC
+//! status codes.
+//!
+//! Conversions from the wire check everything a peer could get wrong (unknown
+//! enum values, missing messages, undecodable specs) and say what was wrong;
+//! they never panic on peer input.
+
+use std::fmt;
+
+use baton_spec::{DriverKind, Resources, TaskSpec};
+use baton_state::{ExitInfo, NodeId, TaskDesired, TaskId, TaskReport, TaskState};
+use tonic::{Code, Status};
+
+use crate::pb;
+use crate::server::CaError;
+use crate::{
+    Assignment, AssignmentSet, LogEvent, LogRequest, NodeDescription, RpcError, SessionMessage,
+};
+
+/// A wire message that does not convert to the crate's types.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// A required message field is absent.
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    /// An enum field holds a value this version does not know.
+    #[error("unknown value {value} for {field}")]
+    UnknownEnum {
+        /// The field.
+        field: &'static str,
+        /// The number on the wire.
+        value: i32,
+    },
+    /// The task spec bytes are not a valid spec.
+    #[error("invalid task spec for task {task}: {error}")]
+    Spec {
+        /// The task.
+        task: String,
+        /// What the decoder said.
+        error: String,
+    },
+}
+
+impl From<ConvertError> for Status {
+    fn from(e: ConvertError) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+// ---- node description ----
+
+pub(crate) fn node_description_to_wire(desc: &NodeDescription) -> pb::NodeDescription {
+    pb::NodeDescription {
+        hostname: desc.hostname.clone(),
+        capacity: Some(resources_to_wire(&desc.capacity)),
+        drivers: desc.drivers.iter().map(|d| d.as_str().to_owned()).collect(),
+    }
+}
+
+/// `node_id` comes from the caller's certificate: the wire message has none.
+pub(crate) fn node_description_from_wire(
+    node_id: NodeId,
+    wire: pb::NodeDescription,
+) -> NodeDescription {
+    NodeDescription {
+        node_id,
+        hostname: wire.hostname,
+        capacity: wire.capacity.map(resources_from_wire).unwrap_or_default(),
+        // A driver this manager does not know cannot be scheduled on anyway;
+        // a newer agent naming one must not fail its session.
+        drivers: wire
+            .drivers
+            .into_iter()
+            .filter_map(|name| serde_json::from_value::<DriverKind>(name.into()).ok())
+            .collect(),
+    }
+}
+
+fn resources_to_wire(res: &Resources) -> pb::Resources {
+    pb::Resources {
+        cpu_millis: res.cpu_millis,
+        memory_bytes: res.memory_bytes,
+    }
+}
+
+fn resources_from_wire(wire: pb::Resources) -> Resources {
+    Resources {
+        cpu_millis: wire.cpu_millis,
+        memory_bytes: wire.memory_bytes,
+    }
+}
+
+// ---- task enums ----
+
+fn task_state_to_wire(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Assigned => pb::TaskState::Assigned,
+        TaskState::Starting => pb::TaskState::Starting,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Complete => pb::TaskState::Complete,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Shutdown => pb::TaskState::Shutdown,
+        TaskState::Lost => pb::TaskState::Lost,
+    }
+}
+
+fn task_state_from_wire(field: &'static str, value: i32) -> Result<TaskState, ConvertError> {
+    let unknown = ConvertError::UnknownEnum { field, value };
+    match pb::TaskState::try_from(value).map_err(|_| unknown.clone())? {
+        pb::TaskState::Unspecified => Err(unknown),
+        pb::TaskState::Pending => Ok(TaskState::Pending),
+        pb::TaskState::Assigned => Ok(TaskState::Assigned),
+        pb::TaskState::Starting => Ok(TaskState::Starting),
+        pb::TaskState::Running => Ok(TaskState::Running),
+        pb::TaskState::Complete => Ok(TaskState::Complete),
+        pb::TaskState::Failed => Ok(TaskState::Failed),
+        pb::TaskState::Shutdown => Ok(TaskState::Shutdown),
+        pb::TaskState::Lost => Ok(TaskState::Lost),
+    }
+}
+
+fn task_desired_to_wire(desired: TaskDesired) -> pb::TaskDesired {
+    match desired {
+        TaskDesired::Running => pb::TaskDesired::Running,
+        TaskDesired::Shutdown => pb::TaskDesired::Shutdown,
+    }
+}
+
+fn task_desired_from_wire(value: i32) -> Result<TaskDesired, ConvertError> {
+    let unknown = ConvertError::UnknownEnum {
+        field: "Assignment.desired",
+        value,
+    };
+    match pb::TaskDesired::try_from(value).map_err(|_| unknown.clone())? {
+        pb::TaskDesired::Unspecified => Err(unknown),
+        pb::TaskDesired::Running => Ok(TaskDesired::Running),
+        pb::TaskDesired::Shutdown => Ok(TaskDesired::Shutdown),
+    }
+}
+
+// ---- session messages ----
+
+fn assignment_to_wire(a: &Assignment) -> Result<pb::Assignment, ConvertError> {
+    // For now the spec travels as JSON of `TaskSpec`. Signed specs will carry
+    // the bytes the engineer submitted, unchanged, in this field (plus an
+    // appended signature field); derived data stays in the other fields.
+    let spec_json = serde_json::to_vec(&a.spec).map_err(|e| ConvertError::Spec {
+        task: a.task.0.clone(),
+        error: e.to_string(),
+    })?;
+    Ok(pb::Assignment {
+        task: a.task.0.clone(),
+        job: a.job.clone(),
+        job_version: a.job_version,
+        slot: a.slot.clone(),
+        spec_json,
+        desired: task_desired_to_wire(a.desired).into(),
+        state: task_state_to_wire(a.state).into(),
+    })
+}
+
+fn assignment_from_wire(wire: pb::Assignment) -> Result<Assignment, ConvertError> {
+    let spec: TaskSpec =
+        serde_json::from_slice(&wire.spec_json).map_err(|e| ConvertError::Spec {
+            task: wire.task.clone(),
+            error: e.to_string(),
+        })?;
+    Ok(Assignment {
+        task: TaskId(wire.task),
+        job: wire.job,
+        job_version: wire.job_version,
+        slot: wire.slot,
+        spec,
+        desired: task_desired_from_wire(wire.desired)?,
+        state: task_state_from_wire("Assignment.state", wire.state)?,
+    })
+}
+
+pub(crate) fn session_message_to_wire(
+    msg: &SessionMessage,
+) -> Result<pb::SessionMessage, ConvertError> {
+    let message = match msg {
+        SessionMessage::Assignments(set) => {
+            pb::session_message::Message::Assignments(pb::AssignmentSet {
+                seq: set.seq,
+                tasks: set
+                    .tasks
+                    .iter()
+                    .map(assignment_to_wire)
+                    .collect::<Result<_, _>>()?,
+            })
+        }
+        SessionMessage::Logs(req) => pb::session_message::Message::Logs(pb::LogRequest {
+            id: req.id,
+            task: req.task.0.clone(),
+            follow: req.follow,
+        }),
+    };
+    Ok(pb::SessionMessage {
+        message: Some(message),
+    })
+}
+
+pub(crate) fn session_message_from_wire(
+    wire: pb::SessionMessage,
+) -> Result<SessionMessage, ConvertError> {
+    match wire
+        .message
+        .ok_or(ConvertError::Missing("SessionMessage.message"))?
+    {
+        pb::session_message::Message::Assignments(set) => {
+            Ok(SessionMessage::Assignments(AssignmentSet {
+                seq: set.seq,
+                tasks: set
+                    .tasks
+                    .into_iter()
+                    .map(assignment_from_wire)
+                    .collect::<Result<_, _>>()?,
+            }))
+        }
+        pb::session_message::Message::Logs(req) => Ok(SessionMessage::Logs(LogRequest {
+            id: req.id,
+            task: TaskId(req.task),
+            follow: req.follow,
+        })),
+    }
+}
+
+// ---- reports and logs ----
+
+pub(crate) fn report_to_wire(report: &TaskReport) -> pb::TaskReport {
+    pb::TaskReport {
+        task: report.task.0.clone(),
+        state: task_state_to_wire(report.state).into(),
+        message: report.message.clone(),
+        exit: report.exit.as_ref().map(|exit| pb::ExitInfo {
+            code: exit.code,
+            signal: exit.signal,
+        }),
+        pid: report.pid,
+    }
+}
+
+pub(crate) fn report_from_wire(wire: pb::TaskReport) -> Result<TaskReport, ConvertError> {
+    Ok(TaskReport {
+        task: TaskId(wire.task),
+        state: task_state_from_wire("TaskReport.state", wire.state)?,
+        message: wire.message,
+        exit: wire.exit.map(|exit| ExitInfo {
+            code: exit.code,
+            signal: exit.signal,
+        }),
+        pid: wire.pid,
+    })
+}
+
+pub(crate) fn log_event_to_wire(event: LogEvent) -> pb::send_logs_request::Event {
+    match event {
+        LogEvent::Data(bytes) => pb::send_logs_request::Event::Data(bytes),
+        LogEvent::End => pb::send_logs_request::Event::End(pb::Empty {}),
+        LogEvent::Error(message) => pb::send_logs_request::Event::Error(message),
+    }
+}
+
+pub(crate) fn log_event_from_wire(
+    wire: Option<pb::send_logs_request::Event>,
+) -> Result<LogEvent, ConvertError> {
+    match wire.ok_or(ConvertError::Missing("SendLogsRequest.event"))? {
+        pb::send_logs_request::Event::Data(bytes) => Ok(LogEvent::Data(bytes)),
+        pb::send_logs_request::Event::End(pb::Empty {}) => Ok(LogEvent::End),
+        pb::send_logs_request::Event::Error(message) => Ok(LogEvent::Error(message)),
+    }
+}
+
+// ---- errors <-> status: the one place ----
+
+/// How a dispatcher error goes on the wire.
+pub(crate) fn rpc_error_to_status(e: &RpcError) -> Status {
+    match e {
+        RpcError::Unavailable(msg) => Status::unavailable(msg.clone()),
+        RpcError::NoSession(_) => Status::failed_precondition(e.to_string()),
+        RpcError::PermissionDenied(msg) => Status::permission_denied(msg.clone()),
+        RpcError::LogStreamClosed(_) => Status::aborted(e.to_string()),
+    }
+}
+
+/// What a dispatcher call's failure means to the agent. `node` and `request`
+/// are the call's own context: statuses carry text, not typed fields. Anything
+/// not known to be final (transport errors, timeouts, internal errors) is
+/// `Unavailable`, so the agent retries.
+pub(crate) fn status_to_rpc_error(status: &Status, node: &NodeId, request: u64) -> RpcError {
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => {
+            RpcError::PermissionDenied(status.message().to_owned())
+        }
+        Code::FailedPrecondition => RpcError::NoSession(node.clone()),
+        Code::Aborted => RpcError::LogStreamClosed(request),
+        _ => RpcError::Unavailable(DisplayStatus(status).to_string()),
+    }
+}
+
+/// How a CA error goes on the wire.
+pub(crate) fn ca_error_to_status(e: &CaError) -> Status {
+    match e {
+        CaError::PermissionDenied(msg) => Status::permission_denied(msg.clone()),
+        CaError::InvalidRequest(msg) => Status::invalid_argument(msg.clone()),
+        CaError::Unavailable(msg) => Status::unavailable(msg.clone()),
+        // These two are client-side findings; a CaService returning them is a
+        // server bug, and the caller can only retry.
+        CaError::RootMismatch { .. } | CaError::InvalidResponse(_) => {
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+/// What a CA call's failure means to the caller.
+pub(crate) fn status_to_ca_error(status: &Status) -> CaError {
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => {
+            CaError::PermissionDenied(status.message().to_owned())
+        }
+        Code::InvalidArgument => CaError::InvalidRequest(status.message().to_owned()),
+        _ => CaError::Unavailable(DisplayStatus(status).to_string()),
+    }
+}
+
+/// A status as one line: code, message and the transport error behind it.
+struct DisplayStatus<'a>(&'a Status);
+
+impl fmt::Display for DisplayStatus<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
