@@ -221,6 +221,8 @@ impl Agent {
             hostname: config.hostname.clone(),
             capacity: fingerprint::capacity(&config),
             drivers: fingerprint::drivers(&config),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            address: None,
         };
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let mut agent = Agent {

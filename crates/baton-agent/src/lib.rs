@@ -25,6 +25,7 @@ mod driver;
 mod error;
 mod executor;
 mod fingerprint;
+pub mod identity;
 mod log_file;
 mod log_stream;
 mod process;
@@ -40,6 +41,7 @@ pub use executor::{
     Action, LOST_NOT_RUNNING, LocalTask, SHUTDOWN_BEFORE_START, moves_forward, step,
 };
 pub use fingerprint::host_capacity;
+pub use identity::{IdentityError, NodeIdentity, load_or_join, renew_loop};
 pub use log_file::{LOG_FILE, LogWriter, ROTATED_LOG_FILE};
 pub use recovery::LOST_KILLED;
 pub use runner::LOST_AGENT_SHUTDOWN;

@@ -2,16 +2,18 @@
 
 use std::sync::Arc;
 
+use baton_pki::ManagerVerifier;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use rustls::pki_types::CertificateDer;
+use reqwest::{Method, RequestBuilder, Response};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use crate::config::ClientConfig;
 use crate::types::{
-    AvailabilityRequest, ErrorBody, Health, JobInfo, NodeInfo, SubmitResponse, TaskInfo,
+    AvailabilityRequest, ErrorBody, Health, JobInfo, JoinTokenInfo, NodeInfo, RemovedNode,
+    SubmitResponse, TaskInfo,
 };
 
 /// A failed API call.
@@ -46,29 +48,55 @@ pub enum ApiError {
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
-    token: String,
 }
 
 impl ApiClient {
-    /// Builds a client that trusts only the configuration's CA.
+    /// A client that presents the configuration's client certificate and
+    /// accepts only a manager of the configuration's cluster (see the crate
+    /// doc): the host name in `api` is not checked, certificates name node ids.
     pub fn new(config: &ClientConfig) -> Result<ApiClient, ApiError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(config.ca_cert.as_bytes()) {
-            let cert = cert.map_err(|e| ApiError::Config(format!("ca_cert: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| ApiError::Config(format!("ca_cert: {e}")))?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(config.cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ApiError::Config(format!("cert: {e}")))?;
+        if certs.is_empty() {
+            return Err(ApiError::Config("cert: no certificate in it".to_owned()));
         }
-        if roots.is_empty() {
-            return Err(ApiError::Config("ca_cert: no certificate in it".to_owned()));
-        }
+        // The parser's message never includes key material.
+        let key = PrivateKeyDer::from_pem_slice(config.key.as_bytes())
+            .map_err(|e| ApiError::Config(format!("key: {e}")))?;
+        Self::build(config, Some((certs, key)))
+    }
+
+    /// A client that verifies the server like [`ApiClient::new`] but presents
+    /// no client certificate: every call is refused with 401. For tests of
+    /// authentication.
+    pub fn anonymous(config: &ClientConfig) -> Result<ApiClient, ApiError> {
+        Self::build(config, None)
+    }
+
+    fn build(
+        config: &ClientConfig,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<ApiClient, ApiError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let verifier = ManagerVerifier::new(&config.ca_cert, provider.clone())
+            .map_err(|e| ApiError::Config(format!("ca_cert: {e}")))?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ApiError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut tls = match identity {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| ApiError::Config(format!("cert and key: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Every connection is a full handshake: the server verifies the
+        // certificate each time (it disables resumption on its side too).
+        tls.resumption = rustls::client::Resumption::disabled();
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -77,14 +105,11 @@ impl ApiClient {
         Ok(ApiClient {
             http,
             base: config.api.trim_end_matches('/').to_owned(),
-            token: config.token.clone(),
         })
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.http.request(method, format!("{}{path}", self.base))
     }
 
     async fn send(&self, req: RequestBuilder) -> Result<Response, ApiError> {
@@ -222,18 +247,29 @@ impl ApiClient {
         self.json(self.request(Method::GET, path)).await
     }
 
-    /// A raw request without the token: for tests of authentication.
-    pub async fn status_without_token(&self, path: &str) -> Result<StatusCode, ApiError> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
+    /// `GET /v1/cluster/join-tokens/{role}` (`worker` or `manager`).
+    pub async fn join_token(&self, role: &str) -> Result<JoinTokenInfo, ApiError> {
+        self.json(self.request(Method::GET, &format!("/v1/cluster/join-tokens/{role}")))
             .await
-            .map_err(|e| ApiError::Transport {
-                url: self.base.clone(),
-                message: error_chain(&e),
-            })?;
-        Ok(resp.status())
+    }
+
+    /// `POST /v1/cluster/join-tokens/{role}/rotate`: a new token; the old one
+    /// no longer admits anyone.
+    pub async fn rotate_join_token(&self, role: &str) -> Result<JoinTokenInfo, ApiError> {
+        self.json(self.request(
+            Method::POST,
+            &format!("/v1/cluster/join-tokens/{role}/rotate"),
+        ))
+        .await
+    }
+
+    /// `POST /v1/nodes/{id}/remove[?force=true]`: removes a node and revokes
+    /// its certificate.
+    pub async fn remove_node(&self, id: &str, force: bool) -> Result<RemovedNode, ApiError> {
+        let req = self
+            .request(Method::POST, &format!("/v1/nodes/{id}/remove"))
+            .query(&[("force", force)]);
+        self.json(req).await
     }
 }
 

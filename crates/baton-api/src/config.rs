@@ -1,6 +1,7 @@
-//! The client configuration file (`client.toml`): where the API is, the CA
-//! that signed its certificate, and the bearer token. It holds a credential,
-//! so it is written with mode 0600 and its token never appears in `Debug`.
+//! The client configuration file (`client.toml`, `admin.toml`): where the API
+//! is, the cluster's root CA, and the user's client certificate and private
+//! key. It holds a credential, so its creator writes it with mode 0600, and
+//! the key never appears in `Debug`.
 
 use std::fmt;
 use std::path::Path;
@@ -13,17 +14,19 @@ use serde::{Deserialize, Serialize};
 pub struct ClientConfig {
     /// Base URL of the API, `https://host:port`.
     pub api: String,
-    /// Bearer token.
-    pub token: String,
-    /// PEM of the CA that signed the API's certificate.
+    /// PEM of the cluster's root CA: the server must chain to it.
     pub ca_cert: String,
+    /// PEM of the user's client certificate (role admin), signed by the root.
+    pub cert: String,
+    /// PEM of the client certificate's private key.
+    pub key: String,
 }
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
             .field("api", &self.api)
-            .field("token", &"<redacted>")
+            .field("key", &"<redacted>")
             .finish_non_exhaustive()
     }
 }
@@ -62,11 +65,32 @@ impl ClientConfig {
         })
     }
 
-    /// The file's text.
+    /// The file's text. It holds the private key: write it with mode 0600.
     pub fn to_toml(&self) -> String {
         let body = toml::to_string(self).expect("a struct of strings always serializes");
         format!(
             "# Baton client configuration. It holds a credential: keep it private (mode 0600).\n{body}"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_key_and_unknown_fields_are_refused() {
+        let config = ClientConfig {
+            api: "https://127.0.0.1:1".to_owned(),
+            ca_cert: "CA".to_owned(),
+            cert: "CERT".to_owned(),
+            key: "-----BEGIN PRIVATE KEY-----secret".to_owned(),
+        };
+        assert!(!format!("{config:?}").contains("secret"));
+        let text = config.to_toml();
+        let back: ClientConfig = toml::from_str(&text).expect("round trip");
+        assert_eq!(back.key, config.key);
+        let with_token = format!("{text}\ntoken = \"abc\"\n");
+        assert!(toml::from_str::<ClientConfig>(&with_token).is_err());
     }
 }

@@ -4,8 +4,11 @@
 //! These are wire types, converted by hand from the state at the manager's
 //! edge; internal types never go on the wire directly.
 //!
-//! Architecture invariant: the client only speaks HTTPS, verifying the server
-//! against the CA in its configuration, and always sends its bearer token.
+//! Architecture invariant: the client only speaks HTTPS (TLS 1.3). It accepts
+//! a server only if its certificate chains to the cluster root in its
+//! configuration and says `manager` ([`baton_pki::ManagerVerifier`]), and it
+//! authenticates with the client certificate of its configuration; there are
+//! no bearer tokens.
 
 mod client;
 mod config;

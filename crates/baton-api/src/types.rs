@@ -1,5 +1,7 @@
 //! Request and response bodies.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -15,8 +17,10 @@ pub struct Health {
 /// An error answer: every non-2xx response has this body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// Short machine-readable kind: `unauthorized`, `forbidden`, `invalid_spec`,
-    /// `not_found`, `unavailable`, `internal`.
+    /// Short machine-readable kind: `unauthorized` (no client certificate),
+    /// `forbidden` (a certificate that may not call the API), `invalid_spec`,
+    /// `invalid_request`, `not_found`, `conflict` (e.g. removing a ready node),
+    /// `rejected` (the state refused the change), `unavailable`, `internal`.
     pub code: String,
     /// One human line.
     pub message: String,
@@ -138,6 +142,8 @@ pub struct NodeInfo {
     pub id: String,
     /// Host name.
     pub hostname: String,
+    /// `worker` or `manager` (its membership), `-` if it is not a member.
+    pub role: String,
     /// `ready` or `down`.
     pub state: String,
     /// `active`, `pause` or `drain`.
@@ -154,6 +160,12 @@ pub struct NodeInfo {
     pub memory_reserved: u64,
     /// Its tasks that are not finished.
     pub tasks: u32,
+    /// Expiry of its current certificate (ms since the epoch), if it is a member.
+    pub cert_expires_at: Option<u64>,
+    /// Address its agent connected from, when known.
+    pub address: Option<String>,
+    /// Its agent's version.
+    pub version: String,
 }
 
 /// Body of `POST /v1/nodes/{id}/availability`.
@@ -162,4 +174,31 @@ pub struct AvailabilityRequest {
     /// `active` (takes tasks), `pause` (keeps its tasks, takes no new ones) or
     /// `drain` (its tasks move elsewhere).
     pub availability: String,
+}
+
+/// Answer of `GET /v1/cluster/join-tokens/{role}` and of its rotation.
+///
+/// The token lets a machine join the cluster: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenInfo {
+    /// `worker` or `manager`.
+    pub role: String,
+    /// The token, `BATON-1-<root CA digest>-<secret>`.
+    pub token: String,
+}
+
+impl fmt::Debug for JoinTokenInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinTokenInfo")
+            .field("role", &self.role)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Answer of `POST /v1/nodes/{id}/remove`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemovedNode {
+    /// The node removed; its certificate is refused from now on.
+    pub id: String,
 }

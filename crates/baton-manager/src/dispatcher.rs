@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::now;
 
-/// How long a node may be without a session before it is marked down and its
-/// tasks are rescheduled. Long enough for an agent restart or a brief network
-/// blip; short enough that services come back within a minute.
+/// Default time a node may be without a session before it is marked down and
+/// its tasks are rescheduled: long enough for an agent restart or a brief
+/// network blip, short enough that services come back within a minute.
 pub const NODE_DOWN_GRACE: Duration = Duration::from_secs(30);
 
 struct SessionEntry {
@@ -60,6 +60,7 @@ pub struct DispatcherService {
     logs: Mutex<HashMap<u64, LogStream>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    node_down_grace: Duration,
     this: Weak<DispatcherService>,
 }
 
@@ -94,13 +95,19 @@ pub fn assignments_for(state: &State, node: &NodeId) -> Vec<Assignment> {
 
 impl DispatcherService {
     /// A dispatcher over a store; its sessions end when `shutdown` is cancelled.
-    pub fn new(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<DispatcherService> {
+    /// A node without a session for `node_down_grace` is marked down.
+    pub fn new(
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+        node_down_grace: Duration,
+    ) -> Arc<DispatcherService> {
         Arc::new_cyclic(|this| DispatcherService {
             store,
             sessions: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
+            node_down_grace,
             this: this.clone(),
         })
     }
@@ -111,6 +118,37 @@ impl DispatcherService {
 
     fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LogStream>> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives every node the state calls ready, but that has no session with
+    /// this dispatcher (it was recorded by an earlier manager run), the same
+    /// grace as a node whose session closed: if it does not connect in time, it
+    /// is marked down and its tasks are replaced.
+    pub fn watch_unconnected_nodes(&self) {
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let snapshot = self.store.snapshot();
+        for node in snapshot.state.nodes() {
+            if node.state == NodeState::Ready {
+                tokio::spawn(this.clone().mark_down_after_grace(node.id.clone()));
+            }
+        }
+    }
+
+    async fn mark_down_after_grace(self: Arc<Self>, node: NodeId) {
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = tokio::time::sleep(self.node_down_grace) => {
+                if !self.lock_sessions().contains_key(&node) {
+                    tracing::warn!(node_id = %node, grace = ?self.node_down_grace, "node down: no session");
+                    let cmd = Command::NodeDown { id: node.clone(), now: now() };
+                    if let Err(e) = self.store.propose(cmd).await {
+                        tracing::error!(node_id = %node, error = %e, "marking node down failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Opens a stream of a task's log from the node that runs (or ran) it.
@@ -199,18 +237,7 @@ impl DispatcherService {
             return;
         }
         tracing::info!(node_id = %node, "agent session closed");
-        tokio::select! {
-            () = self.shutdown.cancelled() => {}
-            () = tokio::time::sleep(NODE_DOWN_GRACE) => {
-                if !self.lock_sessions().contains_key(&node) {
-                    tracing::warn!(node_id = %node, "node down: no session for {NODE_DOWN_GRACE:?}");
-                    let cmd = Command::NodeDown { id: node.clone(), now: now() };
-                    if let Err(e) = self.store.propose(cmd).await {
-                        tracing::error!(node_id = %node, error = %e, "marking node down failed");
-                    }
-                }
-            }
-        }
+        self.mark_down_after_grace(node).await;
     }
 }
 
@@ -234,6 +261,8 @@ impl Dispatcher for DispatcherService {
             availability: NodeAvailability::Active,
             registered_at: now,
             state_since: now,
+            address: desc.address,
+            version: desc.version,
         };
         self.store
             .propose(Command::RegisterNode { node, now })

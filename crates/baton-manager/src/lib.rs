@@ -1,11 +1,12 @@
 //! The manager: it owns the cluster's desired state and drives it.
 //!
-//! - [`api`]: the HTTPS API (`/v1`), every route behind bearer-token
-//!   authentication, and its OpenAPI description.
+//! - [`api`]: the HTTPS API (`/v1`), every route behind admin client
+//!   certificate authentication, and its OpenAPI description.
 //! - [`control`]: the control loop: on every state change (or restart backoff
 //!   expiry) it runs the pure reconciler + scheduler over a snapshot and
 //!   proposes the resulting plan.
 //! - [`ca`]: admits joining nodes (join tokens) and renews certificates.
+//! - [`runtime`]: starts and stops all of it (`baton manager`, `baton dev`).
 //! - [`dispatcher`]: one session per agent; pushes each node its own full
 //!   assignment set, records its reports, brokers log streams.
 //!
@@ -17,6 +18,7 @@ pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod identity;
+pub mod runtime;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tracing::{debug, error};
 
 use crate::server::{CaError, NODE_ID_METADATA};
-use crate::tls::{ClientTls, ManagerVerifier};
+use crate::tls::{ClientTls, manager_verifier};
 use crate::{Dispatcher, LogEvent, NodeDescription, RpcError, Session, convert, pb, transport};
 
 /// Session messages buffered between the network and the agent.
@@ -226,7 +226,7 @@ pub async fn fetch_root_ca(addr: &str, expected_digest: &str) -> Result<String, 
         .seen_server_chain()
         .ok_or_else(|| CaError::InvalidResponse("no server certificate seen".into()))?;
     let verifier =
-        ManagerVerifier::new(&ca_pem).map_err(|e| CaError::InvalidResponse(e.to_string()))?;
+        manager_verifier(&ca_pem).map_err(|e| CaError::InvalidResponse(e.to_string()))?;
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| CaError::InvalidResponse("empty server certificate chain".into()))?;

@@ -55,16 +55,21 @@ pub(crate) fn node_description_to_wire(desc: &NodeDescription) -> pb::NodeDescri
         hostname: desc.hostname.clone(),
         capacity: Some(resources_to_wire(&desc.capacity)),
         drivers: desc.drivers.iter().map(|d| d.as_str().to_owned()).collect(),
+        version: desc.version.clone(),
     }
 }
 
-/// `node_id` comes from the caller's certificate: the wire message has none.
+/// `node_id` comes from the caller's certificate and `address` from its
+/// connection: the wire message has neither.
 pub(crate) fn node_description_from_wire(
     node_id: NodeId,
+    address: Option<String>,
     wire: pb::NodeDescription,
 ) -> NodeDescription {
     NodeDescription {
         node_id,
+        address,
+        version: wire.version,
         hostname: wire.hostname,
         capacity: wire.capacity.map(resources_from_wire).unwrap_or_default(),
         // A driver this manager does not know cannot be scheduled on anyway;

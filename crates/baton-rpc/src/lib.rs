@@ -78,6 +78,11 @@ pub struct NodeDescription {
     pub capacity: Resources,
     /// Drivers that work on it.
     pub drivers: BTreeSet<DriverKind>,
+    /// The agent's version.
+    pub version: String,
+    /// The address the node connected from. Never sent by the agent: the
+    /// server fills it from the connection.
+    pub address: Option<String>,
 }
 
 /// One task the node must run (or stop).

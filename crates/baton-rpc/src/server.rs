@@ -122,12 +122,17 @@ impl pb::dispatcher_server::Dispatcher for DispatcherServer {
         req: Request<pb::SessionRequest>,
     ) -> Result<Response<SessionStream>, Status> {
         let identity = auth::require_node(&req, "Dispatcher/Session")?;
+        let address = req
+            .extensions()
+            .get::<crate::transport::PeerConnection>()
+            .and_then(|c| c.remote_addr)
+            .map(|a| a.to_string());
         let node = req
             .into_inner()
             .node
             .ok_or(convert::ConvertError::Missing("SessionRequest.node"))?;
         // Identity comes from the certificate, never the request.
-        let description = convert::node_description_from_wire(node_of(&identity), node);
+        let description = convert::node_description_from_wire(node_of(&identity), address, node);
         let session = self
             .inner
             .open_session(description)

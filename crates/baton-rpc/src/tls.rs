@@ -22,11 +22,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
-use baton_pki::Role;
+use baton_pki::ManagerVerifier;
 
 use crate::auth::Revocations;
 use rustls::client::ResolvesClientCert;
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
@@ -242,7 +241,7 @@ impl ClientTls {
     /// Trusts only a server whose certificate chains to `root_ca_pem` and
     /// names the manager role; presents `cert` if it holds one.
     pub fn new(root_ca_pem: &str, cert: HotCert) -> Result<ClientTls, TlsError> {
-        let verifier = ManagerVerifier::new(root_ca_pem)?;
+        let verifier = manager_verifier(root_ca_pem)?;
         Self::build(Arc::new(verifier), cert, None)
     }
 
@@ -292,75 +291,10 @@ impl ClientTls {
     }
 }
 
-/// Verifies a server certificate by its cluster identity rather than by a
-/// host name: the chain must lead to the cluster root (webpki: signatures,
-/// validity, EKU server auth) and the certificate must say `manager`.
-#[derive(Debug)]
-pub(crate) struct ManagerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ManagerVerifier {
-    pub(crate) fn new(root_ca_pem: &str) -> Result<ManagerVerifier, TlsError> {
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(root_store(root_ca_pem)?, provider())
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        Ok(ManagerVerifier { inner })
-    }
-}
-
-impl ServerCertVerifier for ManagerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let identity = baton_pki::peer_identity(end_entity).map_err(|e| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(e),
-            )))
-        })?;
-        // Cluster certificates name their node id as their only DNS SAN, so
-        // webpki's name check runs against the id the certificate states, and
-        // everything else (chain, validity, usage) is webpki's.
-        let name = ServerName::try_from(identity.node_id.clone()).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-        })?;
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)?;
-        if identity.role != Role::Manager {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+/// The one server-certificate check of the cluster (chain to the root, role
+/// manager, no host name): shared with the user API's client.
+pub(crate) fn manager_verifier(root_ca_pem: &str) -> Result<ManagerVerifier, TlsError> {
+    ManagerVerifier::new(root_ca_pem, provider()).map_err(|e| TlsError::Verifier(e.to_string()))
 }
 
 /// Accepts any server certificate and records it; the handshake signature is

@@ -58,6 +58,8 @@ fn description(node_id: &str) -> NodeDescription {
             memory_bytes: 1 << 30,
         },
         drivers: BTreeSet::from([DriverKind::Raw]),
+        version: "0.1.0".into(),
+        address: None,
     }
 }
 

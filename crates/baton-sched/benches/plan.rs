@@ -56,6 +56,8 @@ fn cluster(node_capacity: Resources, shape: impl Fn(usize) -> Resources) -> Stat
             availability: NodeAvailability::Active,
             registered_at: NOW,
             state_since: NOW,
+            address: None,
+            version: String::new(),
         };
         state
             .apply(Command::RegisterNode { node, now: NOW })

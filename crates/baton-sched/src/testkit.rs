@@ -37,6 +37,8 @@ pub(crate) fn node(id: &str, cpu_millis: u64, memory_bytes: u64) -> Node {
         availability: NodeAvailability::Active,
         registered_at: Timestamp(0),
         state_since: Timestamp(0),
+        address: None,
+        version: String::new(),
     }
 }
 

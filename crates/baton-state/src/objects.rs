@@ -267,6 +267,12 @@ pub struct Node {
     pub registered_at: Timestamp,
     /// When its state last changed.
     pub state_since: Timestamp,
+    /// Address its agent connected from, when known.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Its agent's version.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// Phase of a job, derived from its tasks.

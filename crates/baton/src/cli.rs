@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 
 use crate::Failure;
-use crate::output::{Format, or_dash, print_json, print_table};
+use crate::output::{Format, format_utc_ms, or_dash, print_json, print_table};
 
 /// `baton job …`
 #[derive(Debug, Subcommand)]
@@ -72,6 +72,15 @@ pub enum NodeCmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Remove a node from the cluster and revoke its certificate. Its tasks
+    /// are replaced elsewhere. A node that is still `ready` needs `--force`.
+    Rm {
+        /// Node id.
+        node: String,
+        /// Remove it even though its agent is connected.
+        #[arg(long)]
+        force: bool,
+    },
     /// Change a node's availability.
     Update {
         /// Node id.
@@ -80,6 +89,24 @@ pub enum NodeCmd {
         /// `drain` moves its service tasks elsewhere (start, then stop).
         #[arg(long, value_parser = ["active", "pause", "drain"])]
         availability: String,
+    },
+}
+
+/// `baton cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Print the token that lets a machine join as a worker or a manager.
+    JoinToken {
+        /// Which token.
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        /// Replace the token first: the old one admits nobody from now on;
+        /// nodes that joined with it are not disturbed.
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -99,7 +126,11 @@ fn client(config: Option<PathBuf>) -> Result<ApiClient, Failure> {
             "no client config: pass --config FILE or set BATON_CONFIG (baton dev writes DIR/client.toml)",
         )
     })?;
-    let config = ClientConfig::load(&path).map_err(|e| Failure::usage(e.to_string()))?;
+    let config = ClientConfig::load(&path).map_err(|e| {
+        Failure::usage(format!(
+            "{e} (a client config has api, ca_cert, cert and key: use the admin.toml/client.toml the manager wrote)"
+        ))
+    })?;
     Ok(ApiClient::new(&config)?)
 }
 
@@ -342,9 +373,58 @@ pub async fn logs(config: Option<PathBuf>, args: LogsArgs) -> Result<(), Failure
     Ok(())
 }
 
+/// Runs a `cluster` subcommand.
+pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Failure> {
+    match cmd {
+        ClusterCmd::JoinToken {
+            role,
+            rotate,
+            quiet,
+        } => {
+            let api = client(config)?;
+            let info = if rotate {
+                api.rotate_join_token(&role).await?
+            } else {
+                api.join_token(&role).await?
+            };
+            if quiet {
+                println!("{}", info.token);
+                return Ok(());
+            }
+            if rotate {
+                println!("The {role} join token was rotated: the old one no longer admits anyone.");
+            }
+            let command = if role == "manager" {
+                "manager"
+            } else {
+                "agent"
+            };
+            println!("To join this cluster as a {role}, run on the new machine:");
+            println!();
+            println!(
+                "    baton {command} --data-dir DIR --join MANAGER_ADDR --token {}",
+                info.token
+            );
+            println!();
+            println!(
+                "where MANAGER_ADDR is the cluster address of a manager (its --listen or --advertise)."
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Runs a `node` subcommand.
 pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> {
     match cmd {
+        NodeCmd::Rm { node, force } => {
+            let removed = client(config)?.remove_node(&node, force).await?;
+            println!(
+                "node {} removed; its certificate is refused from now on",
+                removed.id
+            );
+            Ok(())
+        }
         NodeCmd::Update { node, availability } => {
             let node = client(config)?
                 .set_node_availability(&node, &availability)
@@ -362,8 +442,12 @@ pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> 
                 &[
                     "id",
                     "hostname",
+                    "role",
                     "state",
                     "availability",
+                    "address",
+                    "cert expires",
+                    "version",
                     "drivers",
                     "cpu",
                     "memory",
@@ -375,8 +459,16 @@ pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> 
                         vec![
                             n.id.clone(),
                             n.hostname.clone(),
+                            n.role.clone(),
                             n.state.clone(),
                             n.availability.clone(),
+                            or_dash(n.address.clone()),
+                            or_dash(n.cert_expires_at.map(format_utc_ms)),
+                            if n.version.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                n.version.clone()
+                            },
                             n.drivers.join(","),
                             format!("{}m/{}m", n.cpu_reserved, n.cpu_millis),
                             format!(
@@ -391,5 +483,44 @@ pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> 
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Cmd {
+        #[command(subcommand)]
+        Cluster(ClusterCmd),
+        #[command(subcommand)]
+        Node(NodeCmd),
+    }
+
+    #[test]
+    fn cluster_and_node_commands_parse() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["baton", "cluster", "join-token", "worker", "--rotate", "-q"])
+                .expect("parse");
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Cluster(ClusterCmd::JoinToken { ref role, rotate: true, quiet: true }) if role == "worker"
+        ));
+        assert!(Cli::try_parse_from(["baton", "cluster", "join-token", "admin"]).is_err());
+        let cli = Cli::try_parse_from(["baton", "node", "rm", "n1", "--force"]).expect("parse");
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Node(NodeCmd::Rm { ref node, force: true }) if node == "n1"
+        ));
     }
 }

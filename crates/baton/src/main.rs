@@ -5,6 +5,7 @@
 
 mod cli;
 mod dev;
+mod node;
 mod output;
 
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ struct Args {
 enum Cmd {
     /// Run a manager and an agent in this process, in the foreground.
     Dev(dev::DevArgs),
+    /// Run a manager: creates a cluster on an empty data dir.
+    Manager(node::ManagerArgs),
+    /// Run an agent: joins a cluster with a token, or rejoins with its identity.
+    Agent(node::AgentArgs),
     /// Submit, inspect and stop jobs.
     #[command(subcommand)]
     Job(cli::JobCmd),
@@ -36,9 +41,12 @@ enum Cmd {
     Task(cli::TaskCmd),
     /// Print a task's output.
     Logs(cli::LogsArgs),
-    /// Inspect nodes.
+    /// Inspect and manage nodes.
     #[command(subcommand)]
     Node(cli::NodeCmd),
+    /// Cluster-wide settings: join tokens.
+    #[command(subcommand)]
+    Cluster(cli::ClusterCmd),
 }
 
 /// A failure with its exit code: 1 the operation failed, 2 usage or validation.
@@ -97,10 +105,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Cmd::Dev(dev_args) => dev::run(dev_args).await,
+            Cmd::Manager(manager_args) => node::run_manager(manager_args).await,
+            Cmd::Agent(agent_args) => node::run_agent(agent_args).await,
             Cmd::Job(cmd) => cli::job(args.config, cmd).await,
             Cmd::Task(cmd) => cli::task(args.config, cmd).await,
             Cmd::Logs(logs) => cli::logs(args.config, logs).await,
             Cmd::Node(cmd) => cli::node(args.config, cmd).await,
+            Cmd::Cluster(cmd) => cli::cluster(args.config, cmd).await,
         }
     });
     // Log streams and the like may hold blocking reads: don't wait for them.

@@ -44,3 +44,34 @@ pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 pub fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
+
+/// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM` UTC.
+pub fn format_utc_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (no
+    // negative dates: the input is unsigned).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_are_formatted_as_dates() {
+        assert_eq!(format_utc_ms(0), "1970-01-01 00:00");
+        assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29 00:00");
+        assert_eq!(format_utc_ms(1_800_000_000_000), "2027-01-15 08:00");
+    }
+}

@@ -72,9 +72,11 @@ pub fn task_info(task: &Task) -> TaskInfo {
 
 pub fn node_info(state: &State, node: &Node) -> NodeInfo {
     let reserved = state.reserved(&node.id);
+    let member = state.member(&node.id);
     NodeInfo {
         id: node.id.0.clone(),
         hostname: node.hostname.clone(),
+        role: member.map_or("-", |m| m.role.as_str()).to_owned(),
         state: match node.state {
             NodeState::Ready => "ready",
             NodeState::Down => "down",
@@ -98,5 +100,8 @@ pub fn node_info(state: &State, node: &Node) -> NodeInfo {
                 .count(),
         )
         .unwrap_or(u32::MAX),
+        cert_expires_at: member.map(|m| m.cert_not_after.0),
+        address: node.address.clone(),
+        version: node.version.clone(),
     }
 }

@@ -8,18 +8,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_api::{
-    AvailabilityRequest, ErrorBody, Health, JobInfo, NodeInfo, SubmitOutcome, SubmitResponse,
-    TaskInfo,
+    AvailabilityRequest, ErrorBody, Health, JobInfo, JoinTokenInfo, NodeInfo, RemovedNode,
+    SubmitOutcome, SubmitResponse, TaskInfo,
 };
+use baton_pki::JoinToken;
 use baton_rpc::LogEvent;
 use baton_spec::SpecFormat;
-use baton_state::{Command, Event, NodeAvailability, NodeId, TaskId};
+use baton_state::{Command, Event, NodeAvailability, NodeId, NodeRole, NodeState, TaskId};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::convert::{job_info, node_info, task_info};
 use super::{ApiFailure, AppState};
 use crate::dispatcher::LogStreamError;
+use crate::identity::{self, StoredTokens};
 use crate::now;
 
 /// Health of this manager.
@@ -338,4 +340,147 @@ pub async fn set_node_availability(
         .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))?;
     tracing::info!(node_id = %id, availability = %req.availability, "node availability set");
     Ok(Json(node_info(&snapshot.state, node)))
+}
+
+/// Options of a node removal.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RemoveParams {
+    /// Remove the node even though it is `ready` (its agent is connected).
+    #[serde(default)]
+    force: bool,
+}
+
+/// Remove a node from the cluster: its tasks are replaced elsewhere and its
+/// certificate is refused from then on (the id is revoked). A `ready` node
+/// needs `force=true`; managers cannot be removed yet.
+#[utoipa::path(post, path = "/v1/nodes/{id}/remove", tag = "nodes", params(("id" = String, Path), RemoveParams),
+    responses((status = 200, body = RemovedNode), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the node is ready (use force) or a manager")))]
+pub async fn remove_node(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(params): Query<RemoveParams>,
+) -> Result<Json<RemovedNode>, ApiFailure> {
+    let node_id = NodeId(id.clone());
+    {
+        let snapshot = app.store.snapshot();
+        let state = &snapshot.state;
+        let member = state.member(&node_id);
+        let node = state.node(&node_id);
+        if member.is_none() && node.is_none() {
+            return Err(ApiFailure::not_found(format!("node {id} not found")));
+        }
+        if member.is_some_and(|m| m.role == NodeRole::Manager) {
+            return Err(ApiFailure::conflict(format!(
+                "node {id} is a manager: removing managers comes with manager membership"
+            )));
+        }
+        if !params.force && node.is_some_and(|n| n.state == NodeState::Ready) {
+            return Err(ApiFailure::conflict(format!(
+                "node {id} is ready: stop its agent first, or remove it with --force"
+            )));
+        }
+    }
+    app.store
+        .propose(Command::RemoveNode {
+            id: node_id,
+            now: now(),
+        })
+        .await?;
+    tracing::info!(node_id = %id, force = params.force, "node removed");
+    Ok(Json(RemovedNode { id }))
+}
+
+/// Serialises token rotations in this process, so that two concurrent ones
+/// cannot leave the state and `join-tokens.toml` naming different tokens.
+static ROTATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn join_role(role: &str) -> Result<NodeRole, ApiFailure> {
+    match role {
+        "worker" => Ok(NodeRole::Worker),
+        "manager" => Ok(NodeRole::Manager),
+        other => Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("role: {other:?} is not one of worker, manager"),
+        )),
+    }
+}
+
+fn held_token(tokens: Option<&StoredTokens>, role: NodeRole) -> Option<String> {
+    let token = match role {
+        NodeRole::Worker => &tokens?.worker,
+        NodeRole::Manager => &tokens?.manager,
+    };
+    (!token.is_empty()).then(|| token.clone())
+}
+
+/// The current join token of a role (`worker` or `manager`), as held by this
+/// manager.
+#[utoipa::path(get, path = "/v1/cluster/join-tokens/{role}", tag = "cluster",
+    params(("role" = String, Path, description = "worker or manager")),
+    responses((status = 200, body = JoinTokenInfo), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "this manager does not hold the current token")))]
+pub async fn get_join_token(
+    State(app): State<Arc<AppState>>,
+    Path(role): Path<String>,
+) -> Result<Json<JoinTokenInfo>, ApiFailure> {
+    let node_role = join_role(&role)?;
+    let tokens = identity::stored_tokens(&app.identity_dir)?;
+    let token = held_token(tokens.as_ref(), node_role).ok_or_else(|| {
+        ApiFailure::not_found(
+            "this manager does not hold the current token; rotate it to get a new one",
+        )
+    })?;
+    Ok(Json(JoinTokenInfo { role, token }))
+}
+
+/// Replace a role's join token: the old one admits nobody from now on;
+/// nodes that joined with it are not disturbed.
+#[utoipa::path(post, path = "/v1/cluster/join-tokens/{role}/rotate", tag = "cluster",
+    params(("role" = String, Path, description = "worker or manager")),
+    responses((status = 200, body = JoinTokenInfo), (status = 400, body = ErrorBody)))]
+pub async fn rotate_join_token(
+    State(app): State<Arc<AppState>>,
+    Path(role): Path<String>,
+) -> Result<Json<JoinTokenInfo>, ApiFailure> {
+    let node_role = join_role(&role)?;
+    let _rotation = ROTATION.lock().await;
+    let root_pem = app
+        .store
+        .snapshot()
+        .state
+        .cluster()
+        .map(|c| c.root_ca_pem.clone())
+        .ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the cluster is not initialised yet",
+            )
+        })?;
+    let root_der = baton_pki::certificate_der(&root_pem)
+        .map_err(|e| ApiFailure::internal(format!("root CA in the state: {e}")))?;
+    let token = JoinToken::generate(&baton_pki::root_digest(&root_der))
+        .map_err(|e| ApiFailure::internal(format!("join token: {e}")))?;
+    app.store
+        .propose(Command::RotateJoinToken {
+            role: node_role,
+            digest: baton_pki::hex(&token.secret_digest()),
+        })
+        .await?;
+    // The state now admits only the new token. Keep it for `GET`; a manager
+    // that never held the other role's token keeps not holding it ("").
+    let text = token.format();
+    let mut tokens = identity::stored_tokens(&app.identity_dir)?.unwrap_or(StoredTokens {
+        worker: String::new(),
+        manager: String::new(),
+    });
+    match node_role {
+        NodeRole::Worker => tokens.worker = text.clone(),
+        NodeRole::Manager => tokens.manager = text.clone(),
+    }
+    identity::store_tokens(&app.identity_dir, &tokens)?;
+    tracing::info!(role = %role, "join token rotated");
+    Ok(Json(JoinTokenInfo { role, token: text }))
 }

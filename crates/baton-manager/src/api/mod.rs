@@ -1,31 +1,40 @@
 //! The HTTPS API (`/v1`).
 //!
-//! Every route, `/v1/health` and `/v1/openapi.json` included, sits behind the
-//! bearer-token check: no token is `401`, a wrong one `403`. Errors map to HTTP
-//! status in one place ([`ApiFailure`]). The listener only speaks TLS
-//! ([`serve`]).
+//! Users authenticate with a client certificate from the cluster CA. Every
+//! route, `/v1/health`, `/v1/openapi.json` and unknown paths included, sits
+//! behind the authentication middleware: no certificate is `401`; a certificate that is not
+//! an admin's, is of another cluster, is revoked or has expired is `403`. Each
+//! refusal is logged with the caller's identity and the path. Errors map to
+//! HTTP status in one place ([`ApiFailure`]). The listener only speaks TLS
+//! ([`serve`]), and the handshake verifies the chain ([`api_tls_config`]).
 
 mod convert;
 mod handlers;
 mod tls;
 
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use baton_api::ErrorBody;
+use baton_pki::Role;
+use baton_state::NodeId;
 use baton_store::Store;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::SecurityScheme;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::dispatcher::DispatcherService;
 
-pub use tls::{ServeError, serve, server_tls_config};
+pub use tls::{Caller, ServeError, api_tls_config, serve};
 
 /// What the handlers share.
 pub struct AppState {
@@ -33,13 +42,19 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The dispatcher (log streams).
     pub dispatcher: Arc<DispatcherService>,
-    /// SHA-256 of the accepted bearer token.
-    pub token_digest: [u8; 32],
+    /// This cluster's id: a client certificate's organisation must say it.
+    pub cluster_id: String,
+    /// The manager's data dir, which holds `join-tokens.toml`
+    /// ([`crate::identity::stored_tokens`]).
+    pub identity_dir: PathBuf,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("cluster_id", &self.cluster_id)
+            .field("identity_dir", &self.identity_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,6 +79,26 @@ impl ApiFailure {
 
     fn not_found(message: impl Into<String>) -> ApiFailure {
         ApiFailure::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn conflict(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    fn forbidden(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    fn internal(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl From<crate::identity::IdentityError> for ApiFailure {
+    fn from(e: crate::identity::IdentityError) -> ApiFailure {
+        // Identity errors name files and causes, never key or token material.
+        tracing::error!(error = %e, "manager identity failure");
+        ApiFailure::internal(format!("manager identity: {e}"))
     }
 }
 
@@ -98,64 +133,110 @@ impl From<baton_store::StoreError> for ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(self.body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
+        // No WWW-Authenticate on 401: HTTP has no scheme for client
+        // certificates (they are asked for in the TLS handshake), and the body
+        // says what to do.
+        (self.status, axum::Json(self.body)).into_response()
     }
 }
 
-/// Refuses any request without the right bearer token.
+/// What a `401` tells the user to do.
+const CERT_REQUIRED: &str =
+    "client certificate required: use the admin.toml/client.toml the manager wrote";
+
+/// Refuses any request whose connection did not present an admin certificate
+/// of this cluster that is still valid and not revoked.
 async fn authenticate(
     State(app): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiFailure> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        None => {
-            tracing::warn!(path = %req.uri().path(), "request refused: no credentials");
-            Err(ApiFailure::new(
+    let path = req.uri().path().to_owned();
+    // A request without a Caller was not accepted by `serve`: treat it as
+    // anonymous rather than trusting it.
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous);
+    let identity = match caller {
+        Caller::Anonymous => {
+            tracing::warn!(%path, "request refused: no client certificate");
+            return Err(ApiFailure::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "credentials required: send Authorization: Bearer <token> (see client.toml)",
-            ))
+                CERT_REQUIRED,
+            ));
         }
-        Some(token) if !baton_pki::token_matches(token.trim(), &app.token_digest) => {
-            tracing::warn!(path = %req.uri().path(), "request refused: invalid credentials");
-            Err(ApiFailure::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "invalid credentials",
-            ))
+        Caller::Unidentified => {
+            tracing::warn!(%path, "request refused: client certificate without a cluster identity");
+            return Err(ApiFailure::forbidden(
+                "client certificate carries no cluster identity",
+            ));
         }
-        Some(_) => Ok(next.run(req).await),
+        Caller::Peer(identity) => identity,
+    };
+    let refusal = if identity.cluster_id != app.cluster_id {
+        Some("client certificate is for another cluster")
+    } else if identity.role != Role::Admin {
+        Some("this API needs an admin certificate")
+    } else if app
+        .store
+        .snapshot()
+        .state
+        .is_revoked(&NodeId(identity.node_id.clone()))
+    {
+        Some("client certificate revoked")
+    } else if identity.not_after <= unix_now() {
+        // The handshake checked validity once; a long-lived connection can
+        // outlive the certificate, so every request checks again.
+        Some("client certificate expired")
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(
+            peer_id = %identity.node_id,
+            peer_role = %identity.role,
+            peer_cluster = %identity.cluster_id,
+            %path,
+            reason,
+            "request refused"
+        );
+        return Err(ApiFailure::forbidden(reason));
     }
+    Ok(next.run(req).await)
 }
 
-struct BearerAuth;
+fn unix_now() -> i64 {
+    i64::try_from(crate::now().0 / 1000).unwrap_or(i64::MAX)
+}
 
-impl Modify for BearerAuth {
+struct ClientCertAuth;
+
+impl Modify for ClientCertAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            "mtls",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "A client certificate with role admin from the cluster CA \
+                     (admin.toml / client.toml)."
+                        .to_owned(),
+                ),
+                deprecated: None,
+                extensions: None,
+            },
         );
     }
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Baton API", description = "The Baton orchestrator's HTTP API. Every call needs a bearer token."),
-    modifiers(&BearerAuth),
-    security(("bearer" = []))
+    info(title = "Baton API", description = "The Baton orchestrator's HTTP API. Every call needs an admin client certificate from the cluster CA."),
+    modifiers(&ClientCertAuth),
+    security(("mtls" = []))
 )]
 struct ApiDoc;
 
@@ -171,6 +252,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::task_logs))
         .routes(routes!(handlers::list_nodes))
         .routes(routes!(handlers::set_node_availability))
+        .routes(routes!(handlers::remove_node))
+        .routes(routes!(handlers::get_join_token))
+        .routes(routes!(handlers::rotate_join_token))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     routes

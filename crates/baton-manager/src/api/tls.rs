@@ -1,18 +1,27 @@
 //! The TLS listener: TCP accept, TLS handshake (with a deadline, off the accept
 //! loop), then HTTP/1.1 or HTTP/2 by ALPN. There is no plaintext listener.
+//!
+//! Client certificates are verified against the cluster root during the
+//! handshake but are optional there, so that a client without one gets a
+//! clear `401` from the API rather than a TLS alert it cannot read. The
+//! verified certificate's identity ([`Caller`]) rides in every request's
+//! extensions; the authentication middleware decides from it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use baton_pki::PeerIdentity;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// A slow or silent client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,14 +29,47 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors setting up the listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The certificate or key is unusable.
+    /// The root, the certificate or the key is unusable.
     #[error("TLS configuration: {0}")]
     Tls(String),
 }
 
-/// A rustls server configuration (aws-lc-rs, TLS 1.2 and 1.3, h2 and http/1.1)
-/// from PEM.
-pub fn server_tls_config(
+/// Who is calling, from the client certificate verified in the handshake.
+/// [`serve`] puts one into every request's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No client certificate.
+    Anonymous,
+    /// A certificate that chains to the cluster root but carries no cluster
+    /// identity (the CA never issues one; refused).
+    Unidentified,
+    /// The identity the certificate states.
+    Peer(PeerIdentity),
+}
+
+impl Caller {
+    /// The caller of a connection, from its verified peer chain (leaf first).
+    pub fn from_chain(chain: Option<&[CertificateDer<'_>]>) -> Caller {
+        match chain.and_then(|certs| certs.first()) {
+            None => Caller::Anonymous,
+            Some(leaf) => match baton_pki::peer_identity(leaf) {
+                Ok(identity) => Caller::Peer(identity),
+                Err(e) => {
+                    tracing::debug!(error = %e, "client certificate has no cluster identity");
+                    Caller::Unidentified
+                }
+            },
+        }
+    }
+}
+
+/// The API's rustls configuration: aws-lc-rs, TLS 1.3 only, ALPN `h2` and
+/// `http/1.1`; it presents `cert_pem` (the manager's node certificate) and
+/// verifies client certificates against `root_ca_pem` when they are
+/// presented. No session resumption: a resumed session would skip the
+/// verifier and carry the identity of an older handshake.
+pub fn api_tls_config(
+    root_ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
@@ -36,19 +78,28 @@ pub fn server_tls_config(
         .map_err(|e| ServeError::Tls(format!("certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| ServeError::Tls(format!("private key: {e}")))?;
+    let roots =
+        baton_pki::root_cert_store(root_ca_pem).map_err(|e| ServeError::Tls(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ServeError::Tls(format!("client verifier: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| ServeError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` is cancelled; then drops
-/// every open connection (log streams included).
+/// every open connection (log streams included). Each request carries the
+/// connection's [`Caller`] in its extensions.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -87,6 +138,11 @@ pub async fn serve(
                         return;
                     }
                 };
+            let caller = Caller::from_chain(tls_stream.get_ref().1.peer_certificates());
+            let app = app.map_request(move |mut req: axum::http::Request<_>| {
+                req.extensions_mut().insert(caller.clone());
+                req
+            });
             let service = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder

@@ -81,9 +81,16 @@ fn node_description_takes_the_given_id_and_skips_unknown_drivers() {
             memory_bytes: 5,
         }),
         drivers: vec!["raw".into(), "warp-drive".into()],
+        version: "9.9.9".into(),
     };
-    let desc = node_description_from_wire(NodeId("from-cert".into()), wire);
+    let desc = node_description_from_wire(
+        NodeId("from-cert".into()),
+        Some("10.0.0.5:4000".into()),
+        wire,
+    );
     assert_eq!(desc.node_id, NodeId("from-cert".into()));
+    assert_eq!(desc.address.as_deref(), Some("10.0.0.5:4000"));
+    assert_eq!(desc.version, "9.9.9");
     assert_eq!(desc.drivers, BTreeSet::from([DriverKind::Raw]));
     assert_eq!(desc.capacity.cpu_millis, 2000);
 }

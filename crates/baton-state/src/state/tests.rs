@@ -58,6 +58,8 @@ fn node(id: &str) -> Node {
         availability: NodeAvailability::Active,
         registered_at: Timestamp(0),
         state_since: Timestamp(0),
+        address: None,
+        version: String::new(),
     }
 }
 

@@ -1,6 +1,10 @@
-//! The API's authentication and discovery endpoints.
+//! The API's authentication (client certificates from the cluster CA) and
+//! discovery endpoints.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_api::{ApiClient, ApiError, ClientConfig};
+use baton_pki::{ClusterCa, Role};
 
 use crate::harness::Dev;
 
@@ -11,36 +15,94 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Every path the tests probe, a nonexistent one included.
+const PATHS: [&str; 9] = [
+    "/v1/health",
+    "/v1/jobs",
+    "/v1/tasks",
+    "/v1/nodes",
+    "/v1/openapi.json",
+    "/v1/cluster/join-tokens/worker",
+    "/v1/cluster/join-tokens/manager",
+    "/v1/jobs/web",
+    "/v1/nope",
+];
+
+fn refused_with(res: Result<serde_json::Value, ApiError>) -> (u16, String) {
+    match res {
+        Err(ApiError::Status { status, body }) => (status, body.code),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A certificate for `name` with `role`, signed by the dev cluster's CA
+/// (`DIR/manager/ca`), in a client config for the dev API.
+fn minted_config(dev: &Dev, admin: &ClientConfig, name: &str, role: Role) -> ClientConfig {
+    let ca_dir = dev.dir.join("manager/ca");
+    let root = std::fs::read_to_string(ca_dir.join("root.pem")).expect("root.pem");
+    let root_key = std::fs::read_to_string(ca_dir.join("root-key.pem")).expect("root-key.pem");
+    let admin_der = baton_pki::certificate_der(&admin.cert).expect("admin cert");
+    let cluster_id = baton_pki::peer_identity(&admin_der)
+        .expect("admin identity")
+        .cluster_id;
+    let ca = ClusterCa::from_pem(&cluster_id, &root, &root_key).expect("dev CA");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (key, cert) = baton_pki::generate_key_and_cert(
+        &ca,
+        name,
+        role,
+        i64::try_from(now).expect("now"),
+        Duration::from_secs(3600),
+    )
+    .expect("mint");
+    ClientConfig {
+        cert,
+        key,
+        ..admin.clone()
+    }
+}
+
 #[test]
-fn every_endpoint_needs_credentials() {
+fn every_endpoint_needs_an_admin_certificate() {
     let (dev, _tmp) = Dev::start();
     let config = ClientConfig::load(&dev.config()).expect("client config");
-    let client = ApiClient::new(&config).expect("client");
     let rt = runtime();
-    for path in [
-        "/v1/health",
-        "/v1/jobs",
-        "/v1/tasks",
-        "/v1/nodes",
-        "/v1/openapi.json",
-        "/v1/nope",
-    ] {
-        let status = rt
-            .block_on(client.status_without_token(path))
-            .expect("request");
-        assert_eq!(status.as_u16(), 401, "{path}");
+
+    let anonymous = ApiClient::anonymous(&config).expect("client");
+    for path in PATHS {
+        let (status, code) = refused_with(rt.block_on(anonymous.get_value(path)));
+        assert_eq!((status, code.as_str()), (401, "unauthorized"), "{path}");
     }
-    let wrong = ClientConfig {
-        token: "0".repeat(64),
-        ..config.clone()
-    };
-    let wrong = ApiClient::new(&wrong).expect("client");
-    match rt.block_on(wrong.list_jobs()) {
-        Err(ApiError::Status { status: 403, body }) => assert_eq!(body.code, "forbidden"),
-        other => panic!("expected 403, got {other:?}"),
+    match rt.block_on(anonymous.health()) {
+        Err(ApiError::Status { status: 401, body }) => assert!(
+            body.message.contains("client certificate required"),
+            "{}",
+            body.message
+        ),
+        other => panic!("expected 401, got {other:?}"),
     }
-    let health = rt.block_on(client.health()).expect("health with the token");
+
+    let worker = minted_config(&dev, &config, "intruder", Role::Worker);
+    let worker = ApiClient::new(&worker).expect("client");
+    for path in PATHS {
+        let (status, code) = refused_with(rt.block_on(worker.get_value(path)));
+        assert_eq!((status, code.as_str()), (403, "forbidden"), "{path}");
+    }
+    match rt.block_on(worker.rotate_join_token("worker")) {
+        Err(ApiError::Status { status: 403, .. }) => {}
+        other => panic!("a worker rotated the join token: {other:?}"),
+    }
+
+    let admin = ApiClient::new(&config).expect("client");
+    let health = rt.block_on(admin.health()).expect("health as admin");
     assert_eq!(health.status, "ok");
+    let token = rt
+        .block_on(admin.join_token("worker"))
+        .expect("worker token as admin");
+    assert!(token.token.starts_with("BATON-1-"));
 }
 
 #[test]
@@ -58,6 +120,8 @@ fn client_config_is_private_and_api_is_tls_only() {
         "{}",
         config.api
     );
+    assert!(config.key.contains("PRIVATE KEY"));
+    assert!(!format!("{config:?}").contains("PRIVATE KEY"));
     assert!(dev.ready_line.starts_with("baton dev ready"));
     // Plain HTTP to the API port gets no HTTP answer: the listener speaks TLS only.
     use std::io::{Read, Write};
@@ -85,11 +149,23 @@ fn openapi_describes_the_api_and_nodes_are_listed() {
     let nodes = rt.block_on(client.list_nodes()).expect("nodes");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].state, "ready");
+    assert_eq!(nodes[0].role, "worker");
+    assert!(nodes[0].cert_expires_at.is_some());
     assert_eq!(nodes[0].drivers, vec!["raw".to_owned()]);
     assert!(nodes[0].cpu_millis >= 1000);
 
     let out = dev.ok(&["node", "ls"]);
     assert!(out.contains("ready"), "{out}");
+    let header = out.lines().next().unwrap_or_default();
+    for column in ["ROLE", "CERT EXPIRES"] {
+        assert!(header.contains(column), "{out}");
+    }
+
+    // A ready node is not removed without --force.
+    let rm = dev.cli(&["node", "rm", &nodes[0].id]);
+    assert_eq!(rm.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&rm.stderr);
+    assert!(stderr.contains("ready"), "{stderr}");
 
     let doc = rt
         .block_on(client.get_value("/v1/openapi.json"))
@@ -102,9 +178,16 @@ fn openapi_describes_the_api_and_nodes_are_listed() {
         "/v1/tasks/{id}",
         "/v1/tasks/{id}/logs",
         "/v1/nodes",
+        "/v1/nodes/{id}/availability",
+        "/v1/nodes/{id}/remove",
+        "/v1/cluster/join-tokens/{role}",
+        "/v1/cluster/join-tokens/{role}/rotate",
         "/v1/health",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
-    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["mtls"]["type"],
+        "mutualTLS"
+    );
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod api;
+mod cluster;
 mod crash;
 mod jobs;
 mod validation;

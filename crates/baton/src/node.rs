@@ -1,0 +1,248 @@
+//! `baton manager` and `baton agent`: the two long-running roles.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_manager::runtime::{self, ManagerConfig, RunningManager};
+use baton_rpc::Dispatcher;
+use baton_spec::Resources;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::Failure;
+
+/// `baton manager` options.
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Where the state, the cluster CA and this manager's identity live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Cluster port (agents and managers connect here; mutual TLS).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7451")]
+    pub listen: SocketAddr,
+    /// User API port (HTTPS with admin client certificates).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7450")]
+    pub api: SocketAddr,
+    /// Cluster address others should use, when `--listen` is not it.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// How long a node may be without a session before it is marked down and
+    /// its tasks move elsewhere.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub node_down_grace: Duration,
+    /// Lifetime of node certificates (renewed at 50-80% of it).
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = duration)]
+    pub cert_expiry: Duration,
+    /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
+    #[arg(long, env = "BATON_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// `baton agent` options.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Where this node's identity, task directories and logs live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// A manager's cluster address.
+    #[arg(long, value_name = "ADDR")]
+    pub join: String,
+    /// Join token, needed on the first start only. Prefer BATON_JOIN_TOKEN:
+    /// a command-line argument is visible to `ps`.
+    #[arg(
+        long,
+        env = "BATON_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Offer the `raw` driver (no isolation: off unless asked for).
+    #[arg(long)]
+    pub enable_raw: bool,
+    /// CPU to offer to tasks (e.g. 2, 500m); default: every core.
+    #[arg(long, value_parser = cpu)]
+    pub cpu: Option<u64>,
+    /// Memory to offer to tasks (e.g. 4Gi); default: all of it.
+    #[arg(long, value_parser = memory)]
+    pub memory: Option<u64>,
+    /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
+    #[arg(long, env = "BATON_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    baton_spec::parse_duration(s)
+}
+
+fn cpu(s: &str) -> Result<u64, String> {
+    baton_spec::parse_cpu(s)
+}
+
+fn memory(s: &str) -> Result<u64, String> {
+    baton_spec::parse_memory(s)
+}
+
+/// Starts the tracing subscriber (plain text on stderr, colours on a terminal).
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Starts a manager with `config`, mapping errors for the CLI.
+pub async fn start_manager(config: ManagerConfig) -> Result<RunningManager, Failure> {
+    runtime::start(config)
+        .await
+        .map_err(|e| Failure::op(format!("manager: {e}")))
+}
+
+/// Runs `baton manager` until SIGINT or SIGTERM.
+pub async fn run_manager(args: ManagerArgs) -> Result<(), Failure> {
+    init_tracing(&args.log);
+    let manager = start_manager(ManagerConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        api: args.api,
+        advertise: args.advertise,
+        cert_validity: args.cert_expiry,
+        node_down_grace: args.node_down_grace,
+    })
+    .await?;
+    if let Some(tokens) = &manager.created {
+        println!(
+            "cluster {} created. Join tokens (also: baton cluster join-token worker|manager):",
+            manager.cluster_id
+        );
+        println!("  worker:  {}", tokens.worker);
+        println!("  manager: {}", tokens.manager);
+    }
+    println!(
+        "baton manager ready: node {} · cluster port {} · api {} · admin config {}",
+        manager.node_id,
+        manager.cluster_addr,
+        runtime::https_url(manager.api_addr),
+        manager.admin_config.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    manager.stop().await;
+    Ok(())
+}
+
+/// A running agent: its task, its stop token.
+pub struct RunningAgent {
+    /// Resolves when the agent ends.
+    pub task: tokio::task::JoinHandle<Result<(), baton_agent::AgentError>>,
+    /// Cancel to stop it (and its tasks).
+    pub stop: CancellationToken,
+    /// Its node id.
+    pub node_id: baton_state::NodeId,
+}
+
+/// Joins (or rejoins) a cluster and starts the agent.
+pub async fn start_agent(
+    data_dir: PathBuf,
+    manager_addr: &str,
+    token: Option<&str>,
+    enable_raw: bool,
+    capacity: Option<Resources>,
+) -> Result<RunningAgent, Failure> {
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| Failure::op(format!("cannot create {}: {e}", data_dir.display())))?;
+    let identity = baton_agent::identity::load_or_join(&data_dir, manager_addr, token)
+        .await
+        .map_err(|e| Failure::op(format!("join: {e}")))?;
+    let tls = baton_rpc::tls::ClientTls::new(&identity.root_pem, identity.cert.clone())
+        .map_err(|e| Failure::op(format!("tls: {e}")))?;
+    let channel = baton_rpc::transport::connect_lazy(manager_addr, &tls)
+        .map_err(|e| Failure::op(format!("cannot reach {manager_addr}: {e}")))?;
+    let dispatcher: Arc<dyn Dispatcher> =
+        Arc::new(baton_rpc::client::GrpcDispatcher::new(channel.clone()));
+    let stop = CancellationToken::new();
+    tokio::spawn(baton_agent::identity::renew_loop(
+        identity.clone(),
+        manager_addr.to_owned(),
+        stop.clone(),
+    ));
+    let mut config = baton_agent::AgentConfig::new(data_dir, hostname(), enable_raw);
+    config.capacity = capacity;
+    let node_id = identity.node_id.clone();
+    let task = tokio::spawn(baton_agent::Agent::run(config, dispatcher, stop.clone()));
+    Ok(RunningAgent {
+        task,
+        stop,
+        node_id,
+    })
+}
+
+/// Runs `baton agent` until SIGINT or SIGTERM.
+pub async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
+    init_tracing(&args.log);
+    let capacity = match (args.cpu, args.memory) {
+        (None, None) => None,
+        (cpu, memory) => {
+            let host = baton_agent::host_capacity();
+            Some(Resources {
+                cpu_millis: cpu.unwrap_or(host.cpu_millis),
+                memory_bytes: memory.unwrap_or(host.memory_bytes),
+            })
+        }
+    };
+    let mut agent = start_agent(
+        args.data_dir,
+        &args.join,
+        args.token.as_deref(),
+        args.enable_raw,
+        capacity,
+    )
+    .await?;
+    println!(
+        "baton agent ready: node {} · manager {}",
+        agent.node_id, args.join
+    );
+    let ended = tokio::select! {
+        () = shutdown_signal() => None,
+        done = &mut agent.task => Some(done),
+    };
+    let result = match ended {
+        Some(done) => done,
+        None => {
+            agent.stop.cancel();
+            agent.task.await
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::op(format!("agent: {e}"))),
+        Err(e) => Err(Failure::op(format!("agent panicked: {e}"))),
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}

@@ -1,0 +1,359 @@
+//! A real cluster on loopback: one `baton manager` and several `baton agent`
+//! processes joined with tokens over mutual TLS.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::harness::{alive, baton_bin, run_cli, signal, spec_file, text, wait_for};
+
+/// A process whose stdout lines are collected.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        let log = std::fs::File::create(log).expect("log file");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    fn line(&mut self, prefix: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("no line starting with {prefix:?}; saw {:?}", self.seen)
+                });
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(i32::try_from(self.child.id()).expect("pid"), "TERM");
+            for _ in 0..400 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct Cluster {
+    dir: PathBuf,
+    /// Held for its `Drop`: the manager stops with the cluster.
+    _manager: Proc,
+    cluster_addr: String,
+    worker_token: String,
+    admin: PathBuf,
+    agents: BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let mut cmd = Command::new(baton_bin());
+        cmd.args(["manager", "--data-dir"])
+            .arg(dir.join("manager"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--node-down-grace",
+                "2s",
+            ]);
+        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
+        let worker_token = manager
+            .line("  worker: ")
+            .trim_start_matches("  worker: ")
+            .trim()
+            .to_owned();
+        let ready = manager.line("baton manager ready");
+        let cluster_addr = ready
+            .split(" · ")
+            .find_map(|part| part.strip_prefix("cluster port "))
+            .expect("cluster port in the ready line")
+            .to_owned();
+        Cluster {
+            dir: dir.to_owned(),
+            _manager: manager,
+            cluster_addr,
+            worker_token,
+            admin: dir.join("manager/admin.toml"),
+            agents: BTreeMap::new(),
+        }
+    }
+
+    fn agent_cmd(&self, name: &str, token: Option<&str>, cpu: &str) -> Command {
+        let mut cmd = Command::new(baton_bin());
+        cmd.args(["agent", "--data-dir"])
+            .arg(self.dir.join(name))
+            .args([
+                "--join",
+                &self.cluster_addr,
+                "--enable-raw",
+                "--cpu",
+                cpu,
+                "--memory",
+                "1Gi",
+            ])
+            .env_remove("BATON_JOIN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("BATON_JOIN_TOKEN", token);
+        }
+        cmd
+    }
+
+    /// Starts an agent and waits until it is ready; returns its node id.
+    fn add_agent(&mut self, name: &str, cpu: &str) -> String {
+        let token = self.worker_token.clone();
+        let cmd = self.agent_cmd(name, Some(&token), cpu);
+        self.run_agent(name, cmd)
+    }
+
+    fn run_agent(&mut self, name: &str, cmd: Command) -> String {
+        let mut agent = Proc::spawn(cmd, &self.dir.join(format!("{name}.log")));
+        let ready = agent.line("baton agent ready: node ");
+        let id = ready
+            .trim_start_matches("baton agent ready: node ")
+            .split(' ')
+            .next()
+            .expect("node id")
+            .to_owned();
+        self.agents.insert(name.to_owned(), agent);
+        id
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        run_cli(&self.admin, args)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    }
+
+    fn running_by_node(&self, job: &str) -> BTreeMap<String, Vec<String>> {
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for task in self
+            .json(&["task", "ls", "--job", job])
+            .as_array()
+            .expect("tasks")
+        {
+            if task["state"] == "running" {
+                by_node
+                    .entry(task["node"].as_str().expect("node").to_owned())
+                    .or_default()
+                    .push(task["slot"].as_str().expect("slot").to_owned());
+            }
+        }
+        by_node
+    }
+}
+
+fn service(name: &str, replicas: u32) -> String {
+    format!(
+        "name: {name}\nreplicas: {replicas}\ntask:\n  driver: raw\n  command: [\"/bin/sleep\", \"1000\"]\n  resources: {{cpu: 100m, memory: 16Mi}}\n  kill_timeout: 1s\nrestart:\n  delay: 100ms\n"
+    )
+}
+
+#[test]
+fn three_agents_join_with_the_token_and_a_service_spreads_over_them() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path());
+    let mut ids: Vec<String> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|name| cluster.add_agent(name, "200m"))
+        .collect();
+    ids.sort();
+    let nodes = cluster.json(&["node", "ls"]);
+    let mut listed: Vec<String> = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["state"] == "ready")
+        .map(|n| n["id"].as_str().expect("id").to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed, ids,
+        "every agent is a ready node under its cluster-assigned id"
+    );
+
+    let file = spec_file(tmp.path(), "web.yaml", &service("web", 6));
+    let out = cluster.cli(&["job", "run", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let by_node = cluster.running_by_node("web");
+    assert_eq!(by_node.len(), 3, "{by_node:?}");
+    assert!(
+        by_node.values().all(|slots| slots.len() == 2),
+        "{by_node:?}"
+    );
+}
+
+#[test]
+fn bad_tokens_are_refused_with_a_clear_message() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(tmp.path());
+    let good = cluster.worker_token.clone();
+    // Same secret, another CA digest.
+    let parts: Vec<&str> = good.split('-').collect();
+    let wrong_ca = format!("BATON-1-{}-{}", "0".repeat(64), parts[3]);
+    // This cluster's CA, an unknown secret.
+    let wrong_secret = format!("BATON-1-{}-{}", parts[2], "0".repeat(64));
+    for (what, token, expected) in [
+        ("wrong CA digest", wrong_ca.as_str(), "refus"),
+        (
+            "unknown secret",
+            wrong_secret.as_str(),
+            "join token refused",
+        ),
+        ("garbage", "hello", "join"),
+    ] {
+        let out = cluster
+            .agent_cmd(
+                &format!("bad-{}", what.replace(' ', "-")),
+                Some(token),
+                "100m",
+            )
+            .output()
+            .expect("run agent");
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+        assert!(
+            !stderr.contains(&parts[3][..16]),
+            "{what}: the secret leaked: {stderr}"
+        );
+    }
+    let nodes = cluster.json(&["node", "ls"]);
+    assert_eq!(nodes.as_array().expect("nodes").len(), 0);
+}
+
+#[test]
+fn a_killed_agent_goes_down_its_tasks_move_and_it_rejoins_without_duplicates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path());
+    let mut names = BTreeMap::new();
+    for name in ["a1", "a2", "a3"] {
+        let id = cluster.add_agent(name, "1");
+        names.insert(id, name.to_owned());
+    }
+    let file = spec_file(tmp.path(), "web.yaml", &service("web", 2));
+    let out = cluster.cli(&["job", "run", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let before = cluster.running_by_node("web");
+    let (victim_id, victim_slots) = before
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .expect("a node");
+    let victim = names[&victim_id].clone();
+    let pids: Vec<i64> = cluster
+        .json(&["task", "ls", "--job", "web"])
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter(|t| t["node"] == victim_id.as_str() && t["state"] == "running")
+        .map(|t| t["pid"].as_i64().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), victim_slots.len());
+
+    cluster.agents.get_mut(&victim).expect("victim").kill9();
+    wait_for("the node to be down", Duration::from_secs(20), || {
+        let nodes = cluster.json(&["node", "ls"]);
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["id"] == victim_id.as_str() && n["state"] == "down")
+            .then_some(())
+    });
+    wait_for(
+        "the tasks to run elsewhere",
+        Duration::from_secs(20),
+        || {
+            let now = cluster.running_by_node("web");
+            let total: usize = now.values().map(Vec::len).sum();
+            (total == 2 && !now.contains_key(&victim_id)).then_some(())
+        },
+    );
+
+    // It rejoins with its old identity (no token) and kills what it left behind.
+    let cmd = cluster.agent_cmd(&victim, None, "1");
+    let id = cluster.run_agent(&victim, cmd);
+    assert_eq!(id, victim_id);
+    for pid in pids {
+        wait_for("the orphan to be killed", Duration::from_secs(10), || {
+            (!alive(pid)).then_some(())
+        });
+    }
+    wait_for(
+        "the node to be ready again",
+        Duration::from_secs(20),
+        || {
+            let nodes = cluster.json(&["node", "ls"]);
+            nodes
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .any(|n| n["id"] == victim_id.as_str() && n["state"] == "ready")
+                .then_some(())
+        },
+    );
+    let mut slots: Vec<String> = cluster
+        .running_by_node("web")
+        .into_values()
+        .flatten()
+        .collect();
+    slots.sort();
+    assert_eq!(slots, vec!["0", "1"], "each slot runs exactly once");
+}
