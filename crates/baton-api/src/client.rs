@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::config::ClientConfig;
 use crate::types::{
-    AvailabilityRequest, ErrorBody, Health, JobInfo, JoinTokenInfo, NodeInfo, RemovedNode,
-    SubmitResponse, TaskInfo,
+    AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo,
+    JoinTokenInfo, NodeInfo, RemovedNode, SubmitResponse, TaskInfo,
 };
 
 /// A failed API call.
@@ -260,6 +260,24 @@ impl ApiClient {
             Method::POST,
             &format!("/v1/cluster/join-tokens/{role}/rotate"),
         ))
+        .await
+    }
+
+    /// `GET /v1/cluster`: the cluster's identity and settings.
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ApiError> {
+        self.json(self.request(Method::GET, "/v1/cluster")).await
+    }
+
+    /// `POST /v1/cluster/settings`: changes cluster-wide settings; answers
+    /// the cluster as it is afterwards.
+    pub async fn update_cluster(
+        &self,
+        settings: &ClusterSettingsRequest,
+    ) -> Result<ClusterInfo, ApiError> {
+        self.json(
+            self.request(Method::POST, "/v1/cluster/settings")
+                .json(settings),
+        )
         .await
     }
 

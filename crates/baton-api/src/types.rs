@@ -202,3 +202,28 @@ pub struct RemovedNode {
     /// The node removed; its certificate is refused from now on.
     pub id: String,
 }
+
+/// Answer of `GET /v1/cluster` and of `POST /v1/cluster/settings`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterInfo {
+    /// Cluster id (the O of every certificate).
+    pub id: String,
+    /// SHA-256 of the root CA certificate (DER), hex: what join tokens pin.
+    pub root_ca_digest: String,
+    /// Lifetime of node certificates issued from now on, in seconds. Nodes
+    /// renew at a random point between 50% and 80% of it.
+    pub cert_expiry_secs: u64,
+    /// When the cluster was created (ms since the epoch).
+    pub created_at: u64,
+}
+
+/// Body of `POST /v1/cluster/settings`: the settings to change; an absent
+/// field keeps its value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettingsRequest {
+    /// New lifetime of node certificates, in seconds (at least 1). Joins and
+    /// renewals from now on use it; nodes pick it up at their next renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_secs: Option<u64>,
+}

@@ -6,6 +6,9 @@
 //! the session's node id; the state machine checks each reported task belongs
 //! to that node. Log streams are brokered: the API asks for a log through the
 //! owning node's session and the agent answers with [`Dispatcher::send_logs`].
+//! A node removed while connected loses its session as soon as the
+//! revocation is applied, and a revoked node cannot open one (nor be
+//! registered again).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -204,6 +207,20 @@ impl DispatcherService {
         let mut seq = 0;
         loop {
             let snapshot = changes.borrow_and_update().clone();
+            if snapshot.state.is_revoked(&node) {
+                // Removed while connected: the session stream was authorised
+                // before the revocation, so end it here; the agent's next
+                // session is refused at the transport (revoked id).
+                tracing::warn!(node_id = %node, "node revoked: ending its session");
+                let mut sessions = self.lock_sessions();
+                if sessions
+                    .get(&node)
+                    .is_some_and(|s| s.generation == generation)
+                {
+                    sessions.remove(&node);
+                }
+                return;
+            }
             let tasks = assignments_for(&snapshot.state, &node);
             if last.as_ref() != Some(&tasks) {
                 seq += 1;
@@ -251,6 +268,16 @@ impl Dispatcher for DispatcherService {
         if self.shutdown.is_cancelled() {
             return Err(RpcError::Unavailable("manager is shutting down".to_owned()));
         }
+        // The transport refuses revoked certificates too, from a copy of the
+        // revocation set kept in step asynchronously; the state is the
+        // authority, and a removed node must not be registered again.
+        if self.store.snapshot().state.is_revoked(&desc.node_id) {
+            tracing::warn!(node_id = %desc.node_id, "session refused: node revoked");
+            return Err(RpcError::PermissionDenied(format!(
+                "node {} was removed from the cluster: certificate revoked",
+                desc.node_id
+            )));
+        }
         let now = now();
         let node = Node {
             id: desc.node_id.clone(),
@@ -264,10 +291,21 @@ impl Dispatcher for DispatcherService {
             address: desc.address,
             version: desc.version,
         };
+        let node_id = desc.node_id.clone();
         self.store
             .propose(Command::RegisterNode { node, now })
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| match e {
+                // The state machine has the last word, in log order: a removal
+                // that raced this session wins.
+                StoreError::Rejected(rejected) => {
+                    tracing::warn!(node_id = %node_id, reason = %rejected, "session refused");
+                    RpcError::PermissionDenied(format!(
+                        "node {node_id} is not a member of the cluster (removed or revoked)"
+                    ))
+                }
+                other => unavailable(other),
+            })?;
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.shutdown.child_token();
         let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -332,5 +370,92 @@ impl Dispatcher for DispatcherService {
             self.lock_logs().remove(&request);
         }
         sent.map_err(|_| RpcError::LogStreamClosed(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_spec::Resources;
+    use baton_state::{NodeRole, Timestamp};
+    use baton_store::{LocalStore, LocalStoreConfig};
+
+    use super::*;
+
+    fn description(id: &str) -> NodeDescription {
+        NodeDescription {
+            node_id: NodeId(id.to_owned()),
+            hostname: "host".to_owned(),
+            capacity: Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            drivers: BTreeSet::new(),
+            version: "test".to_owned(),
+            address: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removed_node_loses_its_open_session_and_cannot_open_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
+        );
+        crate::identity::load_or_create(dir.path(), store.as_ref(), Duration::from_secs(3600))
+            .await
+            .expect("cluster");
+        store
+            .propose(Command::AdmitNode {
+                id: NodeId("w1".to_owned()),
+                role: NodeRole::Worker,
+                cert_not_after: Timestamp(u64::MAX),
+                now: now(),
+            })
+            .await
+            .expect("admit");
+        let shutdown = CancellationToken::new();
+        let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), NODE_DOWN_GRACE);
+        let mut session = dispatcher
+            .open_session(description("w1"))
+            .await
+            .expect("session");
+        assert!(matches!(
+            session.messages.recv().await,
+            Some(SessionMessage::Assignments(_))
+        ));
+
+        store
+            .propose(Command::RemoveNode {
+                id: NodeId("w1".to_owned()),
+                now: now(),
+            })
+            .await
+            .expect("remove");
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while session.messages.recv().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the open session ends");
+        assert_eq!(
+            dispatcher
+                .report(&NodeId("w1".to_owned()), Vec::new())
+                .await,
+            Err(RpcError::NoSession(NodeId("w1".to_owned())))
+        );
+        let refused = dispatcher.open_session(description("w1")).await;
+        assert!(
+            matches!(&refused, Err(RpcError::PermissionDenied(m)) if m.contains("revoked")),
+            "{:?}",
+            refused.map(|s| s.node_id)
+        );
+        assert!(
+            store
+                .snapshot()
+                .state
+                .node(&NodeId("w1".to_owned()))
+                .is_none(),
+            "a revoked node is not registered again"
+        );
+        shutdown.cancel();
     }
 }

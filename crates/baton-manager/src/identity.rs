@@ -4,7 +4,11 @@
 //! On an empty data dir [`load_or_create`] creates a cluster; on an existing
 //! one it loads what is there. Every step is idempotent, in an order that a
 //! crash at any point can resume from: CA files, token file, `InitCluster`,
-//! node key and certificate, `AdmitNode`.
+//! node key and certificate, `AdmitNode`. A stored node certificate that
+//! cannot be served (its key does not match, as after a crash in the middle
+//! of a renewal, or it expired while the manager was stopped) is replaced by
+//! a new one from the CA at start, recorded with `RenewNodeCert`; while the
+//! manager runs, [`crate::renew`] renews it.
 //!
 //! Layout (secrets 0600):
 //! - `ca/root.pem`, `ca/root-key.pem`: the root CA (the key never leaves this dir)
@@ -252,30 +256,51 @@ pub async fn load_or_create(
         }
     };
     let (cert_path, key_path) = (node_dir.join("cert.pem"), node_dir.join("key.pem"));
-    let (cert_pem, key_pem) = match (read(&cert_path)?, read(&key_path)?) {
-        (Some(cert), Some(key)) => (cert, key),
-        _ => {
-            let (key, cert) = baton_pki::generate_key_and_cert(
-                &ca,
-                &node_id.0,
-                Role::Manager,
-                unix_secs(now()),
-                cert_validity,
-            )?;
-            write(&key_path, key.as_bytes(), 0o600)?;
-            write(&cert_path, cert.as_bytes(), 0o644)?;
-            (cert, key)
+    let stored = match (read(&cert_path)?, read(&key_path)?) {
+        (Some(cert), Some(key)) => {
+            match node_cert_defect(&cert, &key, &node_id, unix_secs(now())) {
+                None => Some((cert, key)),
+                Some(defect) => {
+                    // A crash between the two writes of a renewal, or a manager
+                    // that was stopped past its certificate's expiry: this
+                    // manager holds the CA, so it simply issues itself a new one.
+                    tracing::warn!(path = %cert_path.display(), defect, "node certificate unusable; issuing a new one");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let (cert_pem, key_pem, reissued) = match stored {
+        Some((cert, key)) => (cert, key, false),
+        None => {
+            // The current cluster setting, if the cluster exists (it does by
+            // now, unless the store refused InitCluster above).
+            let validity = store
+                .snapshot()
+                .state
+                .cluster()
+                .map_or(cert_validity, |c| c.cert_validity);
+            let (key, cert) = issue_node_cert(&ca, &node_id, unix_secs(now()), validity)?;
+            write_node_cert(dir, &key, &cert)?;
+            (cert, key, true)
         }
     };
+    let cert_not_after = cert_not_after(&cert_pem)?;
     if store.snapshot().state.member(&node_id).is_none() {
-        let der = baton_pki::certificate_der(&cert_pem)?;
-        let not_after = baton_pki::peer_identity(&der)?.not_after;
         store
             .propose(Command::AdmitNode {
                 id: node_id.clone(),
                 role: NodeRole::Manager,
-                cert_not_after: Timestamp(u64::try_from(not_after).unwrap_or(0) * 1000),
+                cert_not_after,
                 now: now(),
+            })
+            .await?;
+    } else if reissued {
+        store
+            .propose(Command::RenewNodeCert {
+                id: node_id.clone(),
+                cert_not_after,
             })
             .await?;
     }
@@ -287,6 +312,67 @@ pub async fn load_or_create(
         key_pem,
         created,
     })
+}
+
+/// A fresh key pair and a manager certificate for `node_id`, valid from
+/// `now` (Unix seconds) for `validity`: `(key, certificate)`, PEM.
+pub fn issue_node_cert(
+    ca: &ClusterCa,
+    node_id: &NodeId,
+    now: i64,
+    validity: Duration,
+) -> Result<(String, String), IdentityError> {
+    Ok(baton_pki::generate_key_and_cert(
+        ca,
+        &node_id.0,
+        Role::Manager,
+        now,
+        validity,
+    )?)
+}
+
+/// Writes this manager's node key (0600) and certificate, each atomically,
+/// key first. A crash between the two leaves a key that does not match the
+/// certificate; [`load_or_create`] notices and issues a new pair.
+pub fn write_node_cert(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), IdentityError> {
+    let node_dir = dir.join("node");
+    write(&node_dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+    write(&node_dir.join("cert.pem"), cert_pem.as_bytes(), 0o644)
+}
+
+/// The expiry of a certificate, as a state timestamp (ms).
+pub fn cert_not_after(cert_pem: &str) -> Result<Timestamp, IdentityError> {
+    let der = baton_pki::certificate_der(cert_pem)?;
+    let not_after = baton_pki::peer_identity(&der)?.not_after;
+    Ok(Timestamp(
+        u64::try_from(not_after).unwrap_or(0).saturating_mul(1000),
+    ))
+}
+
+/// Why a stored node certificate cannot be served, if it cannot: unreadable,
+/// not this node's manager certificate, another key, or expired at `now`.
+fn node_cert_defect(
+    cert_pem: &str,
+    key_pem: &str,
+    node_id: &NodeId,
+    now: i64,
+) -> Option<&'static str> {
+    let Ok(der) = baton_pki::certificate_der(cert_pem) else {
+        return Some("unreadable certificate");
+    };
+    let Ok(identity) = baton_pki::peer_identity(&der) else {
+        return Some("certificate without a node identity");
+    };
+    if identity.node_id != node_id.0 || identity.role != Role::Manager {
+        return Some("certificate of another node or role");
+    }
+    if identity.not_after <= now {
+        return Some("certificate expired");
+    }
+    if crate::serving_cert::ServingCert::new(cert_pem, key_pem).is_err() {
+        return Some("key does not match the certificate");
+    }
+    None
 }
 
 /// The O of a root certificate: the cluster id.

@@ -6,6 +6,8 @@
 //!   expiry) it runs the pure reconciler + scheduler over a snapshot and
 //!   proposes the resulting plan.
 //! - [`ca`]: admits joining nodes (join tokens) and renews certificates.
+//! - [`renew`]: renews the manager's own node certificate in the background;
+//!   [`serving_cert`] holds it for both listeners.
 //! - [`runtime`]: starts and stops all of it (`baton manager`, `baton dev`).
 //! - [`dispatcher`]: one session per agent; pushes each node its own full
 //!   assignment set, records its reports, brokers log streams.
@@ -18,7 +20,9 @@ pub mod ca;
 pub mod control;
 pub mod dispatcher;
 pub mod identity;
+pub mod renew;
 pub mod runtime;
+pub mod serving_cert;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

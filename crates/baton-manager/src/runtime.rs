@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_api::ClientConfig;
-use baton_rpc::tls::{HotCert, ServerTls};
+use baton_rpc::tls::ServerTls;
 use baton_store::{LocalStore, LocalStoreConfig, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,6 +20,8 @@ use crate::ca::ManagerCa;
 use crate::dispatcher::DispatcherService;
 use crate::identity::{self, ManagerIdentity, StoredTokens};
 use crate::now;
+use crate::renew::SelfRenewal;
+use crate::serving_cert::ServingCert;
 
 /// How to run a manager.
 #[derive(Clone, Debug)]
@@ -139,6 +141,17 @@ fn write_admin_config(
     Ok(path)
 }
 
+/// A second handle on the cluster CA (`ClusterCa` is not `Clone`: it holds
+/// the root key).
+fn cluster_ca(identity: &ManagerIdentity) -> Result<baton_pki::ClusterCa, StartError> {
+    baton_pki::ClusterCa::from_pem(
+        &identity.cluster_id,
+        identity.ca.cert_pem(),
+        &identity.ca.key_pem(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))
+}
+
 /// Starts a manager; it serves until [`RunningManager::stop`].
 pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     let dir = &config.data_dir;
@@ -161,11 +174,18 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         manager_stop.clone(),
     )));
 
+    // This manager's certificate, served by both listeners and renewed in
+    // the background (started below, once both listen) without a restart.
+    let serving_cert = ServingCert::new(&identity.cert_pem, &identity.key_pem)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+
     // Cluster port.
-    let cert = HotCert::new(&identity.cert_pem, &identity.key_pem)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    let server_tls = ServerTls::new(identity.ca.cert_pem(), &identity.cluster_id, cert)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let server_tls = ServerTls::new(
+        identity.ca.cert_pem(),
+        &identity.cluster_id,
+        serving_cert.cluster(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     tasks.push(tokio::spawn(sync_revocations(
         store.clone(),
         server_tls.revocations(),
@@ -177,15 +197,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     let cluster_addr = cluster_listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
-    let ca = Arc::new(ManagerCa::new(
-        store.clone(),
-        baton_pki::ClusterCa::from_pem(
-            &identity.cluster_id,
-            identity.ca.cert_pem(),
-            &identity.ca.key_pem(),
-        )
-        .map_err(|e| StartError::Tls(e.to_string()))?,
-    ));
+    let ca = Arc::new(ManagerCa::new(store.clone(), cluster_ca(&identity)?));
     let rpc_router = baton_rpc::server::router(dispatcher.clone(), ca);
     let stop = server_stop.clone();
     tasks.push(tokio::spawn(async move {
@@ -202,12 +214,8 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     }));
 
     // User API.
-    let api_tls = api_tls_config(
-        identity.ca.cert_pem(),
-        &identity.cert_pem,
-        &identity.key_pem,
-    )
-    .map_err(|e| StartError::Tls(e.to_string()))?;
+    let api_tls = api_tls_config(identity.ca.cert_pem(), serving_cert.clone())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
     let api_listener = TcpListener::bind(config.api)
         .await
         .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.api)))?;
@@ -225,6 +233,18 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         api_tls,
         app,
         server_stop.clone(),
+    )));
+
+    // Started last: a start that fails earlier leaves no loop writing files.
+    tasks.push(tokio::spawn(crate::renew::renew_loop(
+        SelfRenewal {
+            store: store.clone(),
+            ca: cluster_ca(&identity)?,
+            node_id: identity.node_id.clone(),
+            data_dir: dir.clone(),
+            cert: serving_cert,
+        },
+        manager_stop.clone(),
     )));
 
     let admin_config = write_admin_config(dir, &identity, &https_url(api_addr))?;

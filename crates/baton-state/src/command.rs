@@ -111,6 +111,14 @@ pub enum Command {
         /// New availability.
         availability: NodeAvailability,
     },
+    /// Changes the lifetime of node certificates issued from now on (joins
+    /// and renewals); certificates already issued keep theirs, and their
+    /// holders pick the new lifetime up at their next renewal. Refused below
+    /// one second (certificates count whole seconds).
+    SetCertValidity {
+        /// New lifetime.
+        validity: std::time::Duration,
+    },
 }
 
 /// One task state observation from the node running it.
@@ -282,6 +290,11 @@ pub enum Event {
         id: NodeId,
         /// New availability.
         availability: NodeAvailability,
+    },
+    /// The lifetime of newly issued node certificates changed.
+    CertValidityChanged {
+        /// New lifetime.
+        validity: std::time::Duration,
     },
     /// Part of a command was not applied (stale plan, report for another node's task).
     Ignored {

@@ -21,4 +21,4 @@ pub use objects::{
     NodeRole, NodeState, Slot, SlotFailure, Task, TaskDesired, TaskState, TaskStatus,
 };
 pub use restart::{RestartDecision, restart_decision};
-pub use state::{ApplyError, State};
+pub use state::{ApplyError, MIN_CERT_VALIDITY, State};

@@ -343,7 +343,8 @@ impl NodeRole {
     }
 }
 
-/// Cluster-wide identity settings, set once when the cluster is created.
+/// Cluster-wide identity settings, set when the cluster is created; only the
+/// certificate lifetime changes later (`Command::SetCertValidity`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
     /// Cluster id (the O of every certificate).
@@ -355,7 +356,7 @@ pub struct Cluster {
     pub worker_token_digest: String,
     /// SHA-256 (hex) of the manager join token's secret.
     pub manager_token_digest: String,
-    /// Lifetime of issued node certificates.
+    /// Lifetime of node certificates issued from now on (joins, renewals).
     pub cert_validity: std::time::Duration,
     /// When the cluster was created.
     pub created_at: Timestamp,

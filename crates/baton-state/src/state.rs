@@ -47,6 +47,13 @@ pub enum ApplyError {
         /// Id asked for.
         id: NodeId,
     },
+    /// A certificate lifetime too short to issue (certificates count whole
+    /// seconds, so anything under one second would expire as it is issued).
+    #[error("certificate expiry must be at least 1s, got {millis}ms")]
+    CertValidityTooShort {
+        /// The lifetime asked for, in milliseconds.
+        millis: u128,
+    },
 }
 
 /// The whole cluster state. Cloning is O(1) (persistent maps), so readers take
@@ -204,7 +211,7 @@ impl State {
                 now,
             } => Ok(self.put_job(spec, format, source, now)),
             Command::StopJob { name, now } => self.stop_job(&name, now),
-            Command::RegisterNode { node, now } => Ok(self.register_node(node, now)),
+            Command::RegisterNode { node, now } => self.register_node(node, now),
             Command::NodeDown { id, now } => self.node_down(&id, now),
             Command::ApplyPlan { plan, now } => Ok(self.apply_plan(plan, now)),
             Command::ReportTasks { node, reports, now } => {
@@ -225,6 +232,7 @@ impl State {
             Command::SetNodeAvailability { id, availability } => {
                 self.set_node_availability(&id, availability)
             }
+            Command::SetCertValidity { validity } => self.set_cert_validity(validity),
         }
     }
 
@@ -320,7 +328,15 @@ impl State {
         }
     }
 
-    fn register_node(&mut self, mut node: Node, now: Timestamp) -> Vec<Event> {
+    fn register_node(&mut self, mut node: Node, now: Timestamp) -> Result<Vec<Event>, ApplyError> {
+        // Decided here, in log order, so a session racing `node rm` cannot bring
+        // a revoked node back: a revoked id never registers again, and once a
+        // cluster exists only its members do.
+        if self.revoked.contains(&node.id)
+            || (self.cluster.is_some() && !self.members.contains_key(&node.id))
+        {
+            return Err(ApplyError::NotAMember { id: node.id });
+        }
         if let Some(old) = self.nodes.get(&node.id) {
             node.registered_at = old.registered_at;
             node.availability = old.availability;
@@ -331,10 +347,10 @@ impl State {
         node.state_since = now;
         let id = node.id.clone();
         self.nodes.insert(id.clone(), node);
-        vec![Event::NodeStateChanged {
+        Ok(vec![Event::NodeStateChanged {
             id,
             state: NodeState::Ready,
-        }]
+        }])
     }
 
     pub(crate) fn node_down(
@@ -665,6 +681,8 @@ impl State {
 }
 
 mod membership;
+
+pub use membership::MIN_CERT_VALIDITY;
 
 #[cfg(test)]
 mod tests;

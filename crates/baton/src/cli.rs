@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton_api::{ApiClient, ClientConfig, JobInfo, SubmitOutcome, TaskInfo};
+use baton_api::{
+    ApiClient, ClientConfig, ClusterInfo, ClusterSettingsRequest, JobInfo, SubmitOutcome, TaskInfo,
+};
 use baton_spec::SpecFormat;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -108,6 +110,35 @@ pub enum ClusterCmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Show the cluster: id, root CA digest, certificate expiry, creation time.
+    #[command(visible_alias = "status")]
+    Info {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Change cluster-wide settings.
+    Update {
+        /// Lifetime of node certificates issued from now on (e.g. 2160h, 1h,
+        /// 30s); nodes pick it up at their next renewal, at 50-80% of their
+        /// current certificate's life.
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        cert_expiry: Option<Duration>,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    baton_spec::parse_duration(s)
+}
+
+fn print_cluster(info: &ClusterInfo) {
+    println!("id:              {}", info.id);
+    println!("root ca digest:  {}", info.root_ca_digest);
+    println!(
+        "cert expiry:     {}",
+        baton_spec::format_duration(Duration::from_secs(info.cert_expiry_secs))
+    );
+    println!("created:         {} UTC", format_utc_ms(info.created_at));
 }
 
 /// `baton logs TASK_ID [-f]`
@@ -411,6 +442,32 @@ pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Fai
             );
             Ok(())
         }
+        ClusterCmd::Info { output } => {
+            let info = client(config)?.cluster_info().await?;
+            if output == Format::Json {
+                print_json(&info);
+            } else {
+                print_cluster(&info);
+            }
+            Ok(())
+        }
+        ClusterCmd::Update { cert_expiry } => {
+            let Some(cert_expiry) = cert_expiry else {
+                return Err(Failure::usage(
+                    "nothing to update: pass --cert-expiry DURATION",
+                ));
+            };
+            // Certificates count whole seconds; the manager refuses less than one.
+            let settings = ClusterSettingsRequest {
+                cert_expiry_secs: Some(cert_expiry.as_secs()),
+            };
+            let info = client(config)?.update_cluster(&settings).await?;
+            println!(
+                "certificate expiry set to {}: new certificates use it, nodes pick it up at their next renewal",
+                baton_spec::format_duration(Duration::from_secs(info.cert_expiry_secs))
+            );
+            Ok(())
+        }
     }
 }
 
@@ -517,6 +574,22 @@ mod tests {
             Cmd::Cluster(ClusterCmd::JoinToken { ref role, rotate: true, quiet: true }) if role == "worker"
         ));
         assert!(Cli::try_parse_from(["baton", "cluster", "join-token", "admin"]).is_err());
+        let cli = Cli::try_parse_from(["baton", "cluster", "update", "--cert-expiry", "90s"])
+            .expect("parse");
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Cluster(ClusterCmd::Update { cert_expiry: Some(d) }) if d == Duration::from_secs(90)
+        ));
+        assert!(
+            Cli::try_parse_from(["baton", "cluster", "update", "--cert-expiry", "soon"]).is_err()
+        );
+        let cli = Cli::try_parse_from(["baton", "cluster", "status", "-o", "json"]).expect("parse");
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Cluster(ClusterCmd::Info {
+                output: Format::Json
+            })
+        ));
         let cli = Cli::try_parse_from(["baton", "node", "rm", "n1", "--force"]).expect("parse");
         assert!(matches!(
             cli.cmd,

@@ -44,7 +44,7 @@ enum Cmd {
     /// Inspect and manage nodes.
     #[command(subcommand)]
     Node(cli::NodeCmd),
-    /// Cluster-wide settings: join tokens.
+    /// The cluster: its identity, join tokens, settings (certificate expiry).
     #[command(subcommand)]
     Cluster(cli::ClusterCmd),
 }

@@ -8,8 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_api::{
-    AvailabilityRequest, ErrorBody, Health, JobInfo, JoinTokenInfo, NodeInfo, RemovedNode,
-    SubmitOutcome, SubmitResponse, TaskInfo,
+    AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo,
+    JoinTokenInfo, NodeInfo, RemovedNode, SubmitOutcome, SubmitResponse, TaskInfo,
 };
 use baton_pki::JoinToken;
 use baton_rpc::LogEvent;
@@ -483,4 +483,63 @@ pub async fn rotate_join_token(
     identity::store_tokens(&app.identity_dir, &tokens)?;
     tracing::info!(role = %role, "join token rotated");
     Ok(Json(JoinTokenInfo { role, token: text }))
+}
+
+fn cluster_info(state: &baton_state::State) -> Result<ClusterInfo, ApiFailure> {
+    let cluster = state.cluster().ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the cluster is not initialised yet",
+        )
+    })?;
+    let root_der = baton_pki::certificate_der(&cluster.root_ca_pem)
+        .map_err(|e| ApiFailure::internal(format!("root CA in the state: {e}")))?;
+    Ok(ClusterInfo {
+        id: cluster.id.clone(),
+        root_ca_digest: baton_pki::root_digest(&root_der),
+        cert_expiry_secs: cluster.cert_validity.as_secs(),
+        created_at: cluster.created_at.0,
+    })
+}
+
+/// The cluster's identity (id, root CA digest) and settings.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses((status = 200, body = ClusterInfo), (status = 503, body = ErrorBody)))]
+pub async fn get_cluster(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<ClusterInfo>, ApiFailure> {
+    Ok(Json(cluster_info(&app.store.snapshot().state)?))
+}
+
+/// Change cluster-wide settings. `cert_expiry_secs` sets the lifetime of
+/// node certificates issued from now on (joins and renewals, the managers'
+/// own included): between 1 s and the root CA's 10 years. Certificates
+/// already issued keep their expiry until their holder renews.
+#[utoipa::path(post, path = "/v1/cluster/settings", tag = "cluster",
+    request_body = ClusterSettingsRequest,
+    responses((status = 200, body = ClusterInfo), (status = 400, body = ErrorBody)))]
+pub async fn update_cluster_settings(
+    State(app): State<Arc<AppState>>,
+    Json(req): Json<ClusterSettingsRequest>,
+) -> Result<Json<ClusterInfo>, ApiFailure> {
+    if let Some(secs) = req.cert_expiry_secs {
+        let validity = std::time::Duration::from_secs(secs);
+        if validity < baton_state::MIN_CERT_VALIDITY || validity > identity::ROOT_VALIDITY {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "cert expiry: {} is out of range: it must be at least 1s and at most {} (the root CA's lifetime)",
+                    baton_spec::format_duration(validity),
+                    baton_spec::format_duration(identity::ROOT_VALIDITY)
+                ),
+            ));
+        }
+        app.store
+            .propose(Command::SetCertValidity { validity })
+            .await?;
+        tracing::info!(cert_expiry_secs = secs, "certificate expiry set");
+    }
+    Ok(Json(cluster_info(&app.store.snapshot().state)?))
 }

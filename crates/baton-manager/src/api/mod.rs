@@ -255,6 +255,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::remove_node))
         .routes(routes!(handlers::get_join_token))
         .routes(routes!(handlers::rotate_join_token))
+        .routes(routes!(handlers::get_cluster))
+        .routes(routes!(handlers::update_cluster_settings))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     routes

@@ -77,7 +77,8 @@ fn client_config(ca: &ClusterCa, api: &str, name: &str, role: Role) -> ClientCon
 
 /// Serves the fixture's API over TLS on loopback; returns its URL.
 async fn serve_tls(fx: &Fixture, cert_pem: &str, key_pem: &str) -> String {
-    let tls = api_tls_config(fx.identity.ca.cert_pem(), cert_pem, key_pem).expect("tls");
+    let cert = crate::serving_cert::ServingCert::new(cert_pem, key_pem).expect("cert");
+    let tls = api_tls_config(fx.identity.ca.cert_pem(), cert).expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -481,6 +482,8 @@ async fn openapi_lists_the_cluster_and_removal_endpoints() {
     for path in [
         "/v1/cluster/join-tokens/{role}",
         "/v1/cluster/join-tokens/{role}/rotate",
+        "/v1/cluster",
+        "/v1/cluster/settings",
         "/v1/nodes/{id}/remove",
         "/v1/health",
     ] {
@@ -489,5 +492,209 @@ async fn openapi_lists_the_cluster_and_removal_endpoints() {
     assert_eq!(
         doc["components"]["securitySchemes"]["mtls"]["type"],
         "mutualTLS"
+    );
+}
+
+async fn call_json(
+    fx: &Fixture,
+    method: Method,
+    path: &str,
+    caller: Caller,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    req.extensions_mut().insert(caller);
+    let resp = router(fx.app.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn cluster_info_shows_identity_and_cert_expiry_which_admins_can_change() {
+    let fx = fixture().await;
+    let (status, info) = call(&fx, Method::GET, "/v1/cluster", admin(&fx)).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["id"], fx.identity.cluster_id.as_str());
+    assert_eq!(
+        info["root_ca_digest"],
+        fx.identity.ca.root_digest().as_str()
+    );
+    assert_eq!(info["cert_expiry_secs"], DEFAULT_CERT_VALIDITY.as_secs());
+    assert!(info["created_at"].as_u64().is_some_and(|t| t > 0), "{info}");
+
+    let (status, info) = call_json(
+        &fx,
+        Method::POST,
+        "/v1/cluster/settings",
+        admin(&fx),
+        serde_json::json!({ "cert_expiry_secs": 3600 }),
+    )
+    .await;
+    assert_eq!((status, &info["cert_expiry_secs"]), (200, &3600.into()));
+    assert_eq!(
+        fx.store.snapshot().state.cluster().map(|c| c.cert_validity),
+        Some(HOUR)
+    );
+
+    for (secs, why) in [(0u64, "zero"), (11 * 365 * 86_400, "beyond the root")] {
+        let (status, body) = call_json(
+            &fx,
+            Method::POST,
+            "/v1/cluster/settings",
+            admin(&fx),
+            serde_json::json!({ "cert_expiry_secs": secs }),
+        )
+        .await;
+        assert_eq!(status, 400, "{why}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cert expiry") && m.contains("at least 1s")),
+            "{why}: {body}"
+        );
+    }
+    assert_eq!(
+        fx.store.snapshot().state.cluster().map(|c| c.cert_validity),
+        Some(HOUR),
+        "refused values change nothing"
+    );
+
+    let worker = peer("w1", Role::Worker, &fx.identity.cluster_id);
+    let (status, _) = call_json(
+        &fx,
+        Method::POST,
+        "/v1/cluster/settings",
+        worker.clone(),
+        serde_json::json!({ "cert_expiry_secs": 60 }),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&fx, Method::GET, "/v1/cluster", worker).await;
+    assert_eq!(status, 403);
+}
+
+/// Records the server certificate it is shown (and accepts it): which
+/// certificate does a new connection get?
+#[derive(Debug)]
+struct SeenLeaf(std::sync::Mutex<Option<Vec<u8>>>);
+
+impl rustls::client::danger::ServerCertVerifier for SeenLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().expect("lock") = Some(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The leaf a fresh TLS connection to `addr` is shown.
+async fn served_leaf(addr: std::net::SocketAddr) -> Vec<u8> {
+    let seen = Arc::new(SeenLeaf(std::sync::Mutex::new(None)));
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .dangerous()
+    .with_custom_certificate_verifier(seen.clone())
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("baton-manager").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let leaf = seen.0.lock().expect("lock").clone();
+    leaf.expect("a server certificate")
+}
+
+#[tokio::test]
+async fn a_swapped_certificate_is_served_to_new_connections_and_old_ones_carry_on() {
+    let fx = fixture().await;
+    let cert = crate::serving_cert::ServingCert::new(&fx.identity.cert_pem, &fx.identity.key_pem)
+        .expect("cert");
+    let tls = api_tls_config(fx.identity.ca.cert_pem(), cert.clone()).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve(
+        listener,
+        tls,
+        router(fx.app.clone()),
+        fx.shutdown.clone(),
+    ));
+    let first = served_leaf(addr).await;
+    assert_eq!(
+        first,
+        baton_pki::certificate_der(&fx.identity.cert_pem).expect("der")
+    );
+    // An admin client with an open (kept-alive) connection.
+    let admin_config = client_config(
+        &fx.identity.ca,
+        &format!("https://{addr}"),
+        "admin",
+        Role::Admin,
+    );
+    let client = ApiClient::new(&admin_config).expect("client");
+    client.health().await.expect("health before the swap");
+
+    let (key, renewed) =
+        crate::identity::issue_node_cert(&fx.identity.ca, &fx.identity.node_id, unix_now(), HOUR)
+            .expect("issue");
+    cert.swap(&renewed, &key).expect("swap");
+    assert_eq!(
+        served_leaf(addr).await,
+        baton_pki::certificate_der(&renewed).expect("der"),
+        "a new connection gets the renewed certificate"
+    );
+    client.health().await.expect("health after the swap");
+    // A key that does not match is refused and changes nothing.
+    let (other_key, _) = baton_pki::generate_csr().expect("key");
+    assert!(cert.swap(&fx.identity.cert_pem, &other_key).is_err());
+    assert_eq!(
+        served_leaf(addr).await,
+        baton_pki::certificate_der(&renewed).expect("der")
     );
 }

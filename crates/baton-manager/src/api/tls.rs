@@ -14,14 +14,15 @@ use axum::Router;
 use baton_pki::PeerIdentity;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::serving_cert::ServingCert;
 
 /// A slow or silent client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,20 +65,16 @@ impl Caller {
 }
 
 /// The API's rustls configuration: aws-lc-rs, TLS 1.3 only, ALPN `h2` and
-/// `http/1.1`; it presents `cert_pem` (the manager's node certificate) and
-/// verifies client certificates against `root_ca_pem` when they are
-/// presented. No session resumption: a resumed session would skip the
-/// verifier and carry the identity of an older handshake.
+/// `http/1.1`; it presents the manager's node certificate as `cert` holds it
+/// at each handshake (a renewal swaps it without a restart, see
+/// [`ServingCert`]) and verifies client certificates against `root_ca_pem`
+/// when they are presented. No session resumption: a resumed session would
+/// skip the verifier and carry the identity (or the server certificate) of an
+/// older handshake.
 pub fn api_tls_config(
     root_ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
+    cert: ServingCert,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ServeError::Tls(format!("certificate: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| ServeError::Tls(format!("private key: {e}")))?;
     let roots =
         baton_pki::root_cert_store(root_ca_pem).map_err(|e| ServeError::Tls(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -89,8 +86,7 @@ pub fn api_tls_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServeError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Tls(e.to_string()))?;
+        .with_cert_resolver(Arc::new(cert));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;

@@ -13,6 +13,11 @@ use crate::ids::{NodeId, Timestamp};
 use crate::objects::{Cluster, Member, NodeAvailability, NodeRole};
 use crate::state::ApplyError;
 
+/// The shortest node certificate lifetime [`crate::Command::SetCertValidity`]
+/// accepts: certificates count whole seconds. Short lifetimes are allowed on
+/// purpose, so tests can watch certificates rotate.
+pub const MIN_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl State {
     /// The cluster identity, once created.
     pub fn cluster(&self) -> Option<&Cluster> {
@@ -59,6 +64,23 @@ impl State {
             NodeRole::Manager => cluster.manager_token_digest = digest,
         }
         Ok(vec![Event::JoinTokenRotated { role }])
+    }
+
+    pub(super) fn set_cert_validity(
+        &mut self,
+        validity: std::time::Duration,
+    ) -> Result<Vec<Event>, ApplyError> {
+        if validity < MIN_CERT_VALIDITY {
+            return Err(ApplyError::CertValidityTooShort {
+                millis: validity.as_millis(),
+            });
+        }
+        let cluster = self.cluster.as_mut().ok_or(ApplyError::NoCluster)?;
+        if cluster.cert_validity == validity {
+            return Ok(Vec::new());
+        }
+        cluster.cert_validity = validity;
+        Ok(vec![Event::CertValidityChanged { validity }])
     }
 
     pub(super) fn admit_node(
@@ -259,6 +281,119 @@ mod tests {
                 id: NodeId("n1".to_owned())
             })
         );
+    }
+
+    #[test]
+    fn cert_validity_changes_only_with_a_cluster_and_never_to_zero() {
+        let mut state = State::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            state.apply(Command::SetCertValidity { validity: hour }),
+            Err(ApplyError::NoCluster)
+        );
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        assert_eq!(
+            state.apply(Command::SetCertValidity {
+                validity: Duration::ZERO
+            }),
+            Err(ApplyError::CertValidityTooShort { millis: 0 })
+        );
+        assert_eq!(
+            state.apply(Command::SetCertValidity {
+                validity: Duration::from_millis(999)
+            }),
+            Err(ApplyError::CertValidityTooShort { millis: 999 })
+        );
+        assert_eq!(
+            state.apply(Command::SetCertValidity { validity: hour }),
+            Ok(vec![Event::CertValidityChanged { validity: hour }])
+        );
+        assert_eq!(
+            state.apply(Command::SetCertValidity { validity: hour }),
+            Ok(vec![]),
+            "the same value again changes nothing"
+        );
+        assert_eq!(state.cluster().map(|c| c.cert_validity), Some(hour));
+        // Seconds-long lifetimes are allowed: tests rotate certificates with them.
+        state
+            .apply(Command::SetCertValidity {
+                validity: Duration::from_secs(1),
+            })
+            .expect("one second");
+    }
+
+    #[test]
+    fn set_cert_validity_is_persisted_by_name() {
+        let cmd = Command::SetCertValidity {
+            validity: Duration::from_secs(12),
+        };
+        let json = serde_json::to_string(&cmd).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"cmd":"set_cert_validity","validity":{"secs":12,"nanos":0}}"#
+        );
+        let back: Command = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, cmd);
+    }
+
+    #[test]
+    fn only_members_register_once_a_cluster_exists_and_revoked_ids_never() {
+        let node = |id: &str| crate::objects::Node {
+            id: NodeId(id.to_owned()),
+            hostname: "h".to_owned(),
+            capacity: baton_spec::Resources::default(),
+            drivers: std::collections::BTreeSet::new(),
+            state: crate::objects::NodeState::Down,
+            availability: NodeAvailability::Active,
+            registered_at: Timestamp(0),
+            state_since: Timestamp(0),
+            address: None,
+            version: String::new(),
+        };
+        let mut state = State::default();
+        state
+            .apply(Command::RegisterNode {
+                node: node("dev"),
+                now: Timestamp(1),
+            })
+            .expect("no cluster yet: any node registers");
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        assert_eq!(
+            state.apply(Command::RegisterNode {
+                node: node("stranger"),
+                now: Timestamp(2),
+            }),
+            Err(ApplyError::NotAMember {
+                id: NodeId("stranger".to_owned())
+            })
+        );
+        admit(&mut state, "n1").expect("admit");
+        state
+            .apply(Command::RegisterNode {
+                node: node("n1"),
+                now: Timestamp(3),
+            })
+            .expect("member registers");
+        state
+            .apply(Command::RemoveNode {
+                id: NodeId("n1".to_owned()),
+                now: Timestamp(4),
+            })
+            .expect("remove");
+        assert_eq!(
+            state.apply(Command::RegisterNode {
+                node: node("n1"),
+                now: Timestamp(5),
+            }),
+            Err(ApplyError::NotAMember {
+                id: NodeId("n1".to_owned())
+            })
+        );
+        assert!(state.node(&NodeId("n1".to_owned())).is_none());
     }
 
     #[test]

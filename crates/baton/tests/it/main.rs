@@ -5,7 +5,9 @@
 mod harness;
 
 mod api;
+mod attacks;
 mod cluster;
 mod crash;
 mod jobs;
+mod rotation;
 mod validation;

@@ -1,0 +1,311 @@
+//! The manager renews its own node certificate, as agents renew theirs.
+//!
+//! The loop sleeps until the renewal point of the certificate it serves
+//! (`baton_pki::renew_in`: a random point between 50 % and 80 % of its
+//! lifetime, the jitter drawn once per certificate so that recomputing the
+//! wait does not move it), then issues itself a new certificate for a fresh
+//! key pair from its own CA, with the cluster's current certificate lifetime
+//! (`baton cluster update --cert-expiry`). Each renewal:
+//!
+//! 1. writes `node/key.pem` (0600) and `node/cert.pem`, each atomically (a
+//!    crash between the two is repaired at the next start, see
+//!    [`crate::identity::load_or_create`]);
+//! 2. swaps the pair into both listeners ([`ServingCert::swap`]): new
+//!    connections get it, open ones (agent sessions) are not touched;
+//! 3. proposes `RenewNodeCert`, so `baton node ls` shows the new expiry.
+//!
+//! A failed attempt is retried after [`retry_delay`]: 1 s, 2 s, 4 s ... capped
+//! at 60 s, the agent's schedule (`baton_agent::identity::retry_delay`). The
+//! loop never panics and never gives up while the manager runs.
+//!
+//! The clock is read only here, at the edge; the timing itself is
+//! `baton_pki`'s pure function of `(now, not_before, not_after, jitter)`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use baton_pki::{CertValidity, ClusterCa};
+use baton_state::{Command, NodeId};
+use baton_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::identity::{self, IdentityError};
+use crate::serving_cert::ServingCert;
+
+/// First retry delay after a failed renewal.
+pub const RENEW_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest retry delay after failed renewals.
+pub const RENEW_RETRY_MAX: Duration = Duration::from_secs(60);
+/// The longest single sleep: the renewal point is recomputed at least this
+/// often, so a wall clock that jumps (suspend, NTP step) is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Why one renewal attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The certificate being served cannot be read.
+    #[error("current certificate: {0}")]
+    Current(String),
+    /// The cluster record is missing from the state.
+    #[error("the cluster is not initialised")]
+    NoCluster,
+    /// Issuing or writing the new certificate failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The new pair could not be loaded into the listeners.
+    #[error("tls: {0}")]
+    Tls(#[from] baton_rpc::tls::TlsError),
+    /// The store refused or failed to record the new expiry.
+    #[error(transparent)]
+    Store(#[from] baton_store::StoreError),
+}
+
+/// What the renewal loop works on.
+pub struct SelfRenewal {
+    /// The store: the cluster's certificate lifetime is read from it, the
+    /// new expiry written to it.
+    pub store: Arc<dyn Store>,
+    /// The cluster CA (this manager holds its key).
+    pub ca: ClusterCa,
+    /// This manager's node id.
+    pub node_id: NodeId,
+    /// The data dir (`node/cert.pem`, `node/key.pem`).
+    pub data_dir: PathBuf,
+    /// What both listeners serve.
+    pub cert: ServingCert,
+}
+
+impl std::fmt::Debug for SelfRenewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfRenewal")
+            .field("node_id", &self.node_id)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long to wait after the `failures`-th failed attempt in a row:
+/// [`RENEW_RETRY_MIN`] doubled per failure, capped at [`RENEW_RETRY_MAX`].
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RENEW_RETRY_MIN
+        .saturating_mul(1u32 << doublings)
+        .min(RENEW_RETRY_MAX)
+}
+
+/// Renews the manager's certificate until `shutdown` is cancelled (see the
+/// module doc). Never returns an error and never panics.
+pub async fn renew_loop(renewal: SelfRenewal, shutdown: CancellationToken) {
+    let span = tracing::info_span!("renew", node_id = %renewal.node_id);
+    run(renewal, shutdown).instrument(span).await;
+}
+
+async fn run(renewal: SelfRenewal, shutdown: CancellationToken) {
+    // Drawn once per certificate: recomputing the wait must not move the point.
+    let mut jitter: f64 = rand::random();
+    let mut failures: u32 = 0;
+    loop {
+        let wait = if failures > 0 {
+            retry_delay(failures)
+        } else {
+            match current_validity(&renewal.cert) {
+                Ok(validity) => validity.renew_in(unix_now(), jitter),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the current certificate");
+                    RENEW_RETRY_MAX
+                }
+            }
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
+            }
+            if failures == 0 {
+                // Look at the clock again: a capped sleep ends early, and the
+                // wall clock may have jumped while sleeping.
+                continue;
+            }
+        }
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return,
+            res = renew_once(&renewal) => res,
+        };
+        match attempt {
+            Ok(validity) => {
+                failures = 0;
+                jitter = rand::random();
+                tracing::info!(
+                    not_after = validity.not_after,
+                    renew_at = validity.renew_at(jitter),
+                    "certificate renewed"
+                );
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(
+                    error = %e,
+                    failures,
+                    retry_in_secs = retry_delay(failures).as_secs(),
+                    "certificate renewal failed"
+                );
+            }
+        }
+    }
+}
+
+fn current_validity(cert: &ServingCert) -> Result<CertValidity, RenewError> {
+    let leaf = cert
+        .leaf()
+        .ok_or_else(|| RenewError::Current("no certificate loaded".to_owned()))?;
+    baton_pki::cert_validity(&leaf).map_err(|e| RenewError::Current(e.to_string()))
+}
+
+/// One renewal; on success the new certificate is on disk and served.
+async fn renew_once(renewal: &SelfRenewal) -> Result<CertValidity, RenewError> {
+    let validity = renewal
+        .store
+        .snapshot()
+        .state
+        .cluster()
+        .map(|c| c.cert_validity)
+        .ok_or(RenewError::NoCluster)?;
+    let (key_pem, cert_pem) =
+        identity::issue_node_cert(&renewal.ca, &renewal.node_id, unix_now(), validity)?;
+    let leaf = baton_pki::certificate_der(&cert_pem).map_err(IdentityError::from)?;
+    let new_validity = baton_pki::cert_validity(&leaf).map_err(IdentityError::from)?;
+    // Check that the pair loads before anything is written or served.
+    ServingCert::new(&cert_pem, &key_pem)?;
+    identity::write_node_cert(&renewal.data_dir, &key_pem, &cert_pem)?;
+    renewal.cert.swap(&cert_pem, &key_pem)?;
+    renewal
+        .store
+        .propose(Command::RenewNodeCert {
+            id: renewal.node_id.clone(),
+            cert_not_after: identity::cert_not_after(&cert_pem)?,
+        })
+        .await?;
+    Ok(new_validity)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use baton_store::{LocalStore, LocalStoreConfig};
+
+    use super::*;
+    use crate::identity::load_or_create;
+
+    #[test]
+    fn retries_back_off_from_one_second_to_a_minute() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_delay(u32::MAX), RENEW_RETRY_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_writes_serves_and_records_a_fresh_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
+        );
+        let identity = load_or_create(dir.path(), store.as_ref(), Duration::from_secs(3600))
+            .await
+            .expect("identity");
+        store
+            .propose(Command::SetCertValidity {
+                validity: Duration::from_secs(7200),
+            })
+            .await
+            .expect("set validity");
+        let cert = ServingCert::new(&identity.cert_pem, &identity.key_pem).expect("cert");
+        let old_leaf = cert.leaf().expect("leaf");
+        let renewal = SelfRenewal {
+            store: store.clone(),
+            ca: ClusterCa::from_pem(
+                &identity.cluster_id,
+                identity.ca.cert_pem(),
+                &identity.ca.key_pem(),
+            )
+            .expect("ca"),
+            node_id: identity.node_id.clone(),
+            data_dir: dir.path().to_owned(),
+            cert: cert.clone(),
+        };
+        let validity = renew_once(&renewal).await.expect("renew");
+        let lifetime = validity.not_after - unix_now();
+        assert!(
+            (7198..=7200).contains(&lifetime),
+            "the cluster's current lifetime is used: {lifetime}"
+        );
+        let new_leaf = cert.leaf().expect("leaf");
+        assert_ne!(new_leaf, old_leaf);
+        assert_eq!(
+            cert.cluster().leaf().expect("cluster leaf"),
+            new_leaf,
+            "both listeners serve the new certificate"
+        );
+        let on_disk = std::fs::read_to_string(dir.path().join("node/cert.pem")).expect("cert");
+        assert_eq!(
+            baton_pki::certificate_der(&on_disk).expect("der"),
+            new_leaf.as_ref()
+        );
+        let key = std::fs::read_to_string(dir.path().join("node/key.pem")).expect("key");
+        assert_ne!(key, identity.key_pem, "a fresh key");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("node/key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            store
+                .snapshot()
+                .state
+                .member(&identity.node_id)
+                .map(|m| m.cert_not_after),
+            Some(identity::cert_not_after(&on_disk).expect("expiry"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_that_does_not_match_the_certificate_is_replaced_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = {
+            let store = LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb")))
+                .expect("store");
+            load_or_create(dir.path(), &store, Duration::from_secs(3600))
+                .await
+                .expect("identity")
+        };
+        // A renewal that crashed after writing its key, before its certificate.
+        let (other_key, _) = baton_pki::generate_csr().expect("key");
+        identity::write_node_cert(dir.path(), &other_key, &first.cert_pem).expect("write");
+        let store =
+            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store");
+        let again = load_or_create(dir.path(), &store, Duration::from_secs(3600))
+            .await
+            .expect("reload");
+        assert_eq!(again.node_id, first.node_id);
+        assert_ne!(again.cert_pem, first.cert_pem);
+        ServingCert::new(&again.cert_pem, &again.key_pem).expect("a matching pair");
+        assert_eq!(
+            store
+                .snapshot()
+                .state
+                .member(&again.node_id)
+                .map(|m| m.cert_not_after),
+            Some(identity::cert_not_after(&again.cert_pem).expect("expiry"))
+        );
+    }
+}

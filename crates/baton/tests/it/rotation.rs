@@ -1,0 +1,329 @@
+//! Certificate rotation on a real cluster (issue 3, item 7): with a
+//! seconds-long certificate expiry, the agent and the manager renew their
+//! certificates with fresh keys in the background while a task keeps running,
+//! and `baton cluster update --cert-expiry` changes the lifetime of new
+//! certificates.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::harness::{baton_bin, run_cli, signal, spec_file, text};
+
+/// A child process whose stdout lines are collected (the manager or an agent).
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        let log = std::fs::File::create(log).expect("log file");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    fn line(&mut self, prefix: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("no line starting with {prefix:?}; saw {:?}", self.seen)
+                });
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(i32::try_from(self.child.id()).expect("pid"), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One manager (with `extra` arguments) and, once joined, one agent.
+struct Cluster {
+    dir: PathBuf,
+    admin: PathBuf,
+    cluster_addr: String,
+    worker_token: String,
+    // Dropped in this order: the agent stops before the manager.
+    agent: Option<Proc>,
+    _manager: Proc,
+}
+
+impl Cluster {
+    fn start(dir: &Path, extra: &[&str]) -> Cluster {
+        let mut cmd = Command::new(baton_bin());
+        cmd.args(["manager", "--data-dir"])
+            .arg(dir.join("manager"))
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(extra);
+        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
+        let worker_token = manager
+            .line("  worker: ")
+            .trim_start_matches("  worker: ")
+            .trim()
+            .to_owned();
+        let ready = manager.line("baton manager ready");
+        let cluster_addr = ready
+            .split(" · ")
+            .find_map(|part| part.strip_prefix("cluster port "))
+            .expect("cluster port in the ready line")
+            .to_owned();
+        Cluster {
+            dir: dir.to_owned(),
+            admin: dir.join("manager/admin.toml"),
+            cluster_addr,
+            worker_token,
+            agent: None,
+            _manager: manager,
+        }
+    }
+
+    /// Joins an agent (raw driver on) and returns its node id.
+    fn join_agent(&mut self) -> String {
+        let mut cmd = Command::new(baton_bin());
+        cmd.args(["agent", "--data-dir"])
+            .arg(self.agent_dir())
+            .args([
+                "--join",
+                &self.cluster_addr,
+                "--enable-raw",
+                "--cpu",
+                "1",
+                "--memory",
+                "1Gi",
+            ])
+            .env("BATON_JOIN_TOKEN", &self.worker_token);
+        let mut agent = Proc::spawn(cmd, &self.dir.join("agent.log"));
+        let id = agent
+            .line("baton agent ready: node ")
+            .trim_start_matches("baton agent ready: node ")
+            .split(' ')
+            .next()
+            .expect("node id")
+            .to_owned();
+        self.agent = Some(agent);
+        id
+    }
+
+    fn agent_dir(&self) -> PathBuf {
+        self.dir.join("agent")
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        run_cli(&self.admin, args)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    }
+
+    /// The node `id` as `baton node ls -o json` lists it.
+    fn node(&self, id: &str) -> Value {
+        self.json(&["node", "ls"])
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("node {id} not listed"))
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[test]
+fn certificates_rotate_with_fresh_keys_while_a_task_keeps_running() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path(), &["--cert-expiry", "12s"]);
+    let node_id = cluster.join_agent();
+    let spec = spec_file(
+        tmp.path(),
+        "sleeper.yaml",
+        "name: sleeper\nreplicas: 1\ntask:\n  driver: raw\n  command: [\"/bin/sleep\", \"1000\"]\n  resources: {cpu: 100m, memory: 16Mi}\n  kill_timeout: 1s\n",
+    );
+    let out = cluster.cli(&["job", "run", spec.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let tasks = cluster.json(&["task", "ls", "--job", "sleeper"]);
+    let task = tasks
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["state"] == "running"))
+        .cloned()
+        .expect("a running task");
+    let (task_id, pid) = (task["id"].clone(), task["pid"].clone());
+    assert!(pid.as_u64().is_some(), "{task}");
+
+    let identity = cluster.agent_dir().join("identity");
+    let manager_node = tmp.path().join("manager/node");
+    let agent_cert = read(&identity.join("cert.pem"));
+    let agent_key = read(&identity.join("key.pem"));
+    let manager_cert = read(&manager_node.join("cert.pem"));
+    let manager_key = read(&manager_node.join("key.pem"));
+    let first_expiry = cluster.node(&node_id)["cert_expires_at"]
+        .as_u64()
+        .expect("cert expiry of a member");
+
+    // The task and the node, unchanged: checked on every poll below.
+    let unchanged = |cluster: &Cluster| {
+        let tasks = cluster.json(&["task", "ls", "--job", "sleeper"]);
+        let tasks = tasks.as_array().expect("tasks");
+        assert_eq!(tasks.len(), 1, "no task replaced or added: {tasks:?}");
+        assert_eq!(
+            (&tasks[0]["id"], &tasks[0]["state"], &tasks[0]["pid"]),
+            (&task_id, &Value::from("running"), &pid),
+            "the same task keeps running in the same process"
+        );
+        let node = cluster.node(&node_id);
+        assert_eq!(node["state"], "ready", "{node}");
+        node
+    };
+
+    // Renewal happens at 50-80 % of 12 s; allow several lifetimes for slow machines.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let renewed_expiry = loop {
+        let node = unchanged(&cluster);
+        let agent_done = read(&identity.join("cert.pem")) != agent_cert
+            && read(&identity.join("key.pem")) != agent_key;
+        let manager_done = read(&manager_node.join("cert.pem")) != manager_cert
+            && read(&manager_node.join("key.pem")) != manager_key;
+        let expiry = node["cert_expires_at"].as_u64().unwrap_or(0);
+        if agent_done && manager_done && expiry > first_expiry {
+            break expiry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation within 60 s: agent renewed {agent_done}, manager renewed {manager_done}, expiry {first_expiry} -> {expiry}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(renewed_expiry > first_expiry);
+
+    // Past the first certificates' expiry, nothing depends on them: the
+    // session, the task and the API (which serves the renewed manager
+    // certificate) all carry on.
+    while now_ms() <= first_expiry + 1000 {
+        unchanged(&cluster);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let node = unchanged(&cluster);
+    assert!(
+        node["cert_expires_at"].as_u64().unwrap_or(0) > now_ms(),
+        "the listed certificate is current: {node}"
+    );
+}
+
+#[test]
+fn cluster_update_sets_the_cert_expiry_and_refuses_zero() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path(), &[]);
+
+    let info = cluster.json(&["cluster", "info"]);
+    assert_eq!(info["cert_expiry_secs"], 90 * 86_400, "{info}");
+    let root_digest = info["root_ca_digest"].as_str().expect("digest").to_owned();
+    assert_eq!(root_digest.len(), 64);
+    assert!(
+        cluster.worker_token.contains(&root_digest),
+        "tokens pin the root digest shown"
+    );
+    assert!(info["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(info["created_at"].as_u64().is_some_and(|t| t > 0));
+
+    let out = cluster.cli(&["cluster", "update", "--cert-expiry", "0s"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cert expiry: 0s is out of range"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    let out = cluster.cli(&["cluster", "update"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("nothing to update"));
+
+    let out = cluster.cli(&["cluster", "update", "--cert-expiry", "1h"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("certificate expiry set to 1h"), "{stdout}");
+    let info = cluster.json(&["cluster", "info"]);
+    assert_eq!(info["cert_expiry_secs"], 3600, "{info}");
+    let out = cluster.cli(&["cluster", "status"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("cert expiry:") && l.ends_with(" 1h")),
+        "{stdout}"
+    );
+
+    // A node that joins now gets a certificate with the new lifetime.
+    let before = now_ms();
+    let node_id = cluster.join_agent();
+    let expiry = cluster.node(&node_id)["cert_expires_at"]
+        .as_u64()
+        .expect("cert expiry");
+    let after = now_ms();
+    assert!(
+        expiry + 1000 >= before + 3_600_000 && expiry <= after + 3_600_000,
+        "joined at {before}..{after}, certificate expires at {expiry}"
+    );
+}
