@@ -9,6 +9,12 @@
 //! them, and their processes (not killed on drop) are found again by the next
 //! agent through their run records.
 //!
+//! Heartbeats run in a task of their own, at the period the dispatcher answers
+//! each one with, so an agent busy with reports, logs or tasks still
+//! heartbeats on time. When they fail for longer than the dispatcher's grace
+//! would allow (or the dispatcher no longer knows the session), the agent
+//! drops its session and opens a new one.
+//!
 //! Reports are at least once: every state change goes into an outbox that is
 //! sent in batches, put back on error and retried with backoff; a new session
 //! replaces the outbox with the current state of every known task.
@@ -57,6 +63,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
+/// Heartbeat period until the dispatcher answers with its own (the
+/// dispatcher's period on a small cluster).
+const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Bounds on the period the agent accepts from a dispatcher.
+const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_millis(100);
+const MAX_HEARTBEAT_PERIOD: Duration = Duration::from_secs(300);
+
+/// Heartbeats that may fail in a row (plus 1 s) before the agent gives up on
+/// its session: the dispatcher's own rule for marking a node down.
+const MISSED_HEARTBEATS: u32 = 3;
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The node agent. Built and driven by [`Agent::run`].
@@ -83,6 +101,11 @@ pub struct Agent {
     events_rx: mpsc::Receiver<TaskEvent>,
     runners: JoinSet<()>,
     streamers: JoinSet<()>,
+    /// The heartbeat task of the current session.
+    heartbeats: JoinSet<()>,
+    /// Generations whose heartbeats gave up.
+    heartbeat_lost_tx: mpsc::Sender<u64>,
+    heartbeat_lost_rx: mpsc::Receiver<u64>,
 }
 
 impl fmt::Debug for Agent {
@@ -145,6 +168,7 @@ enum Event {
     Session(Option<SessionMessage>),
     SessionOpened(Result<Session, RpcError>),
     Reported(ReportOutcome),
+    HeartbeatLost(u64),
     RunnerDone(Result<(), JoinError>),
 }
 
@@ -225,6 +249,7 @@ impl Agent {
             address: None,
         };
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (heartbeat_lost_tx, heartbeat_lost_rx) = mpsc::channel(4);
         let mut agent = Agent {
             config,
             dispatcher,
@@ -242,6 +267,9 @@ impl Agent {
             events_rx,
             runners: JoinSet::new(),
             streamers: JoinSet::new(),
+            heartbeats: JoinSet::new(),
+            heartbeat_lost_tx,
+            heartbeat_lost_rx,
         };
         agent.collect_garbage();
         Ok(agent)
@@ -259,6 +287,9 @@ impl Agent {
                 message = next_message(&mut self.session) => Event::Session(message),
                 opened = poll_slot(&mut opening) => Event::SessionOpened(opened),
                 outcome = poll_slot(&mut reporting) => Event::Reported(outcome),
+                Some(generation) = self.heartbeat_lost_rx.recv() => Event::HeartbeatLost(generation),
+                // The heartbeat task ends only by reporting itself lost.
+                Some(_) = self.heartbeats.join_next() => continue,
                 Some(done) = self.runners.join_next() => Event::RunnerDone(done),
                 // Streamers need nothing after they end.
                 Some(_) = self.streamers.join_next() => continue,
@@ -282,8 +313,18 @@ impl Agent {
                 Event::Session(None) => {
                     tracing::info!("session closed");
                     self.session = None;
+                    self.heartbeats.abort_all();
                     let delay = self.next_session_delay();
                     opening = Some(self.open_session(delay));
+                }
+                Event::HeartbeatLost(generation) => {
+                    if generation == self.generation && self.session.is_some() {
+                        tracing::warn!("heartbeats failing; opening a new session");
+                        self.session = None;
+                        self.heartbeats.abort_all();
+                        let delay = self.next_session_delay();
+                        opening = Some(self.open_session(delay));
+                    }
                 }
                 Event::SessionOpened(Ok(session)) => self.on_session_opened(session),
                 Event::SessionOpened(Err(e)) => {
@@ -339,6 +380,13 @@ impl Agent {
             .map(|(id, known)| known.report(id))
             .collect();
         self.report_failures = 0;
+        self.heartbeats.abort_all();
+        self.heartbeats.spawn(heartbeat_loop(
+            self.dispatcher.clone(),
+            self.node_id.clone(),
+            self.generation,
+            self.heartbeat_lost_tx.clone(),
+        ));
     }
 
     fn next_report(&mut self) -> Option<BoxFuture<ReportOutcome>> {
@@ -647,6 +695,45 @@ impl Agent {
         }
         self.streamers.shutdown().await;
         tracing::info!("agent stopped");
+    }
+}
+
+/// Heartbeats `node` at the period the dispatcher answers with, each call
+/// bounded by the period. Ends, saying `generation` is lost, when the
+/// dispatcher no longer knows the session or when no heartbeat succeeded for
+/// [`MISSED_HEARTBEATS`] periods plus 1 s.
+async fn heartbeat_loop(
+    dispatcher: Arc<dyn Dispatcher>,
+    node: NodeId,
+    generation: u64,
+    lost: mpsc::Sender<u64>,
+) {
+    let mut period = DEFAULT_HEARTBEAT_PERIOD;
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(period, dispatcher.heartbeat(&node)).await {
+            Ok(Ok(wanted)) => {
+                period = wanted.clamp(MIN_HEARTBEAT_PERIOD, MAX_HEARTBEAT_PERIOD);
+                last_ok = tokio::time::Instant::now();
+            }
+            Ok(Err(e @ (RpcError::NoSession(_) | RpcError::PermissionDenied(_)))) => {
+                tracing::info!(error = %e, "heartbeat refused");
+                let _ = lost.send(generation).await;
+                return;
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+            Err(_) => tracing::debug!(period = ?period, "heartbeat timed out"),
+        }
+        let grace = period
+            .saturating_mul(MISSED_HEARTBEATS)
+            .saturating_add(Duration::from_secs(1));
+        if last_ok.elapsed() > grace {
+            tracing::warn!(grace = ?grace, "no heartbeat got through");
+            let _ = lost.send(generation).await;
+            return;
+        }
+        tokio::time::sleep_until(started + period).await;
     }
 }
 

@@ -82,6 +82,10 @@ impl Dispatcher for TestDispatcher {
     async fn send_logs(&self, _: &NodeId, _: u64, _: LogEvent) -> Result<(), RpcError> {
         Ok(())
     }
+
+    async fn heartbeat(&self, _: &NodeId) -> Result<Duration, RpcError> {
+        Ok(Duration::from_secs(1))
+    }
 }
 
 /// One manager's cluster port: a `ManagerCa` over a `LocalStore`, serving

@@ -1,9 +1,10 @@
-//! The session with the dispatcher: node description, reconnection, and
-//! at-least-once reporting.
+//! The session with the dispatcher: node description, reconnection,
+//! heartbeats, and at-least-once reporting.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use baton_spec::{DriverKind, Resources};
 use baton_state::{TaskId, TaskState};
@@ -130,5 +131,58 @@ async fn task_ids_that_are_not_plain_names_are_refused() {
     assert_eq!(failed.state, TaskState::Failed);
     assert_eq!(failed.message, "start failed: invalid task id");
     assert!(!dir.path().join("escape").exists());
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_agent_heartbeats_at_the_period_the_dispatcher_gives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(dir.path());
+    agent
+        .dispatcher
+        .set_heartbeat_period(Duration::from_millis(50));
+    agent.dispatcher.push(vec![]).await;
+    eventually("a first heartbeat", || {
+        (agent.dispatcher.heartbeats() >= 1).then_some(())
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    eventually("ten more heartbeats", || {
+        (agent.dispatcher.heartbeats() >= 11).then_some(())
+    })
+    .await;
+    // At the default 1 s period they would take 10 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(agent.dispatcher.sessions_opened(), 1);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_heartbeat_makes_the_agent_open_a_new_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = TestAgent::start(dir.path());
+    agent
+        .dispatcher
+        .set_heartbeat_period(Duration::from_millis(50));
+    agent.dispatcher.push(vec![]).await;
+    eventually("a heartbeat", || {
+        (agent.dispatcher.heartbeats() >= 1).then_some(())
+    })
+    .await;
+    agent.dispatcher.refuse_heartbeats(true);
+    eventually("a second session", || {
+        (agent.dispatcher.sessions_opened() >= 2).then_some(())
+    })
+    .await;
+    agent.dispatcher.refuse_heartbeats(false);
+    let before = agent.dispatcher.heartbeats();
+    eventually("heartbeats on the new session", || {
+        (agent.dispatcher.heartbeats() > before).then_some(())
+    })
+    .await;
     agent.stop().await;
 }

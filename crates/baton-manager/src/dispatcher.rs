@@ -9,6 +9,24 @@
 //! A node removed while connected loses its session as soon as the
 //! revocation is applied, and a revoked node cannot open one (nor be
 //! registered again).
+//!
+//! # Liveness
+//!
+//! Agents call [`Dispatcher::heartbeat`] at the period it answers,
+//! [`heartbeat_period`]: 1 s on a small cluster, longer on a large one so the
+//! managers never take more than [`MAX_HEARTBEATS_PER_SEC`] heartbeats a
+//! second (Nomad's rule and default). Opening a session counts as a
+//! heartbeat. One loop checks every node every [`CHECK_INTERVAL`]: a node
+//! whose last heartbeat is older than [`node_down_grace`] (by default three
+//! missed periods plus 1 s: 4 s on a small cluster) is marked down, whether
+//! its session is still open (it is closed) or not. Marking a node down makes
+//! its active tasks `lost`, and the reconciler replaces them elsewhere. An
+//! agent that comes back opens a new session, which registers the node again;
+//! its lost tasks are not in its assignments any more, so it stops whatever of
+//! them it still runs (the agent never starts a task past `assigned`), and
+//! nothing runs twice. A session whose node the state says is down is ended,
+//! so that the agent re-registers. If the checker itself was held up (a
+//! starved manager), the time it lost is not held against the nodes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,19 +40,62 @@ use baton_rpc::{
 use baton_state::{Command, Node, NodeAvailability, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::now;
 
-/// Default time a node may be without a session before it is marked down and
-/// its tasks are rescheduled: long enough for an agent restart or a brief
-/// network blip, short enough that services come back within a minute.
-pub const NODE_DOWN_GRACE: Duration = Duration::from_secs(30);
+/// Most heartbeats a second the managers take, whatever the size of the
+/// cluster: the period grows with the number of nodes to keep under it
+/// (Nomad's `max_heartbeats_per_second`, with its default).
+pub const MAX_HEARTBEATS_PER_SEC: u32 = 50;
+
+/// Shortest heartbeat period, the one of every cluster up to
+/// [`MAX_HEARTBEATS_PER_SEC`] nodes.
+pub const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Heartbeats a node may miss in a row before it is marked down: a starved
+/// or briefly partitioned agent is not down for one or two late heartbeats.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+/// Default grace on a small cluster (one at [`MIN_HEARTBEAT_PERIOD`]): a node
+/// silent for longer is marked down and its tasks are rescheduled.
+/// [`MISSED_HEARTBEATS`] periods plus 1 s of slack for a slow call: a killed
+/// agent is down within 5 s (4 s plus at most one [`CHECK_INTERVAL`]), and an
+/// agent held up for up to about 3 s is not.
+pub const NODE_DOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// How often the one liveness loop looks at every node.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A gap between two checks longer than this (plus [`CHECK_INTERVAL`]) means
+/// the manager itself was held up; the gap is not held against the nodes.
+const CHECKER_STALL: Duration = Duration::from_secs(1);
+
+/// The heartbeat period of a cluster of `nodes` nodes: `nodes /
+/// MAX_HEARTBEATS_PER_SEC` seconds, at least [`MIN_HEARTBEAT_PERIOD`].
+pub fn heartbeat_period(nodes: usize) -> Duration {
+    let per_node_ms = 1000 / u64::from(MAX_HEARTBEATS_PER_SEC);
+    let nodes = u64::try_from(nodes).unwrap_or(u64::MAX);
+    Duration::from_millis(nodes.saturating_mul(per_node_ms)).max(MIN_HEARTBEAT_PERIOD)
+}
+
+/// How long a node of a cluster of `nodes` nodes may go without a heartbeat
+/// before it is marked down: `small_cluster_grace` (the grace at
+/// [`MIN_HEARTBEAT_PERIOD`], [`NODE_DOWN_GRACE`] by default) plus
+/// [`MISSED_HEARTBEATS`] times whatever the period has grown beyond the
+/// minimum.
+pub fn node_down_grace(nodes: usize, small_cluster_grace: Duration) -> Duration {
+    let growth = heartbeat_period(nodes).saturating_sub(MIN_HEARTBEAT_PERIOD);
+    small_cluster_grace.saturating_add(growth.saturating_mul(MISSED_HEARTBEATS))
+}
 
 struct SessionEntry {
     generation: u64,
     tx: mpsc::Sender<SessionMessage>,
     cancel: CancellationToken,
+    /// The last heartbeat (or the session's opening).
+    last_heartbeat: Instant,
 }
 
 struct LogStream {
@@ -60,6 +121,9 @@ pub enum LogStreamError {
 pub struct DispatcherService {
     store: Arc<dyn Store>,
     sessions: Mutex<HashMap<NodeId, SessionEntry>>,
+    /// Nodes the state calls ready that have no session, with their last
+    /// sign of life. Lock after `sessions` when both are held.
+    silent: Mutex<HashMap<NodeId, Instant>>,
     logs: Mutex<HashMap<u64, LogStream>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -98,7 +162,9 @@ pub fn assignments_for(state: &State, node: &NodeId) -> Vec<Assignment> {
 
 impl DispatcherService {
     /// A dispatcher over a store; its sessions end when `shutdown` is cancelled.
-    /// A node without a session for `node_down_grace` is marked down.
+    /// `node_down_grace` is the grace of a small cluster (see
+    /// [`node_down_grace`]); liveness is checked once
+    /// [`DispatcherService::watch_liveness`] is called.
     pub fn new(
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
@@ -107,6 +173,7 @@ impl DispatcherService {
         Arc::new_cyclic(|this| DispatcherService {
             store,
             sessions: Mutex::new(HashMap::new()),
+            silent: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -119,37 +186,95 @@ impl DispatcherService {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_silent(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        self.silent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LogStream>> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives every node the state calls ready, but that has no session with
-    /// this dispatcher (it was recorded by an earlier manager run), the same
-    /// grace as a node whose session closed: if it does not connect in time, it
-    /// is marked down and its tasks are replaced.
-    pub fn watch_unconnected_nodes(&self) {
-        let Some(this) = self.this.upgrade() else {
-            return;
-        };
+    /// Starts the liveness loop (until shutdown), which marks down the nodes
+    /// that miss their heartbeats. Every node the state calls ready but that
+    /// has no session with this dispatcher (it was recorded by an earlier
+    /// manager run) gets the grace from now: if it does not connect in time,
+    /// it is marked down and its tasks are replaced.
+    pub fn watch_liveness(&self) {
         let snapshot = self.store.snapshot();
-        for node in snapshot.state.nodes() {
-            if node.state == NodeState::Ready {
-                tokio::spawn(this.clone().mark_down_after_grace(node.id.clone()));
+        let now = Instant::now();
+        {
+            let sessions = self.lock_sessions();
+            let mut silent = self.lock_silent();
+            for node in snapshot.state.nodes() {
+                if node.state == NodeState::Ready && !sessions.contains_key(&node.id) {
+                    silent.entry(node.id.clone()).or_insert(now);
+                }
             }
         }
+        tokio::spawn(check_liveness(self.this.clone(), self.shutdown.clone()));
     }
 
-    async fn mark_down_after_grace(self: Arc<Self>, node: NodeId) {
-        tokio::select! {
-            () = self.shutdown.cancelled() => {}
-            () = tokio::time::sleep(self.node_down_grace) => {
-                if !self.lock_sessions().contains_key(&node) {
-                    tracing::warn!(node_id = %node, grace = ?self.node_down_grace, "node down: no session");
-                    let cmd = Command::NodeDown { id: node.clone(), now: now() };
-                    if let Err(e) = self.store.propose(cmd).await {
-                        tracing::error!(node_id = %node, error = %e, "marking node down failed");
-                    }
-                }
+    /// One pass of the liveness check at `now`: forgives `stall` (time the
+    /// checker itself lost), ends the sessions of nodes silent for longer
+    /// than the grace and returns every node to mark down.
+    fn overdue(&self, now: Instant, stall: Duration) -> Vec<(NodeId, Instant)> {
+        let mut down = Vec::new();
+        let mut sessions = self.lock_sessions();
+        let mut silent = self.lock_silent();
+        let grace = node_down_grace(sessions.len() + silent.len(), self.node_down_grace);
+        if !stall.is_zero() {
+            tracing::warn!(stall = ?stall, "liveness check was held up; not counting it against nodes");
+            for entry in sessions.values_mut() {
+                entry.last_heartbeat += stall;
+            }
+            for since in silent.values_mut() {
+                *since += stall;
+            }
+        }
+        let late: Vec<NodeId> = sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_heartbeat) > grace)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in late {
+            if let Some(entry) = sessions.remove(&id) {
+                tracing::warn!(node_id = %id, grace = ?grace, "node down: missed its heartbeats");
+                entry.cancel.cancel();
+                down.push((id, entry.last_heartbeat));
+            }
+        }
+        silent.retain(|id, since| {
+            let late = now.saturating_duration_since(*since) > grace;
+            if late {
+                tracing::warn!(node_id = %id, grace = ?grace, "node down: no session");
+                down.push((id.clone(), *since));
+            }
+            !late
+        });
+        down
+    }
+
+    /// Marks `node` (last seen at `since`) down, unless the state already
+    /// does not call it ready. If that fails, the next check tries again.
+    async fn mark_down(&self, node: &NodeId, since: Instant) {
+        let ready = self
+            .store
+            .snapshot()
+            .state
+            .node(node)
+            .is_some_and(|n| n.state == NodeState::Ready);
+        if !ready {
+            return;
+        }
+        let cmd = Command::NodeDown {
+            id: node.clone(),
+            now: now(),
+        };
+        if let Err(e) = self.store.propose(cmd).await {
+            tracing::error!(node_id = %node, error = %e, "marking node down failed");
+            let sessions = self.lock_sessions();
+            if !sessions.contains_key(node) {
+                self.lock_silent().entry(node.clone()).or_insert(since);
             }
         }
     }
@@ -221,6 +346,24 @@ impl DispatcherService {
                 }
                 return;
             }
+            if snapshot
+                .state
+                .node(&node)
+                .is_some_and(|n| n.state == NodeState::Down)
+            {
+                // Marked down (missed heartbeats, or a race with a new
+                // session): its tasks are lost. End the session so that the
+                // agent opens a new one, which registers the node again.
+                tracing::warn!(node_id = %node, "node is down: ending its session");
+                let mut sessions = self.lock_sessions();
+                if sessions
+                    .get(&node)
+                    .is_some_and(|s| s.generation == generation)
+                {
+                    sessions.remove(&node);
+                }
+                return;
+            }
             let tasks = assignments_for(&snapshot.state, &node);
             if last.as_ref() != Some(&tasks) {
                 seq += 1;
@@ -239,22 +382,46 @@ impl DispatcherService {
                 changed = changes.changed() => if changed.is_err() { return },
             }
         }
-        // The agent went away. Unless it comes back in time, its node is down.
-        let still_current = {
-            let mut sessions = self.lock_sessions();
-            let current = sessions
-                .get(&node)
-                .is_some_and(|s| s.generation == generation);
-            if current {
-                sessions.remove(&node);
-            }
-            current
-        };
-        if !still_current {
-            return;
+        // The agent went away. Unless it comes back within the grace of its
+        // last heartbeat, the liveness loop marks its node down.
+        let mut sessions = self.lock_sessions();
+        if sessions
+            .get(&node)
+            .is_some_and(|s| s.generation == generation)
+            && let Some(entry) = sessions.remove(&node)
+        {
+            self.lock_silent()
+                .insert(node.clone(), entry.last_heartbeat);
+            tracing::info!(node_id = %node, "agent session closed");
         }
-        tracing::info!(node_id = %node, "agent session closed");
-        self.mark_down_after_grace(node).await;
+    }
+}
+
+/// The liveness loop: every [`CHECK_INTERVAL`], marks down the nodes that
+/// missed their heartbeats, until shutdown or the dispatcher is gone.
+async fn check_liveness(dispatcher: Weak<DispatcherService>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(this) = dispatcher.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(last);
+        last = now;
+        let stall = if gap > CHECK_INTERVAL + CHECKER_STALL {
+            gap.saturating_sub(CHECK_INTERVAL)
+        } else {
+            Duration::ZERO
+        };
+        for (node, since) in this.overdue(now, stall) {
+            this.mark_down(&node, since).await;
+        }
     }
 }
 
@@ -309,14 +476,19 @@ impl Dispatcher for DispatcherService {
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.shutdown.child_token();
         let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let replaced = self.lock_sessions().insert(
-            desc.node_id.clone(),
-            SessionEntry {
-                generation,
-                tx: tx.clone(),
-                cancel: cancel.clone(),
-            },
-        );
+        let replaced = {
+            let mut sessions = self.lock_sessions();
+            self.lock_silent().remove(&desc.node_id);
+            sessions.insert(
+                desc.node_id.clone(),
+                SessionEntry {
+                    generation,
+                    tx: tx.clone(),
+                    cancel: cancel.clone(),
+                    last_heartbeat: Instant::now(),
+                },
+            )
+        };
         if let Some(old) = replaced {
             old.cancel.cancel();
         }
@@ -371,6 +543,16 @@ impl Dispatcher for DispatcherService {
         }
         sent.map_err(|_| RpcError::LogStreamClosed(request))
     }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {
+        let mut sessions = self.lock_sessions();
+        let nodes = sessions.len();
+        let entry = sessions
+            .get_mut(node)
+            .ok_or_else(|| RpcError::NoSession(node.clone()))?;
+        entry.last_heartbeat = Instant::now();
+        Ok(heartbeat_period(nodes))
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +575,206 @@ mod tests {
             version: "test".to_owned(),
             address: None,
         }
+    }
+
+    #[test]
+    fn the_period_grows_with_the_cluster_to_keep_under_the_heartbeat_rate() {
+        assert_eq!(heartbeat_period(0), Duration::from_secs(1));
+        assert_eq!(heartbeat_period(1), Duration::from_secs(1));
+        assert_eq!(heartbeat_period(50), Duration::from_secs(1));
+        assert_eq!(heartbeat_period(51), Duration::from_millis(1020));
+        assert_eq!(heartbeat_period(500), Duration::from_secs(10));
+        assert_eq!(heartbeat_period(10_000), Duration::from_secs(200));
+        for nodes in [1, 49, 50, 51, 77, 500, 1234, 10_000] {
+            let per_sec = nodes as f64 / heartbeat_period(nodes).as_secs_f64();
+            assert!(
+                per_sec <= f64::from(MAX_HEARTBEATS_PER_SEC),
+                "{nodes}: {per_sec}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_grace_is_three_periods_and_a_second_by_default() {
+        assert_eq!(NODE_DOWN_GRACE, Duration::from_secs(4));
+        assert!(NODE_DOWN_GRACE + CHECK_INTERVAL <= Duration::from_secs(5));
+        assert_eq!(node_down_grace(3, NODE_DOWN_GRACE), Duration::from_secs(4));
+        assert_eq!(node_down_grace(50, NODE_DOWN_GRACE), Duration::from_secs(4));
+        // 500 nodes: a 10 s period, three of them and a second.
+        assert_eq!(
+            node_down_grace(500, NODE_DOWN_GRACE),
+            Duration::from_secs(31)
+        );
+        // The override is the grace of a small cluster and grows the same way.
+        assert_eq!(
+            node_down_grace(3, Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            node_down_grace(500, Duration::from_secs(2)),
+            Duration::from_secs(29)
+        );
+        for nodes in [1, 50, 51, 500, 10_000] {
+            assert!(
+                node_down_grace(nodes, NODE_DOWN_GRACE)
+                    > heartbeat_period(nodes) * MISSED_HEARTBEATS
+            );
+        }
+    }
+
+    async fn store_with_workers(dir: &std::path::Path, ids: &[&str]) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = Arc::new(
+            LocalStore::open(LocalStoreConfig::new(dir.join("state.redb"))).expect("store"),
+        );
+        crate::identity::load_or_create(dir, store.as_ref(), Duration::from_secs(3600))
+            .await
+            .expect("cluster");
+        for id in ids {
+            store
+                .propose(Command::AdmitNode {
+                    id: NodeId((*id).to_owned()),
+                    role: NodeRole::Worker,
+                    cert_not_after: Timestamp(u64::MAX),
+                    now: now(),
+                })
+                .await
+                .expect("admit");
+        }
+        store
+    }
+
+    fn node_state(store: &Arc<dyn Store>, id: &str) -> Option<NodeState> {
+        store
+            .snapshot()
+            .state
+            .node(&NodeId(id.to_owned()))
+            .map(|n| n.state)
+    }
+
+    #[tokio::test]
+    async fn a_node_that_stops_heartbeating_is_down_within_the_grace_and_one_that_heartbeats_is_not()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with_workers(dir.path(), &["alive", "silent"]).await;
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_secs(1);
+        let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), grace);
+        dispatcher.watch_liveness();
+        let alive = dispatcher
+            .open_session(description("alive"))
+            .await
+            .expect("session");
+        let silent_opened = Instant::now();
+        let mut silent = dispatcher
+            .open_session(description("silent"))
+            .await
+            .expect("session");
+        let alive_id = NodeId("alive".to_owned());
+        let silent_id = NodeId("silent".to_owned());
+        assert_eq!(
+            dispatcher.heartbeat(&alive_id).await,
+            Ok(MIN_HEARTBEAT_PERIOD),
+            "two nodes: the shortest period"
+        );
+
+        // `alive` heartbeats every 100 ms; `silent` says nothing after its
+        // session opened (its stream stays open).
+        let mut changes = store.subscribe();
+        let mut beats = tokio::time::interval(Duration::from_millis(100));
+        let down_after = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tokio::select! {
+                    _ = beats.tick() => {
+                        assert_eq!(
+                            dispatcher.heartbeat(&alive_id).await,
+                            Ok(MIN_HEARTBEAT_PERIOD)
+                        );
+                    }
+                    changed = changes.changed() => {
+                        changed.expect("store");
+                        if node_state(&store, "silent") == Some(NodeState::Down) {
+                            return silent_opened.elapsed();
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the silent node is marked down");
+        assert!(down_after > grace, "not before the grace: {down_after:?}");
+        assert!(
+            down_after <= grace + CHECK_INTERVAL + Duration::from_millis(500),
+            "within the grace and one check: {down_after:?}"
+        );
+        assert_eq!(node_state(&store, "alive"), Some(NodeState::Ready));
+
+        // Its session is closed and the dispatcher no longer knows it.
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while silent.messages.recv().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the silent node's session ends");
+        assert_eq!(
+            dispatcher.heartbeat(&silent_id).await,
+            Err(RpcError::NoSession(silent_id.clone()))
+        );
+
+        // Twice the grace later, the heartbeating node is still ready.
+        let until = Instant::now() + grace * 2;
+        while Instant::now() < until {
+            beats.tick().await;
+            assert_eq!(
+                dispatcher.heartbeat(&alive_id).await,
+                Ok(MIN_HEARTBEAT_PERIOD)
+            );
+        }
+        assert_eq!(node_state(&store, "alive"), Some(NodeState::Ready));
+        assert!(!alive.messages.is_closed(), "its session stays open");
+
+        // The silent node comes back: a new session registers it again.
+        let _back = dispatcher
+            .open_session(description("silent"))
+            .await
+            .expect("session");
+        assert_eq!(node_state(&store, "silent"), Some(NodeState::Ready));
+        assert_eq!(
+            dispatcher.heartbeat(&silent_id).await,
+            Ok(MIN_HEARTBEAT_PERIOD)
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_closed_session_is_down_after_the_grace_of_its_last_heartbeat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with_workers(dir.path(), &["w1"]).await;
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_secs(1);
+        let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), grace);
+        dispatcher.watch_liveness();
+        let session = dispatcher
+            .open_session(description("w1"))
+            .await
+            .expect("session");
+        let opened = Instant::now();
+        let mut changes = store.subscribe();
+        drop(session);
+        let down_after = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                changes.changed().await.expect("store");
+                if node_state(&store, "w1") == Some(NodeState::Down) {
+                    return opened.elapsed();
+                }
+            }
+        })
+        .await
+        .expect("the node is marked down");
+        assert!(down_after > grace, "not before the grace: {down_after:?}");
+        assert!(
+            down_after <= grace + CHECK_INTERVAL + Duration::from_millis(500),
+            "{down_after:?}"
+        );
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -36,7 +36,8 @@ pub struct ManagerConfig {
     pub advertise: Option<String>,
     /// Lifetime of node certificates.
     pub cert_validity: Duration,
-    /// How long a node may be without a session before it is `down`.
+    /// How long a node of a small cluster may go without a heartbeat before
+    /// it is `down` (see [`crate::dispatcher::node_down_grace`]).
     pub node_down_grace: Duration,
 }
 
@@ -168,7 +169,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
 
     let dispatcher =
         DispatcherService::new(store.clone(), manager_stop.clone(), config.node_down_grace);
-    dispatcher.watch_unconnected_nodes();
+    dispatcher.watch_liveness();
     tasks.push(tokio::spawn(crate::control::run(
         store.clone(),
         manager_stop.clone(),

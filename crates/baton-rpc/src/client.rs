@@ -8,6 +8,8 @@
 //!   first step of a join: fetch the root over one-way TLS and check it against
 //!   the token's digest before anything secret is sent.
 
+use std::time::Duration;
+
 use baton_state::{NodeId, TaskReport};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -124,6 +126,15 @@ impl Dispatcher for GrpcDispatcher {
             .await
             .map_err(|s| convert::status_to_rpc_error(&s, node, request))?;
         Ok(())
+    }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {
+        let res = self
+            .client()
+            .heartbeat(pb::HeartbeatRequest {})
+            .await
+            .map_err(|s| convert::status_to_rpc_error(&s, node, 0))?;
+        Ok(Duration::from_millis(res.into_inner().period_ms))
     }
 }
 

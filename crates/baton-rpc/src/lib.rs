@@ -4,7 +4,8 @@
 //! [`AssignmentSet`] down it every time that set changes (push, never pull: the
 //! agent never lists the cluster) and asks for task logs through it. The agent
 //! reports task state changes with [`Dispatcher::report`] and streams requested
-//! logs with [`Dispatcher::send_logs`].
+//! logs with [`Dispatcher::send_logs`], and says it is alive with
+//! [`Dispatcher::heartbeat`] at the period the dispatcher answers.
 //!
 //! [`Dispatcher`] is the seam: `baton dev` connects the agent to the manager
 //! in-process through it; the networked transport (gRPC over mutual TLS)
@@ -35,6 +36,7 @@
 #![warn(missing_docs)]
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use baton_spec::{DriverKind, Resources, TaskSpec};
 use baton_state::{NodeId, TaskDesired, TaskId, TaskReport, TaskState};
@@ -186,4 +188,10 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// Sends the next piece of a requested log stream.
     async fn send_logs(&self, node: &NodeId, request: u64, event: LogEvent)
     -> Result<(), RpcError>;
+
+    /// Says the node is alive. Returns the period at which the dispatcher
+    /// wants the next heartbeats; a node that stays silent for longer than
+    /// the dispatcher's grace is marked down. Needs an open session
+    /// ([`RpcError::NoSession`] otherwise: open a new one).
+    async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError>;
 }

@@ -184,6 +184,21 @@ impl pb::dispatcher_server::Dispatcher for DispatcherServer {
             .map_err(|e| convert::rpc_error_to_status(&e))?;
         Ok(Response::new(pb::SendLogsResponse {}))
     }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let identity = auth::require_node(&req, "Dispatcher/Heartbeat")?;
+        let period = self
+            .inner
+            .heartbeat(&node_of(&identity))
+            .await
+            .map_err(|e| convert::rpc_error_to_status(&e))?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
 }
 
 /// The CA on the wire.

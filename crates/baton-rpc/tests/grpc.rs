@@ -152,6 +152,10 @@ impl Dispatcher for Recorder {
             .push((node.clone(), request, event));
         Ok(())
     }
+
+    async fn heartbeat(&self, _node: &NodeId) -> Result<std::time::Duration, RpcError> {
+        Ok(std::time::Duration::from_secs(1))
+    }
 }
 
 const GOOD_TOKEN: &str = "BATON-1-test-worker-secret";

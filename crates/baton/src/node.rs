@@ -28,9 +28,12 @@ pub struct ManagerArgs {
     /// Cluster address others should use, when `--listen` is not it.
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
-    /// How long a node may be without a session before it is marked down and
-    /// its tasks move elsewhere.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    /// How long a node of a small cluster may go without a heartbeat before it
+    /// is marked down and its tasks move elsewhere (agents heartbeat every
+    /// second up to 50 nodes; on a larger cluster the period grows to keep
+    /// the manager under 50 heartbeats a second, and the grace grows by three
+    /// times that growth).
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = duration)]
     pub node_down_grace: Duration,
     /// Lifetime of node certificates (renewed at 50-80% of it).
     #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = duration)]

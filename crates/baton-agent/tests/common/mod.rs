@@ -56,6 +56,9 @@ struct FakeState {
     closed_logs: HashSet<u64>,
     rejected_logs: HashMap<u64, u32>,
     next_log: u64,
+    heartbeats: u32,
+    heartbeat_period: Option<Duration>,
+    refuse_heartbeats: bool,
 }
 
 /// A dispatcher that records what the agent sends and lets a test push
@@ -77,6 +80,22 @@ impl FakeDispatcher {
     /// Sessions opened so far.
     pub fn sessions_opened(&self) -> u32 {
         self.lock().sessions_opened
+    }
+
+    /// Heartbeats taken so far.
+    pub fn heartbeats(&self) -> u32 {
+        self.lock().heartbeats
+    }
+
+    /// The period heartbeats answer with (1 s unless set).
+    pub fn set_heartbeat_period(&self, period: Duration) {
+        self.lock().heartbeat_period = Some(period);
+    }
+
+    /// Answers heartbeats with "no session" (as a dispatcher that marked the
+    /// node down), or takes them again.
+    pub fn refuse_heartbeats(&self, refuse: bool) {
+        self.lock().refuse_heartbeats = refuse;
     }
 
     /// What the agent said when it last opened a session.
@@ -246,6 +265,15 @@ impl Dispatcher for FakeDispatcher {
         }
         state.logs.entry(request).or_default().push(event);
         Ok(())
+    }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {
+        let mut state = self.lock();
+        if state.refuse_heartbeats {
+            return Err(RpcError::NoSession(node.clone()));
+        }
+        state.heartbeats += 1;
+        Ok(state.heartbeat_period.unwrap_or(Duration::from_secs(1)))
     }
 }
 

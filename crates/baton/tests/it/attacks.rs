@@ -164,14 +164,7 @@ impl Cluster {
         let mut cmd = Command::new(baton_bin());
         cmd.args(["manager", "--data-dir"])
             .arg(dir.join("manager"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--api",
-                "127.0.0.1:0",
-                "--node-down-grace",
-                "2s",
-            ]);
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
         let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
         let worker_token = manager
             .line("  worker: ")
@@ -730,6 +723,11 @@ async fn call(
             .await
             .map(drop)
             .map_err(|s| (i32::from(s.code()), s.message().to_owned())),
+        ("Dispatcher", "Heartbeat") => pb::dispatcher_client::DispatcherClient::new(channel)
+            .heartbeat(pb::HeartbeatRequest {})
+            .await
+            .map(drop)
+            .map_err(|s| (i32::from(s.code()), s.message().to_owned())),
         ("Ca", "GetRootCa") => pb::ca_client::CaClient::new(channel)
             .get_root_ca(pb::Empty {})
             .await
@@ -816,6 +814,7 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
         ("Dispatcher", "Session"),
         ("Dispatcher", "Report"),
         ("Dispatcher", "SendLogs"),
+        ("Dispatcher", "Heartbeat"),
         ("Ca", "GetRootCa"),
         ("Ca", "Join"),
         ("Ca", "Renew"),
@@ -1352,6 +1351,7 @@ fn a_removed_nodes_certificate_is_refused_and_it_never_becomes_ready_again() {
             ("Dispatcher", "Session"),
             ("Dispatcher", "Report"),
             ("Dispatcher", "SendLogs"),
+            ("Dispatcher", "Heartbeat"),
             // A renewal would launder the revoked identity into a fresh certificate.
             ("Ca", "Renew"),
         ] {

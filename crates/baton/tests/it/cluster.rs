@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::{alive, baton_bin, run_cli, signal, spec_file, text, wait_for};
 
@@ -98,14 +98,7 @@ impl Cluster {
         let mut cmd = Command::new(baton_bin());
         cmd.args(["manager", "--data-dir"])
             .arg(dir.join("manager"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--api",
-                "127.0.0.1:0",
-                "--node-down-grace",
-                "2s",
-            ]);
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
         let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
         let worker_token = manager
             .line("  worker: ")
@@ -308,6 +301,8 @@ fn a_killed_agent_goes_down_its_tasks_move_and_it_rejoins_without_duplicates() {
     assert_eq!(pids.len(), victim_slots.len());
 
     cluster.agents.get_mut(&victim).expect("victim").kill9();
+    // The default grace on a small cluster is 4 s, checked every 250 ms (kill
+    // to down measured at about 4.0 s); the bound here only stops a hung test.
     wait_for("the node to be down", Duration::from_secs(20), || {
         let nodes = cluster.json(&["node", "ls"]);
         nodes
@@ -356,4 +351,53 @@ fn a_killed_agent_goes_down_its_tasks_move_and_it_rejoins_without_duplicates() {
         .collect();
     slots.sort();
     assert_eq!(slots, vec!["0", "1"], "each slot runs exactly once");
+}
+
+/// The node's state as `baton node ls` shows it.
+fn node_state(cluster: &Cluster, id: &str) -> Option<String> {
+    cluster
+        .json(&["node", "ls"])
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == id)
+        .and_then(|n| n["state"].as_str().map(str::to_owned))
+}
+
+/// An agent that gets no CPU for 2 s (SIGSTOP: a starved or paused process)
+/// misses its heartbeats meanwhile but is not marked down: the grace is three
+/// periods and a second.
+#[test]
+fn an_agent_without_cpu_for_two_seconds_is_not_marked_down() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path());
+    let id = cluster.add_agent("a1", "1");
+    let pid = i32::try_from(cluster.agents["a1"].child.id()).expect("pid");
+    assert_eq!(node_state(&cluster, &id).as_deref(), Some("ready"));
+
+    signal(pid, "STOP");
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(2) {
+        let state = node_state(&cluster, &id);
+        if state.as_deref() != Some("ready") {
+            signal(pid, "CONT");
+            panic!(
+                "{id} is {state:?} after {:?} without cpu",
+                stopped.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(pid, "CONT");
+    // Still ready for longer than a grace after it resumes.
+    let resumed = Instant::now();
+    while resumed.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            node_state(&cluster, &id).as_deref(),
+            Some("ready"),
+            "{:?} after it resumed",
+            resumed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
