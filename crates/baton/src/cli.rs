@@ -396,10 +396,12 @@ pub async fn logs(config: Option<PathBuf>, args: LogsArgs) -> Result<(), Failure
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        stdout
-            .write_all(&chunk)
-            .and_then(|()| stdout.flush())
-            .map_err(|e| Failure::op(format!("writing output: {e}")))?;
+        match stdout.write_all(&chunk).and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            // The reader went away (`baton logs -f | head`): done, like any Unix tool.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Failure::op(format!("writing output: {e}"))),
+        }
     }
     Ok(())
 }
