@@ -7,11 +7,11 @@
 //! into another node's log stream.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_api::ClientConfig;
@@ -21,7 +21,7 @@ use baton_rpc::{Dispatcher, NodeDescription, SessionMessage, pb};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::harness::{baton_bin, run_cli, signal, spec_file, text, wait_for};
+use crate::harness::{Proc, baton_bin, run_cli, spec_file, text, wait_for};
 
 const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
@@ -41,112 +41,6 @@ fn now() -> i64 {
             .as_secs(),
     )
     .expect("now")
-}
-
-// ---------------------------------------------------------------------------
-// Processes (the small part of cluster.rs these tests need).
-
-/// A process whose stdout lines are collected; stderr goes to a log file.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> Proc {
-        let file = std::fs::File::create(log).expect("log file");
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            log: log.to_owned(),
-        }
-    }
-
-    /// Waits for a stdout line starting with `prefix`.
-    fn line(&mut self, prefix: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
-            return line.clone();
-        }
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| {
-                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                    panic!(
-                        "no line starting with {prefix:?}; saw {:?}; log:\n{log}",
-                        self.seen
-                    )
-                });
-            self.seen.push(line.clone());
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
-    }
-
-    /// Waits for `n` more stdout lines containing `needle`; returns every
-    /// line seen so far.
-    fn more_lines(&mut self, needle: &str, n: usize) -> Vec<String> {
-        let mut found = 0;
-        while found < n {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no more lines with {needle:?}; saw {:?}", self.seen));
-            if line.contains(needle) {
-                found += 1;
-            }
-            self.seen.push(line);
-        }
-        self.seen.clone()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM and wait for the exit.
-    fn stop(&mut self) {
-        signal(i32::try_from(self.child.id()).expect("pid"), "TERM");
-        wait_for("the process to exit", Duration::from_secs(30), || {
-            matches!(self.child.try_wait(), Ok(Some(_))).then_some(())
-        });
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(i32::try_from(self.child.id()).expect("pid"), "TERM");
-            for _ in 0..400 {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One manager and its agents.

@@ -223,3 +223,114 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A process whose stdout lines are collected; stderr goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).expect("log file");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    pub fn line(&mut self, prefix: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            return line.clone();
+        }
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    panic!(
+                        "no line starting with {prefix:?}; saw {:?}; log:\n{log}",
+                        self.seen
+                    )
+                });
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits for `n` more stdout lines containing `needle`; returns every
+    /// line seen so far.
+    pub fn more_lines(&mut self, needle: &str, n: usize) -> Vec<String> {
+        let mut found = 0;
+        while found < n {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no more lines with {needle:?}; saw {:?}", self.seen));
+            if line.contains(needle) {
+                found += 1;
+            }
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) {
+        signal(i32::try_from(self.child.id()).expect("pid"), "TERM");
+        wait_for("the process to exit", Duration::from_secs(30), || {
+            matches!(self.child.try_wait(), Ok(Some(_))).then_some(())
+        });
+    }
+}
+
+impl Proc {
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(i32::try_from(self.child.id()).expect("pid"), "TERM");
+            for _ in 0..400 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
