@@ -14,18 +14,15 @@
 //!    connections get it, open ones (agent sessions) are not touched;
 //! 3. proposes `RenewNodeCert`, so `baton node ls` shows the new expiry.
 //!
-//! A failed attempt is retried after [`retry_delay`]: 1 s, 2 s, 4 s ... capped
-//! at 60 s, the agent's schedule (`baton_agent::identity::retry_delay`). The
-//! loop never panics and never gives up while the manager runs.
-//!
-//! The clock is read only here, at the edge; the timing itself is
-//! `baton_pki`'s pure function of `(now, not_before, not_after, jitter)`.
+//! The schedule (renewal point, retries from 1 s to 60 s) is
+//! [`baton_rpc::renewal::run_renewals`], the same as agents'. The loop never
+//! panics and never gives up while the manager runs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_pki::{CertValidity, ClusterCa};
+use baton_rpc::renewal::{run_renewals, unix_now};
 use baton_state::{Command, NodeId};
 use baton_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -33,14 +30,6 @@ use tracing::Instrument as _;
 
 use crate::identity::{self, IdentityError};
 use crate::serving_cert::ServingCert;
-
-/// First retry delay after a failed renewal.
-pub const RENEW_RETRY_MIN: Duration = Duration::from_secs(1);
-/// Longest retry delay after failed renewals.
-pub const RENEW_RETRY_MAX: Duration = Duration::from_secs(60);
-/// The longest single sleep: the renewal point is recomputed at least this
-/// often, so a wall clock that jumps (suspend, NTP step) is noticed.
-const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 /// Why one renewal attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,81 +75,14 @@ impl std::fmt::Debug for SelfRenewal {
     }
 }
 
-/// How long to wait after the `failures`-th failed attempt in a row:
-/// [`RENEW_RETRY_MIN`] doubled per failure, capped at [`RENEW_RETRY_MAX`].
-pub fn retry_delay(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    RENEW_RETRY_MIN
-        .saturating_mul(1u32 << doublings)
-        .min(RENEW_RETRY_MAX)
-}
-
 /// Renews the manager's certificate until `shutdown` is cancelled (see the
 /// module doc). Never returns an error and never panics.
 pub async fn renew_loop(renewal: SelfRenewal, shutdown: CancellationToken) {
     let span = tracing::info_span!("renew", node_id = %renewal.node_id);
-    run(renewal, shutdown).instrument(span).await;
-}
-
-async fn run(renewal: SelfRenewal, shutdown: CancellationToken) {
-    // Drawn once per certificate: recomputing the wait must not move the point.
-    let mut jitter: f64 = rand::random();
-    let mut failures: u32 = 0;
-    loop {
-        let wait = if failures > 0 {
-            retry_delay(failures)
-        } else {
-            match current_validity(&renewal.cert) {
-                Ok(validity) => validity.renew_in(unix_now(), jitter),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the current certificate");
-                    RENEW_RETRY_MAX
-                }
-            }
-        };
-        if !wait.is_zero() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
-            }
-            if failures == 0 {
-                // Look at the clock again: a capped sleep ends early, and the
-                // wall clock may have jumped while sleeping.
-                continue;
-            }
-        }
-        let attempt = tokio::select! {
-            () = shutdown.cancelled() => return,
-            res = renew_once(&renewal) => res,
-        };
-        match attempt {
-            Ok(validity) => {
-                failures = 0;
-                jitter = rand::random();
-                tracing::info!(
-                    not_after = validity.not_after,
-                    renew_at = validity.renew_at(jitter),
-                    "certificate renewed"
-                );
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(
-                    error = %e,
-                    failures,
-                    retry_in_secs = retry_delay(failures).as_secs(),
-                    "certificate renewal failed"
-                );
-            }
-        }
-    }
-}
-
-fn current_validity(cert: &ServingCert) -> Result<CertValidity, RenewError> {
-    let leaf = cert
-        .leaf()
-        .ok_or_else(|| RenewError::Current("no certificate loaded".to_owned()))?;
-    baton_pki::cert_validity(&leaf).map_err(|e| RenewError::Current(e.to_string()))
+    let cert = renewal.cert.clone();
+    run_renewals(move || cert.leaf(), || renew_once(&renewal), shutdown)
+        .instrument(span)
+        .await;
 }
 
 /// One renewal; on success the new certificate is on disk and served.
@@ -190,13 +112,6 @@ async fn renew_once(renewal: &SelfRenewal) -> Result<CertValidity, RenewError> {
     Ok(new_validity)
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -205,13 +120,6 @@ mod tests {
 
     use super::*;
     use crate::identity::load_or_create;
-
-    #[test]
-    fn retries_back_off_from_one_second_to_a_minute() {
-        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60]);
-        assert_eq!(retry_delay(u32::MAX), RENEW_RETRY_MAX);
-    }
 
     #[tokio::test]
     async fn a_renewal_writes_serves_and_records_a_fresh_key() {

@@ -46,6 +46,7 @@ use tokio::sync::mpsc;
 pub mod auth;
 pub mod client;
 mod convert;
+pub mod renewal;
 pub mod server;
 pub mod tls;
 pub mod transport;

@@ -53,14 +53,6 @@ async fn load_offline(data_dir: &Path) -> Result<NodeIdentity, IdentityError> {
     load_or_join(data_dir, "127.0.0.1:1", None).await
 }
 
-#[test]
-fn retry_delay_doubles_from_one_second_to_a_minute() {
-    let secs: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
-    assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
-    assert_eq!(retry_delay(0), RENEW_RETRY_MIN);
-    assert_eq!(retry_delay(u32::MAX), RENEW_RETRY_MAX);
-}
-
 #[tokio::test]
 async fn stored_identity_loads_without_a_token_and_syncs_the_agent_node_id() {
     let dir = tempfile::tempdir().expect("tempdir");
