@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use baton_rpc::{
     Assignment, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError, Session,
-    SessionMessage,
+    SessionMessage, TrustUpdate,
 };
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId, TaskReport, TaskState};
@@ -97,6 +97,8 @@ pub struct Agent {
     outbox: Vec<TaskReport>,
     session_failures: u32,
     report_failures: u32,
+    /// Where pushed roots go (see [`Agent::run`]).
+    trust_updates: Option<mpsc::UnboundedSender<TrustUpdate>>,
     events_tx: mpsc::Sender<TaskEvent>,
     events_rx: mpsc::Receiver<TaskEvent>,
     runners: JoinSet<()>,
@@ -197,12 +199,18 @@ impl Agent {
     /// reporting: the next start reports them lost.
     ///
     /// Returns an error only if the data directory cannot be used.
+    ///
+    /// The roots the cluster pushes (a root CA rotation) go to
+    /// `trust_updates`, whose owner keeps the node's TLS trust and renewal in
+    /// line; the agent itself has no use for them.
     pub async fn run(
         config: AgentConfig,
         dispatcher: Arc<dyn Dispatcher>,
+        trust_updates: Option<mpsc::UnboundedSender<TrustUpdate>>,
         shutdown: CancellationToken,
     ) -> Result<(), AgentError> {
         let mut agent = Agent::prepare(config, dispatcher).await?;
+        agent.trust_updates = trust_updates;
         let span = tracing::info_span!("agent", node_id = %agent.node_id);
         agent.main_loop(shutdown).instrument(span).await;
         Ok(())
@@ -262,6 +270,7 @@ impl Agent {
             generation: 0,
             outbox: Vec::new(),
             session_failures: 0,
+            trust_updates: None,
             report_failures: 0,
             events_tx,
             events_rx,
@@ -309,6 +318,11 @@ impl Agent {
                 Event::Session(Some(SessionMessage::Logs(request))) => {
                     self.session_failures = 0;
                     self.serve_logs(request);
+                }
+                Event::Session(Some(SessionMessage::Trust(update))) => {
+                    if let Some(sink) = &self.trust_updates {
+                        let _ = sink.send(update);
+                    }
                 }
                 Event::Session(None) => {
                     tracing::info!("session closed");

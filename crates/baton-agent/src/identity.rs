@@ -31,10 +31,12 @@ mod verify;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use baton_pki::{JoinToken, Role};
+use baton_rpc::TrustUpdate;
 use baton_rpc::client::{CaClient, fetch_root_ca};
-use baton_rpc::tls::{ClientTls, HotCert};
+use baton_rpc::tls::{ClientTls, HotCert, HotTrust};
 use baton_rpc::transport;
 use baton_state::NodeId;
 use rustls::pki_types::UnixTime;
@@ -59,10 +61,14 @@ pub struct NodeIdentity {
     pub role: Role,
     /// The cluster's id (the certificate's O).
     pub cluster_id: String,
-    /// The cluster's root CA, PEM: the only thing this node trusts.
-    pub root_pem: String,
+    /// The cluster's roots: the only thing this node trusts. The cluster
+    /// changes them through the session during a root CA rotation
+    /// ([`NodeIdentity::apply_trust`]).
+    pub trust: HotTrust,
     /// The node's current certificate and private key, swapped on renewal.
     pub cert: HotCert,
+    /// Wakes the renewal loop for a renewal now.
+    pub renew_now: Arc<tokio::sync::Notify>,
     files: IdentityFiles,
 }
 
@@ -82,7 +88,27 @@ impl NodeIdentity {
     /// The TLS client configuration of this node: trusts only managers of its
     /// cluster and presents its current certificate on every new connection.
     pub fn client_tls(&self) -> Result<ClientTls, IdentityError> {
-        Ok(ClientTls::new(&self.root_pem, self.cert.clone())?)
+        Ok(ClientTls::with_trust(&self.trust, self.cert.clone())?)
+    }
+
+    /// Takes the roots the cluster pushed: trusted from the next handshake
+    /// on and kept on disk for the next start; and renews the certificate
+    /// at once if the cluster says its root is being retired. The update
+    /// came over the mutually authenticated session, from a manager this
+    /// node already trusts.
+    pub fn apply_trust(&self, update: &TrustUpdate) -> Result<(), IdentityError> {
+        if self.trust.pem() != update.roots_pem {
+            self.trust.set(&update.roots_pem)?;
+            self.files.write_root(&update.roots_pem)?;
+            tracing::info!(
+                roots = baton_pki::pem_certificates(&update.roots_pem).len(),
+                "cluster roots updated"
+            );
+        }
+        if update.renew_now {
+            self.renew_now.notify_one();
+        }
+        Ok(())
     }
 
     /// The identity directory, `data_dir/identity`.
@@ -168,8 +194,9 @@ fn load(
         node_id: NodeId(identity.node_id),
         role: identity.role,
         cluster_id: identity.cluster_id,
-        root_pem: stored.root_pem,
+        trust: HotTrust::new(&stored.root_pem)?,
         cert,
+        renew_now: Arc::default(),
         files,
     })
 }
@@ -223,8 +250,9 @@ async fn join(
         node_id: NodeId(identity.node_id),
         role: identity.role,
         cluster_id: identity.cluster_id,
-        root_pem,
+        trust: HotTrust::new(&root_pem)?,
         cert,
+        renew_now: Arc::default(),
         files,
     })
 }

@@ -17,7 +17,7 @@ use baton_rpc::{
     AssignmentSet, Dispatcher, LogEvent, NodeDescription, RpcError, Session, SessionMessage,
 };
 use baton_spec::Resources;
-use baton_state::{Cluster, Command, NodeId, NodeRole, TaskReport, Timestamp};
+use baton_state::{Command, NodeId, NodeRole, TaskReport, Timestamp};
 use baton_store::{LocalStore, LocalStoreConfig, Store};
 use rustls::server::ParsedCertificate;
 use tokio::net::TcpListener;
@@ -113,17 +113,20 @@ impl TestCluster {
         let root = ClusterCa::generate(CLUSTER_ID, now, 365 * DAY).expect("root ca");
         let worker = JoinToken::generate(&root.root_digest()).expect("token");
         let manager = JoinToken::generate(&root.root_digest()).expect("token");
+        let tokens = baton_manager::identity::StoredTokens {
+            worker: worker.format(),
+            manager: manager.format(),
+        };
+        let cluster = baton_manager::identity::new_cluster(
+            root.cert_pem(),
+            Some(baton_state::Secret::new(root.key_pem())),
+            None,
+            &tokens,
+            cert_validity,
+        )
+        .expect("cluster");
         store
-            .propose(Command::InitCluster {
-                cluster: Cluster {
-                    id: CLUSTER_ID.to_owned(),
-                    root_ca_pem: root.cert_pem().to_owned(),
-                    worker_token_digest: baton_pki::hex(&worker.secret_digest()),
-                    manager_token_digest: baton_pki::hex(&manager.secret_digest()),
-                    cert_validity,
-                    created_at: Timestamp(1),
-                },
-            })
+            .propose(Command::InitCluster { cluster })
             .await
             .expect("init cluster");
         // The manager's own certificate outlives the test, whatever the
@@ -141,7 +144,10 @@ impl TestCluster {
         let dispatcher = Arc::new(TestDispatcher::default());
         let router = baton_rpc::server::router(
             dispatcher.clone(),
-            Arc::new(ManagerCa::new(store.clone(), root)),
+            Arc::new(ManagerCa::new(
+                store.clone(),
+                Arc::new(baton_manager::signer::Signer::new()),
+            )),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();

@@ -268,6 +268,13 @@ impl ApiClient {
         self.json(self.request(Method::GET, "/v1/cluster")).await
     }
 
+    /// `POST /v1/cluster/ca/rotate`: starts moving the cluster to a new
+    /// root CA; answers the cluster with the rotation's progress.
+    pub async fn rotate_root_ca(&self) -> Result<ClusterInfo, ApiError> {
+        self.json(self.request(Method::POST, "/v1/cluster/ca/rotate"))
+            .await
+    }
+
     /// `POST /v1/cluster/settings`: changes cluster-wide settings; answers
     /// the cluster as it is afterwards.
     pub async fn update_cluster(

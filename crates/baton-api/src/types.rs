@@ -215,6 +215,26 @@ pub struct ClusterInfo {
     pub cert_expiry_secs: u64,
     /// When the cluster was created (ms since the epoch).
     pub created_at: u64,
+    /// Who signs certificates: `cluster` (the managers hold the root key)
+    /// or the URL of the external CA they relay CSRs to.
+    #[serde(default)]
+    pub signer: String,
+    /// A move to a new root CA, while it lasts.
+    #[serde(default)]
+    pub root_rotation: Option<RootRotationInfo>,
+}
+
+/// Progress of a root CA rotation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RootRotationInfo {
+    /// SHA-256 of the new root certificate (DER), hex: what new join tokens pin.
+    pub new_root_digest: String,
+    /// When it started (ms since the epoch).
+    pub started_at: u64,
+    /// Nodes that still hold a certificate from the old root. The rotation
+    /// finishes, and the old root stops being trusted, once this is empty
+    /// (a node that is gone for good blocks it until `baton node rm`).
+    pub pending_nodes: Vec<String>,
 }
 
 /// Body of `POST /v1/cluster/settings`: the settings to change; an absent

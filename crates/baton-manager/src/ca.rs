@@ -5,31 +5,30 @@
 //! cluster's root, and its secret's SHA-256 must equal the worker or the
 //! manager token digest in the state (compared in constant time); the role
 //! comes from which one matched. The node id is chosen here, at random, and
-//! the CSR contributes nothing but its public key ([`ClusterCa::issue`]). The
+//! the CSR contributes nothing but its public key ([`crate::signer`]). The
 //! admission is committed to the store before the certificate is returned, so
 //! a certificate never exists for a node the cluster does not know.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use baton_pki::{ClusterCa, JoinToken, PeerIdentity, PkiError, Role};
+use baton_pki::{JoinToken, PeerIdentity, Role};
 use baton_rpc::server::{CaError, CaService};
-use baton_state::{Command, NodeId, NodeRole, Timestamp};
+use baton_state::{Cluster, Command, NodeId, NodeRole};
 use baton_store::{Store, StoreError};
 
 use crate::now;
+use crate::signer::{Issued, SignError, Signer};
 
-/// The CA service of a manager that holds the root key.
+/// The CA service of a manager: signs locally with the root key in the
+/// state, or relays to the external CA (see [`crate::signer`]).
 pub struct ManagerCa {
     store: Arc<dyn Store>,
-    ca: ClusterCa,
+    signer: Arc<Signer>,
 }
 
 impl std::fmt::Debug for ManagerCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagerCa")
-            .field("cluster_id", &self.ca.cluster_id())
-            .finish_non_exhaustive()
+        f.debug_struct("ManagerCa").finish_non_exhaustive()
     }
 }
 
@@ -45,28 +44,16 @@ fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn unix_secs(ts: Timestamp) -> i64 {
-    i64::try_from(ts.0 / 1000).unwrap_or(i64::MAX)
+fn unix_secs_now() -> i64 {
+    i64::try_from(now().0 / 1000).unwrap_or(i64::MAX)
 }
 
-fn cert_expiry(cert_pem: &str) -> Result<Timestamp, CaError> {
-    let der = baton_pki::certificate_der(cert_pem)
-        .map_err(|e| CaError::Unavailable(format!("issued an unreadable certificate: {e}")))?;
-    let identity = baton_pki::peer_identity(&der)
-        .map_err(|e| CaError::Unavailable(format!("issued an unreadable certificate: {e}")))?;
-    Ok(Timestamp(
-        u64::try_from(identity.not_after)
-            .unwrap_or(0)
-            .saturating_mul(1000),
-    ))
-}
-
-fn signing_error(e: PkiError) -> CaError {
+fn signing_error(e: SignError) -> CaError {
     match e {
-        PkiError::InvalidCsr(m) => {
+        SignError::InvalidCsr(m) => {
             CaError::InvalidRequest(format!("certificate signing request: {m}"))
         }
-        other => CaError::Unavailable(format!("signing failed: {other}")),
+        other => CaError::Unavailable(other.to_string()),
     }
 }
 
@@ -75,22 +62,22 @@ fn store_error(e: StoreError) -> CaError {
 }
 
 impl ManagerCa {
-    /// A CA service over `store` signing with `ca`.
-    pub fn new(store: Arc<dyn Store>, ca: ClusterCa) -> ManagerCa {
-        ManagerCa { store, ca }
+    /// A CA service over `store` signing through `signer`.
+    pub fn new(store: Arc<dyn Store>, signer: Arc<Signer>) -> ManagerCa {
+        ManagerCa { store, signer }
     }
 
-    fn validity(&self) -> Result<Duration, CaError> {
+    fn cluster(&self) -> Result<Cluster, CaError> {
         self.store
             .snapshot()
             .state
             .cluster()
-            .map(|c| c.cert_validity)
+            .cloned()
             .ok_or_else(|| CaError::Unavailable("the cluster is not initialised".to_owned()))
     }
 
     /// Which role a presented token grants, if any.
-    fn role_for(&self, token: &JoinToken) -> Result<NodeRole, CaError> {
+    fn role_for(&self, token: &JoinToken, cluster: &Cluster) -> Result<NodeRole, CaError> {
         // The same answer for every wrong token, so a caller learns nothing by trying.
         let refused = || {
             CaError::PermissionDenied(
@@ -98,11 +85,11 @@ impl ManagerCa {
                     .to_owned(),
             )
         };
-        if token.verify_ca(self.ca.cert_der()).is_err() {
+        // Either root during a rotation: a token printed before it still
+        // names the old one.
+        if !cluster.trusts_root(token.ca_digest()) {
             return Err(refused());
         }
-        let snapshot = self.store.snapshot();
-        let cluster = snapshot.state.cluster().ok_or_else(refused)?;
         let worker = digest_bytes(&cluster.worker_token_digest).ok_or_else(refused)?;
         let manager = digest_bytes(&cluster.manager_token_digest).ok_or_else(refused)?;
         // Both comparisons always run: timing does not tell which one matched.
@@ -114,9 +101,30 @@ impl ManagerCa {
             (false, false) => Err(refused()),
         }
     }
+
+    async fn issue(
+        &self,
+        cluster: &Cluster,
+        csr_pem: &str,
+        id: &NodeId,
+        role: NodeRole,
+    ) -> Result<Issued, CaError> {
+        self.signer
+            .issue(
+                cluster,
+                csr_pem,
+                &id.0,
+                pki_role(role),
+                unix_secs_now(),
+                cluster.cert_validity,
+            )
+            .await
+            .map_err(signing_error)
+    }
 }
 
-fn pki_role(role: NodeRole) -> Role {
+/// The certificate role of a node role.
+pub fn pki_role(role: NodeRole) -> Role {
     match role {
         NodeRole::Manager => Role::Manager,
         NodeRole::Worker => Role::Worker,
@@ -126,32 +134,28 @@ fn pki_role(role: NodeRole) -> Role {
 #[async_trait::async_trait]
 impl CaService for ManagerCa {
     async fn root_ca(&self) -> Result<String, CaError> {
-        Ok(self.ca.cert_pem().to_owned())
+        Ok(self.cluster()?.trust_pem())
     }
 
     async fn join(&self, csr_pem: &str, token: &str) -> Result<(NodeId, String), CaError> {
         let token = JoinToken::parse(token)
             .map_err(|e| CaError::PermissionDenied(format!("join token refused: {e}")))?;
-        let role = self.role_for(&token)?;
-        let validity = self.validity()?;
+        let cluster = self.cluster()?;
+        let role = self.role_for(&token, &cluster)?;
         let id = NodeId(baton_pki::hex(&rand::random::<[u8; 8]>()));
-        let now = now();
-        let cert_pem = self
-            .ca
-            .issue(csr_pem, &id.0, pki_role(role), unix_secs(now), validity)
-            .map_err(signing_error)?;
-        let cert_not_after = cert_expiry(&cert_pem)?;
+        let issued = self.issue(&cluster, csr_pem, &id, role).await?;
         self.store
             .propose(Command::AdmitNode {
                 id: id.clone(),
                 role,
-                cert_not_after,
-                now,
+                cert_not_after: issued.not_after,
+                cert_root: issued.root_digest,
+                now: now(),
             })
             .await
             .map_err(store_error)?;
         tracing::info!(node_id = %id, role = role.as_str(), "node joined");
-        Ok((id, cert_pem))
+        Ok((id, issued.chain_pem))
     }
 
     async fn renew(&self, identity: &PeerIdentity, csr_pem: &str) -> Result<String, CaError> {
@@ -168,21 +172,18 @@ impl CaService for ManagerCa {
                 )
             })?;
         let role = member.role;
-        let validity = self.validity()?;
-        let cert_pem = self
-            .ca
-            .issue(csr_pem, &id.0, pki_role(role), unix_secs(now()), validity)
-            .map_err(signing_error)?;
-        let cert_not_after = cert_expiry(&cert_pem)?;
+        let cluster = self.cluster()?;
+        let issued = self.issue(&cluster, csr_pem, &id, role).await?;
         self.store
             .propose(Command::RenewNodeCert {
                 id: id.clone(),
-                cert_not_after,
+                cert_not_after: issued.not_after,
+                cert_root: issued.root_digest,
             })
             .await
             .map_err(store_error)?;
         tracing::info!(node_id = %id, "certificate renewed");
-        Ok(cert_pem)
+        Ok(issued.chain_pem)
     }
 }
 

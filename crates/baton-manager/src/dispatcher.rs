@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use baton_rpc::{
     Assignment, AssignmentSet, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError,
-    Session, SessionMessage,
+    Session, SessionMessage, TrustUpdate,
 };
 use baton_state::{Command, Node, NodeAvailability, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
@@ -329,6 +329,7 @@ impl DispatcherService {
     ) {
         let mut changes = self.store.subscribe();
         let mut last: Option<Vec<Assignment>> = None;
+        let mut last_trust: Option<TrustUpdate> = None;
         let mut seq = 0;
         loop {
             let snapshot = changes.borrow_and_update().clone();
@@ -364,6 +365,18 @@ impl DispatcherService {
                 }
                 return;
             }
+            if let Some(update) = trust_for(&snapshot.state, &node)
+                && last_trust.as_ref() != Some(&update)
+            {
+                if tx
+                    .send(SessionMessage::Trust(update.clone()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                last_trust = Some(update);
+            }
             let tasks = assignments_for(&snapshot.state, &node);
             if last.as_ref() != Some(&tasks) {
                 seq += 1;
@@ -395,6 +408,21 @@ impl DispatcherService {
             tracing::info!(node_id = %node, "agent session closed");
         }
     }
+}
+
+/// The roots a node must trust now and whether its certificate comes from
+/// a root being retired (it must renew at once).
+fn trust_for(state: &State, node: &NodeId) -> Option<TrustUpdate> {
+    let cluster = state.cluster()?;
+    let renew_now = cluster.root_rotation.as_ref().is_some_and(|rotation| {
+        state
+            .member(node)
+            .is_some_and(|m| !m.cert_root.eq_ignore_ascii_case(&rotation.new_root_digest))
+    });
+    Some(TrustUpdate {
+        roots_pem: cluster.trust_pem(),
+        renew_now,
+    })
 }
 
 /// The liveness loop: every [`CHECK_INTERVAL`], marks down the nodes that
@@ -626,15 +654,22 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(
             LocalStore::open(LocalStoreConfig::new(dir.join("state.redb"))).expect("store"),
         );
-        crate::identity::load_or_create(dir, store.as_ref(), Duration::from_secs(3600))
-            .await
-            .expect("cluster");
+        crate::identity::load_or_create(
+            dir,
+            store.as_ref(),
+            &crate::signer::Signer::new(),
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+        .expect("cluster");
         for id in ids {
             store
                 .propose(Command::AdmitNode {
                     id: NodeId((*id).to_owned()),
                     role: NodeRole::Worker,
                     cert_not_after: Timestamp(u64::MAX),
+                    cert_root: String::new(),
                     now: now(),
                 })
                 .await
@@ -780,27 +815,22 @@ mod tests {
     #[tokio::test]
     async fn a_removed_node_loses_its_open_session_and_cannot_open_another() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
-        );
-        crate::identity::load_or_create(dir.path(), store.as_ref(), Duration::from_secs(3600))
-            .await
-            .expect("cluster");
-        store
-            .propose(Command::AdmitNode {
-                id: NodeId("w1".to_owned()),
-                role: NodeRole::Worker,
-                cert_not_after: Timestamp(u64::MAX),
-                now: now(),
-            })
-            .await
-            .expect("admit");
+        let store = store_with_workers(dir.path(), &["w1"]).await;
         let shutdown = CancellationToken::new();
         let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), NODE_DOWN_GRACE);
         let mut session = dispatcher
             .open_session(description("w1"))
             .await
             .expect("session");
+        // A session starts with the roots to trust, then the assignments.
+        let cluster = store.snapshot().state.cluster().cloned().expect("cluster");
+        assert_eq!(
+            session.messages.recv().await,
+            Some(SessionMessage::Trust(TrustUpdate {
+                roots_pem: cluster.trust_pem(),
+                renew_now: false,
+            }))
+        );
         assert!(matches!(
             session.messages.recv().await,
             Some(SessionMessage::Assignments(_))

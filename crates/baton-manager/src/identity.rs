@@ -1,17 +1,24 @@
-//! The manager's identity on disk: the cluster CA, its own node certificate
-//! and the join tokens it created.
+//! The manager's identity: the cluster record (root CA included), its own
+//! node certificate and the join tokens it created.
 //!
 //! On an empty data dir [`load_or_create`] creates a cluster; on an existing
 //! one it loads what is there. Every step is idempotent, in an order that a
-//! crash at any point can resume from: CA files, token file, `InitCluster`,
-//! node key and certificate, `AdmitNode`. A stored node certificate that
-//! cannot be served (its key does not match, as after a crash in the middle
-//! of a renewal, or it expired while the manager was stopped) is replaced by
-//! a new one from the CA at start, recorded with `RenewNodeCert`; while the
-//! manager runs, [`crate::renew`] renews it.
+//! crash at any point can resume from: token file, `InitCluster` (which
+//! carries the new root CA and its key: one atomic write, replicated with
+//! the rest of the state, so there is no CA file to lose or to disagree
+//! with the state), node key and certificate, `AdmitNode`. A stored node
+//! certificate that cannot be served (its key does not match, as after a
+//! crash in the middle of a renewal; it expired while the manager was
+//! stopped; its root is no longer trusted) is replaced by a new one at start,
+//! recorded with `RenewNodeCert`; while the manager runs, [`crate::renew`]
+//! renews it.
+//!
+//! With an external CA ([`ExternalCaInit`]) the cluster is created around the
+//! operator's root certificate, no root key exists on the manager, and its
+//! own certificate comes from the external CA like every other.
 //!
 //! Layout (secrets 0600):
-//! - `ca/root.pem`, `ca/root-key.pem`: the root CA (the key never leaves this dir)
+//! - `state.redb`: the state, root CA key included (0600)
 //! - `node/id`, `node/cert.pem`, `node/key.pem`: this manager's node identity
 //! - `join-tokens.toml`: the current tokens, for `baton cluster join-token`; the
 //!   state holds only their digests
@@ -22,8 +29,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_pki::{ClusterCa, JoinToken, Role};
-use baton_state::{Cluster, Command, NodeId, NodeRole, Timestamp};
+use baton_state::{Cluster, Command, ExternalCa, NodeId, NodeRole, Secret, Timestamp};
 use baton_store::Store;
+
+use crate::signer::{SignError, Signer};
 use serde::{Deserialize, Serialize};
 
 use crate::now;
@@ -59,6 +68,31 @@ pub enum IdentityError {
     /// The data dir and the state disagree.
     #[error("inconsistent data dir: {0}")]
     Inconsistent(String),
+    /// A certificate could not be issued.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// The external CA settings are unusable.
+    #[error("external CA: {0}")]
+    ExternalCa(String),
+}
+
+/// How to create a cluster whose certificates an external CA signs.
+#[derive(Clone)]
+pub struct ExternalCaInit {
+    /// The signer's authenticated signing endpoint (https).
+    pub url: String,
+    /// Its authentication key (hex).
+    pub auth_key: Secret,
+    /// The external CA's root certificate, PEM: the cluster's root.
+    pub root_pem: String,
+}
+
+impl fmt::Debug for ExternalCaInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalCaInit")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Join tokens as stored for display (never logged).
@@ -78,8 +112,6 @@ impl fmt::Debug for StoredTokens {
 
 /// What a manager knows about itself.
 pub struct ManagerIdentity {
-    /// The cluster CA.
-    pub ca: ClusterCa,
     /// Cluster id.
     pub cluster_id: String,
     /// This manager's node id.
@@ -99,6 +131,35 @@ impl fmt::Debug for ManagerIdentity {
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
+}
+
+/// A new cluster record around `root` (whose key the managers hold, unless
+/// `external` names the signer that does): what `InitCluster` stores.
+pub fn new_cluster(
+    root_pem: &str,
+    root_key: Option<Secret>,
+    external: Option<ExternalCa>,
+    tokens: &StoredTokens,
+    cert_validity: Duration,
+) -> Result<Cluster, IdentityError> {
+    let der = baton_pki::certificate_der(root_pem)?;
+    let id = root_cluster_id(&der)
+        .ok_or_else(|| IdentityError::Inconsistent("the root CA names no cluster (O)".into()))?;
+    let digest = |t: &str| -> Result<String, IdentityError> {
+        Ok(baton_pki::hex(&JoinToken::parse(t)?.secret_digest()))
+    };
+    Ok(Cluster {
+        id,
+        root_ca_pem: root_pem.to_owned(),
+        root_digest: baton_pki::root_digest(&der),
+        root_ca_key: root_key,
+        external_ca: external,
+        root_rotation: None,
+        worker_token_digest: digest(&tokens.worker)?,
+        manager_token_digest: digest(&tokens.manager)?,
+        cert_validity,
+        created_at: now(),
+    })
 }
 
 fn read(path: &Path) -> Result<Option<String>, IdentityError> {
@@ -155,96 +216,73 @@ pub fn store_tokens(dir: &Path, tokens: &StoredTokens) -> Result<(), IdentityErr
     write(&dir.join("join-tokens.toml"), text.as_bytes(), 0o600)
 }
 
-/// Loads the manager's identity from `dir`, creating the cluster on first start.
+/// Loads the manager's identity from `dir`, creating the cluster on first
+/// start (around `external`'s root when given; ignored on later starts).
 pub async fn load_or_create(
     dir: &Path,
     store: &dyn Store,
+    signer: &Signer,
     cert_validity: Duration,
+    external: Option<ExternalCaInit>,
 ) -> Result<ManagerIdentity, IdentityError> {
-    let (root_path, root_key_path) = (dir.join("ca/root.pem"), dir.join("ca/root-key.pem"));
-    let state_cluster = store.snapshot().state.cluster().cloned();
     let mut created = None;
 
-    // 1. The CA.
-    let ca = match (read(&root_path)?, read(&root_key_path)?, &state_cluster) {
-        (Some(cert), Some(key), _) => {
-            let cluster_id = state_cluster
-                .as_ref()
-                .map(|c| c.id.clone())
-                .or_else(|| {
-                    // Created but not yet in the state (crash before InitCluster):
-                    // the id is in the certificate's O.
-                    baton_pki::certificate_der(&cert)
-                        .ok()
-                        .and_then(|der| root_cluster_id(&der))
-                })
-                .ok_or_else(|| IdentityError::Inconsistent("root CA has no cluster id".into()))?;
-            ClusterCa::from_pem(&cluster_id, &cert, &key)?
-        }
-        (None, None, None) => {
-            let ca = ClusterCa::generate(&random_id(), unix_secs(now()), ROOT_VALIDITY)?;
-            write(&root_key_path, ca.key_pem().as_bytes(), 0o600)?;
-            write(&root_path, ca.cert_pem().as_bytes(), 0o644)?;
-            ca
-        }
-        (_, _, Some(cluster)) => {
-            return Err(IdentityError::Inconsistent(format!(
-                "the state belongs to cluster {} but {} is missing",
-                cluster.id,
-                root_key_path.display()
-            )));
-        }
-        _ => {
-            return Err(IdentityError::Inconsistent(format!(
-                "only one of {} and {} exists",
-                root_path.display(),
-                root_key_path.display()
-            )));
-        }
-    };
-    if let Some(cluster) = &state_cluster
-        && cluster.root_ca_pem != ca.cert_pem()
-    {
-        return Err(IdentityError::Inconsistent(format!(
-            "{} is not the root CA of cluster {}",
-            root_path.display(),
-            cluster.id
-        )));
-    }
-
-    // 2. Tokens and the cluster record.
-    if state_cluster.is_none() {
-        let tokens = match stored_tokens(dir)? {
-            Some(tokens) => tokens,
+    // 1. Tokens and the cluster record (with its root CA).
+    if store.snapshot().state.cluster().is_none() {
+        let (root_pem, root_key, external_ca) = match external {
+            Some(init) => {
+                let roots = baton_pki::pem_certificates(&init.root_pem);
+                let [root] = roots.as_slice() else {
+                    return Err(IdentityError::ExternalCa(format!(
+                        "the root certificate file must hold exactly one certificate, it holds {}",
+                        roots.len()
+                    )));
+                };
+                let config = ExternalCa {
+                    url: init.url,
+                    auth_key: init.auth_key,
+                };
+                (root.clone(), None, Some(config))
+            }
             None => {
+                let ca = ClusterCa::generate(&random_id(), unix_secs(now()), ROOT_VALIDITY)?;
+                (
+                    ca.cert_pem().to_owned(),
+                    Some(Secret::new(ca.key_pem())),
+                    None,
+                )
+            }
+        };
+        let root_digest = baton_pki::root_digest(&baton_pki::certificate_der(&root_pem)?);
+        // Tokens left by a crash before InitCluster name a root that was
+        // never stored: make new ones.
+        let tokens = match stored_tokens(dir)? {
+            Some(tokens) if token_root(&tokens.worker).as_deref() == Some(root_digest.as_str()) => {
+                tokens
+            }
+            _ => {
                 let tokens = StoredTokens {
-                    worker: JoinToken::generate(&ca.root_digest())?.format(),
-                    manager: JoinToken::generate(&ca.root_digest())?.format(),
+                    worker: JoinToken::generate(&root_digest)?.format(),
+                    manager: JoinToken::generate(&root_digest)?.format(),
                 };
                 store_tokens(dir, &tokens)?;
                 tokens
             }
         };
-        let digest = |t: &str| -> Result<String, IdentityError> {
-            Ok(baton_pki::hex(&JoinToken::parse(t)?.secret_digest()))
-        };
-        store
-            .propose(Command::InitCluster {
-                cluster: Cluster {
-                    id: ca.cluster_id().to_owned(),
-                    root_ca_pem: ca.cert_pem().to_owned(),
-                    worker_token_digest: digest(&tokens.worker)?,
-                    manager_token_digest: digest(&tokens.manager)?,
-                    cert_validity,
-                    created_at: now(),
-                },
-            })
-            .await?;
-        tracing::info!(cluster_id = ca.cluster_id(), "cluster created");
+        let cluster = new_cluster(&root_pem, root_key, external_ca, &tokens, cert_validity)?;
+        let cluster_id = cluster.id.clone();
+        store.propose(Command::InitCluster { cluster }).await?;
+        tracing::info!(cluster_id, "cluster created");
         created = Some(tokens);
     }
+    let cluster = store
+        .snapshot()
+        .state
+        .cluster()
+        .cloned()
+        .ok_or_else(|| IdentityError::Inconsistent("the cluster record is missing".into()))?;
 
-    // 3. This manager's node identity.
+    // 2. This manager's node identity.
     let node_dir = dir.join("node");
     let id_path = node_dir.join("id");
     let node_id = match read(&id_path)? {
@@ -258,12 +296,12 @@ pub async fn load_or_create(
     let (cert_path, key_path) = (node_dir.join("cert.pem"), node_dir.join("key.pem"));
     let stored = match (read(&cert_path)?, read(&key_path)?) {
         (Some(cert), Some(key)) => {
-            match node_cert_defect(&cert, &key, &node_id, unix_secs(now())) {
+            match node_cert_defect(&cert, &key, &node_id, unix_secs(now()), &cluster) {
                 None => Some((cert, key)),
                 Some(defect) => {
-                    // A crash between the two writes of a renewal, or a manager
-                    // that was stopped past its certificate's expiry: this
-                    // manager holds the CA, so it simply issues itself a new one.
+                    // A crash between the two writes of a renewal, a manager
+                    // stopped past its certificate's expiry or through a
+                    // root rotation: it simply gets a new one.
                     tracing::warn!(path = %cert_path.display(), defect, "node certificate unusable; issuing a new one");
                     None
                 }
@@ -274,25 +312,28 @@ pub async fn load_or_create(
     let (cert_pem, key_pem, reissued) = match stored {
         Some((cert, key)) => (cert, key, false),
         None => {
-            // The current cluster setting, if the cluster exists (it does by
-            // now, unless the store refused InitCluster above).
-            let validity = store
-                .snapshot()
-                .state
-                .cluster()
-                .map_or(cert_validity, |c| c.cert_validity);
-            let (key, cert) = issue_node_cert(&ca, &node_id, unix_secs(now()), validity)?;
-            write_node_cert(dir, &key, &cert)?;
-            (cert, key, true)
+            let (key, issued) = signer
+                .issue_new_key(
+                    &cluster,
+                    &node_id.0,
+                    Role::Manager,
+                    unix_secs(now()),
+                    cluster.cert_validity,
+                )
+                .await?;
+            write_node_cert(dir, &key, &issued.chain_pem)?;
+            (issued.chain_pem, key, true)
         }
     };
     let cert_not_after = cert_not_after(&cert_pem)?;
+    let cert_root = issuing_root(&cert_pem, &cluster);
     if store.snapshot().state.member(&node_id).is_none() {
         store
             .propose(Command::AdmitNode {
                 id: node_id.clone(),
                 role: NodeRole::Manager,
                 cert_not_after,
+                cert_root,
                 now: now(),
             })
             .await?;
@@ -301,12 +342,12 @@ pub async fn load_or_create(
             .propose(Command::RenewNodeCert {
                 id: node_id.clone(),
                 cert_not_after,
+                cert_root,
             })
             .await?;
     }
     Ok(ManagerIdentity {
-        cluster_id: ca.cluster_id().to_owned(),
-        ca,
+        cluster_id: cluster.id.clone(),
         node_id,
         cert_pem,
         key_pem,
@@ -314,21 +355,33 @@ pub async fn load_or_create(
     })
 }
 
-/// A fresh key pair and a manager certificate for `node_id`, valid from
-/// `now` (Unix seconds) for `validity`: `(key, certificate)`, PEM.
-pub fn issue_node_cert(
-    ca: &ClusterCa,
-    node_id: &NodeId,
-    now: i64,
-    validity: Duration,
-) -> Result<(String, String), IdentityError> {
-    Ok(baton_pki::generate_key_and_cert(
-        ca,
-        &node_id.0,
-        Role::Manager,
-        now,
-        validity,
-    )?)
+/// The CA digest a stored token names.
+fn token_root(token: &str) -> Option<String> {
+    JoinToken::parse(token)
+        .ok()
+        .map(|t| t.ca_digest().to_owned())
+}
+
+/// The digest of the trusted root that issued `cert_pem`'s leaf: the root
+/// whose subject is the leaf's issuer (empty if no trusted root is).
+pub fn issuing_root(cert_pem: &str, cluster: &Cluster) -> String {
+    let Ok(leaf) = baton_pki::certificate_der(cert_pem) else {
+        return String::new();
+    };
+    let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&leaf) else {
+        return String::new();
+    };
+    for root in baton_pki::pem_certificates(&cluster.trust_pem()) {
+        let Ok(der) = baton_pki::certificate_der(&root) else {
+            continue;
+        };
+        if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&der)
+            && parsed.subject().as_raw() == leaf.issuer().as_raw()
+        {
+            return baton_pki::root_digest(&der);
+        }
+    }
+    String::new()
 }
 
 /// Writes this manager's node key (0600) and certificate, each atomically,
@@ -356,6 +409,7 @@ fn node_cert_defect(
     key_pem: &str,
     node_id: &NodeId,
     now: i64,
+    cluster: &Cluster,
 ) -> Option<&'static str> {
     let Ok(der) = baton_pki::certificate_der(cert_pem) else {
         return Some("unreadable certificate");
@@ -368,6 +422,9 @@ fn node_cert_defect(
     }
     if identity.not_after <= now {
         return Some("certificate expired");
+    }
+    if issuing_root(cert_pem, cluster).is_empty() {
+        return Some("certificate from a root the cluster no longer trusts");
     }
     if crate::serving_cert::ServingCert::new(cert_pem, key_pem).is_err() {
         return Some("key does not match the certificate");
@@ -405,9 +462,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cluster_id, node_id, tokens) = {
             let store = open(dir.path());
-            let identity = load_or_create(dir.path(), store.as_ref(), DEFAULT_CERT_VALIDITY)
-                .await
-                .expect("create");
+            let identity = load_or_create(
+                dir.path(),
+                store.as_ref(),
+                &Signer::new(),
+                DEFAULT_CERT_VALIDITY,
+                None,
+            )
+            .await
+            .expect("create");
             let tokens = identity.created.clone().expect("new cluster prints tokens");
             assert!(tokens.worker.starts_with("BATON-1-"));
             assert_ne!(tokens.worker, tokens.manager);
@@ -427,7 +490,7 @@ mod tests {
             (identity.cluster_id, identity.node_id, tokens)
         };
         use std::os::unix::fs::PermissionsExt;
-        for secret in ["ca/root-key.pem", "node/key.pem", "join-tokens.toml"] {
+        for secret in ["state.redb", "node/key.pem", "join-tokens.toml"] {
             let mode = fs::metadata(dir.path().join(secret))
                 .expect("file")
                 .permissions()
@@ -435,9 +498,15 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{secret}");
         }
         let store = open(dir.path());
-        let again = load_or_create(dir.path(), store.as_ref(), DEFAULT_CERT_VALIDITY)
-            .await
-            .expect("reload");
+        let again = load_or_create(
+            dir.path(),
+            store.as_ref(),
+            &Signer::new(),
+            DEFAULT_CERT_VALIDITY,
+            None,
+        )
+        .await
+        .expect("reload");
         assert!(
             again.created.is_none(),
             "tokens are printed only on creation"
@@ -450,50 +519,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_crash_after_the_ca_files_resumes_to_one_cluster() {
+    async fn tokens_left_by_a_crash_before_the_cluster_existed_are_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca = ClusterCa::generate("abc123", unix_secs(now()), ROOT_VALIDITY).expect("ca");
-        write(
-            &dir.path().join("ca/root-key.pem"),
-            ca.key_pem().as_bytes(),
-            0o600,
-        )
-        .expect("w");
-        write(
-            &dir.path().join("ca/root.pem"),
-            ca.cert_pem().as_bytes(),
-            0o644,
-        )
-        .expect("w");
+        let stale = StoredTokens {
+            worker: JoinToken::generate(&"ab".repeat(32)).expect("t").format(),
+            manager: JoinToken::generate(&"ab".repeat(32)).expect("t").format(),
+        };
+        store_tokens(dir.path(), &stale).expect("write");
         let store = open(dir.path());
-        let identity = load_or_create(dir.path(), store.as_ref(), DEFAULT_CERT_VALIDITY)
-            .await
-            .expect("resume");
-        assert_eq!(identity.cluster_id, "abc123");
+        let identity = load_or_create(
+            dir.path(),
+            store.as_ref(),
+            &Signer::new(),
+            DEFAULT_CERT_VALIDITY,
+            None,
+        )
+        .await
+        .expect("create");
+        let tokens = identity.created.expect("created");
+        assert_ne!(tokens.worker, stale.worker);
+        let cluster = store.snapshot().state.cluster().cloned().expect("cluster");
+        assert_eq!(
+            token_root(&tokens.worker).as_deref(),
+            Some(cluster.root_digest.as_str())
+        );
+        assert!(cluster.root_ca_key.is_some(), "the managers hold the key");
+    }
+
+    #[tokio::test]
+    async fn a_certificate_from_a_retired_root_is_replaced_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signer = Signer::new();
+        let store = open(dir.path());
+        let first = load_or_create(
+            dir.path(),
+            store.as_ref(),
+            &signer,
+            DEFAULT_CERT_VALIDITY,
+            None,
+        )
+        .await
+        .expect("create");
+        // A certificate of this node id from another root in node/cert.pem.
+        let stranger =
+            ClusterCa::generate(&first.cluster_id, unix_secs(now()), ROOT_VALIDITY).expect("ca");
+        let (key, cert) = baton_pki::generate_key_and_cert(
+            &stranger,
+            &first.node_id.0,
+            Role::Manager,
+            unix_secs(now()),
+            DEFAULT_CERT_VALIDITY,
+        )
+        .expect("cert");
+        write_node_cert(dir.path(), &key, &cert).expect("write");
+        let again = load_or_create(
+            dir.path(),
+            store.as_ref(),
+            &signer,
+            DEFAULT_CERT_VALIDITY,
+            None,
+        )
+        .await
+        .expect("reload");
+        assert_ne!(again.cert_pem, cert, "the foreign certificate was replaced");
+        let cluster = store.snapshot().state.cluster().cloned().expect("cluster");
+        assert_eq!(issuing_root(&again.cert_pem, &cluster), cluster.root_digest);
         assert_eq!(
             store
                 .snapshot()
                 .state
-                .cluster()
-                .map(|c| c.root_ca_pem.clone()),
-            Some(ca.cert_pem().to_owned())
+                .member(&again.node_id)
+                .map(|m| m.cert_root.clone()),
+            Some(cluster.root_digest.clone())
         );
-    }
-
-    #[tokio::test]
-    async fn a_state_without_its_ca_key_is_refused_clearly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let store = open(dir.path());
-            load_or_create(dir.path(), store.as_ref(), DEFAULT_CERT_VALIDITY)
-                .await
-                .expect("create");
-        }
-        fs::remove_file(dir.path().join("ca/root-key.pem")).expect("rm");
-        let store = open(dir.path());
-        let err = load_or_create(dir.path(), store.as_ref(), DEFAULT_CERT_VALIDITY)
-            .await
-            .expect_err("missing key");
-        assert!(err.to_string().contains("root-key.pem is missing"), "{err}");
     }
 }

@@ -19,10 +19,13 @@ pub mod api;
 pub mod ca;
 pub mod control;
 pub mod dispatcher;
+pub mod external_ca;
 pub mod identity;
 pub mod renew;
 pub mod runtime;
 pub mod serving_cert;
+pub mod signer;
+pub mod trust;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

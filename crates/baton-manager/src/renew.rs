@@ -21,7 +21,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_pki::{CertValidity, ClusterCa};
+use baton_pki::{CertValidity, Role};
 use baton_rpc::renewal::{run_renewals, unix_now};
 use baton_state::{Command, NodeId};
 use baton_store::Store;
@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 
 use crate::identity::{self, IdentityError};
 use crate::serving_cert::ServingCert;
+use crate::signer::Signer;
 
 /// Why one renewal attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +57,11 @@ pub struct SelfRenewal {
     /// The store: the cluster's certificate lifetime is read from it, the
     /// new expiry written to it.
     pub store: Arc<dyn Store>,
-    /// The cluster CA (this manager holds its key).
-    pub ca: ClusterCa,
+    /// Issues the certificates.
+    pub signer: Arc<Signer>,
+    /// Asks for a renewal now (a root rotation moved away from this
+    /// manager's root).
+    pub now: Arc<tokio::sync::Notify>,
     /// This manager's node id.
     pub node_id: NodeId,
     /// The data dir (`node/cert.pem`, `node/key.pem`).
@@ -80,22 +84,33 @@ impl std::fmt::Debug for SelfRenewal {
 pub async fn renew_loop(renewal: SelfRenewal, shutdown: CancellationToken) {
     let span = tracing::info_span!("renew", node_id = %renewal.node_id);
     let cert = renewal.cert.clone();
-    run_renewals(move || cert.leaf(), || renew_once(&renewal), shutdown)
+    let now = renewal.now.clone();
+    run_renewals(move || cert.leaf(), || renew_once(&renewal), now, shutdown)
         .instrument(span)
         .await;
 }
 
 /// One renewal; on success the new certificate is on disk and served.
 async fn renew_once(renewal: &SelfRenewal) -> Result<CertValidity, RenewError> {
-    let validity = renewal
+    let cluster = renewal
         .store
         .snapshot()
         .state
         .cluster()
-        .map(|c| c.cert_validity)
+        .cloned()
         .ok_or(RenewError::NoCluster)?;
-    let (key_pem, cert_pem) =
-        identity::issue_node_cert(&renewal.ca, &renewal.node_id, unix_now(), validity)?;
+    let (key_pem, issued) = renewal
+        .signer
+        .issue_new_key(
+            &cluster,
+            &renewal.node_id.0,
+            Role::Manager,
+            unix_now(),
+            cluster.cert_validity,
+        )
+        .await
+        .map_err(IdentityError::from)?;
+    let cert_pem = issued.chain_pem;
     let leaf = baton_pki::certificate_der(&cert_pem).map_err(IdentityError::from)?;
     let new_validity = baton_pki::cert_validity(&leaf).map_err(IdentityError::from)?;
     // Check that the pair loads before anything is written or served.
@@ -106,7 +121,8 @@ async fn renew_once(renewal: &SelfRenewal) -> Result<CertValidity, RenewError> {
         .store
         .propose(Command::RenewNodeCert {
             id: renewal.node_id.clone(),
-            cert_not_after: identity::cert_not_after(&cert_pem)?,
+            cert_not_after: issued.not_after,
+            cert_root: issued.root_digest,
         })
         .await?;
     Ok(new_validity)
@@ -127,9 +143,16 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(
             LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
         );
-        let identity = load_or_create(dir.path(), store.as_ref(), Duration::from_secs(3600))
-            .await
-            .expect("identity");
+        let signer = Arc::new(Signer::new());
+        let identity = load_or_create(
+            dir.path(),
+            store.as_ref(),
+            &signer,
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+        .expect("identity");
         store
             .propose(Command::SetCertValidity {
                 validity: Duration::from_secs(7200),
@@ -140,12 +163,8 @@ mod tests {
         let old_leaf = cert.leaf().expect("leaf");
         let renewal = SelfRenewal {
             store: store.clone(),
-            ca: ClusterCa::from_pem(
-                &identity.cluster_id,
-                identity.ca.cert_pem(),
-                &identity.ca.key_pem(),
-            )
-            .expect("ca"),
+            signer,
+            now: Arc::default(),
             node_id: identity.node_id.clone(),
             data_dir: dir.path().to_owned(),
             cert: cert.clone(),
@@ -192,18 +211,30 @@ mod tests {
         let first = {
             let store = LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb")))
                 .expect("store");
-            load_or_create(dir.path(), &store, Duration::from_secs(3600))
-                .await
-                .expect("identity")
+            load_or_create(
+                dir.path(),
+                &store,
+                &Signer::new(),
+                Duration::from_secs(3600),
+                None,
+            )
+            .await
+            .expect("identity")
         };
         // A renewal that crashed after writing its key, before its certificate.
         let (other_key, _) = baton_pki::generate_csr().expect("key");
         identity::write_node_cert(dir.path(), &other_key, &first.cert_pem).expect("write");
         let store =
             LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store");
-        let again = load_or_create(dir.path(), &store, Duration::from_secs(3600))
-            .await
-            .expect("reload");
+        let again = load_or_create(
+            dir.path(),
+            &store,
+            &Signer::new(),
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+        .expect("reload");
         assert_eq!(again.node_id, first.node_id);
         assert_ne!(again.cert_pem, first.cert_pem);
         ServingCert::new(&again.cert_pem, &again.key_pem).expect("a matching pair");

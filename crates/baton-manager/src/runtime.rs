@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_api::ClientConfig;
-use baton_rpc::tls::ServerTls;
+use baton_rpc::tls::{HotTrust, ServerTls};
 use baton_store::{LocalStore, LocalStoreConfig, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -18,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{AppState, api_tls_config, router, serve};
 use crate::ca::ManagerCa;
 use crate::dispatcher::DispatcherService;
-use crate::identity::{self, ManagerIdentity, StoredTokens};
-use crate::now;
+use crate::identity::{self, ExternalCaInit, StoredTokens};
 use crate::renew::SelfRenewal;
 use crate::serving_cert::ServingCert;
+use crate::signer::Signer;
+use crate::trust::{TrustSync, write_admin_config};
 
 /// How to run a manager.
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ pub struct ManagerConfig {
     /// How long a node of a small cluster may go without a heartbeat before
     /// it is `down` (see [`crate::dispatcher::node_down_grace`]).
     pub node_down_grace: Duration,
+    /// Create the cluster around this external CA (first start only).
+    pub external_ca: Option<ExternalCaInit>,
 }
 
 /// Why a manager could not start.
@@ -109,50 +111,6 @@ pub fn https_url(addr: SocketAddr) -> String {
     format!("https://{host}:{}", addr.port())
 }
 
-/// Writes `admin.toml`: an admin client certificate (made once, kept across
-/// restarts) and the API's current address.
-fn write_admin_config(
-    dir: &Path,
-    identity: &ManagerIdentity,
-    api_url: &str,
-) -> Result<PathBuf, StartError> {
-    let path = dir.join("admin.toml");
-    let existing = ClientConfig::load(&path).ok();
-    let (cert, key) = match existing {
-        Some(config) if config.ca_cert == identity.ca.cert_pem() => (config.cert, config.key),
-        _ => {
-            let (key, csr) =
-                baton_pki::generate_csr().map_err(|e| StartError::Tls(e.to_string()))?;
-            let unix = i64::try_from(now().0 / 1000).unwrap_or(i64::MAX);
-            let cert = identity
-                .ca
-                .issue_client(&csr, "admin", unix, identity::ROOT_VALIDITY)
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-            (cert, key)
-        }
-    };
-    let config = ClientConfig {
-        api: api_url.to_owned(),
-        ca_cert: identity.ca.cert_pem().to_owned(),
-        cert,
-        key,
-    };
-    baton_files::write_atomic(&path, config.to_toml().as_bytes(), 0o600)
-        .map_err(|e| io("cannot write", &path, e))?;
-    Ok(path)
-}
-
-/// A second handle on the cluster CA (`ClusterCa` is not `Clone`: it holds
-/// the root key).
-fn cluster_ca(identity: &ManagerIdentity) -> Result<baton_pki::ClusterCa, StartError> {
-    baton_pki::ClusterCa::from_pem(
-        &identity.cluster_id,
-        identity.ca.cert_pem(),
-        &identity.ca.key_pem(),
-    )
-    .map_err(|e| StartError::Tls(e.to_string()))
-}
-
 /// Starts a manager; it serves until [`RunningManager::stop`].
 pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     let dir = &config.data_dir;
@@ -161,7 +119,22 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         baton_store::default_path(dir),
     ))?);
     let store: Arc<dyn Store> = local_store.clone();
-    let identity = identity::load_or_create(dir, store.as_ref(), config.cert_validity).await?;
+    let signer = Arc::new(Signer::new());
+    let identity = identity::load_or_create(
+        dir,
+        store.as_ref(),
+        &signer,
+        config.cert_validity,
+        config.external_ca.clone(),
+    )
+    .await?;
+    let cluster = store
+        .snapshot()
+        .state
+        .cluster()
+        .cloned()
+        .ok_or_else(|| StartError::Tls("the cluster record is missing".to_owned()))?;
+    let trust = HotTrust::new(&cluster.trust_pem()).map_err(|e| StartError::Tls(e.to_string()))?;
 
     let manager_stop = CancellationToken::new();
     let server_stop = CancellationToken::new();
@@ -181,24 +154,17 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         .map_err(|e| StartError::Tls(e.to_string()))?;
 
     // Cluster port.
-    let server_tls = ServerTls::new(
-        identity.ca.cert_pem(),
-        &identity.cluster_id,
-        serving_cert.cluster(),
-    )
-    .map_err(|e| StartError::Tls(e.to_string()))?;
-    tasks.push(tokio::spawn(sync_revocations(
-        store.clone(),
-        server_tls.revocations(),
-        manager_stop.clone(),
-    )));
+    let server_tls =
+        ServerTls::with_trust(trust.clone(), &identity.cluster_id, serving_cert.cluster())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    let revocations = server_tls.revocations();
     let cluster_listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     let cluster_addr = cluster_listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
-    let ca = Arc::new(ManagerCa::new(store.clone(), cluster_ca(&identity)?));
+    let ca = Arc::new(ManagerCa::new(store.clone(), signer.clone()));
     let rpc_router = baton_rpc::server::router(dispatcher.clone(), ca);
     let stop = server_stop.clone();
     tasks.push(tokio::spawn(async move {
@@ -215,8 +181,8 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     }));
 
     // User API.
-    let api_tls = api_tls_config(identity.ca.cert_pem(), serving_cert.clone())
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let api_tls =
+        api_tls_config(&trust, serving_cert.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
     let api_listener = TcpListener::bind(config.api)
         .await
         .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.api)))?;
@@ -236,19 +202,36 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         server_stop.clone(),
     )));
 
+    let api_url = https_url(api_addr);
+    let admin_config = write_admin_config(dir, &signer, &cluster, &api_url)
+        .await
+        .map_err(StartError::Io)?;
     // Started last: a start that fails earlier leaves no loop writing files.
+    let renew_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(crate::renew::renew_loop(
         SelfRenewal {
             store: store.clone(),
-            ca: cluster_ca(&identity)?,
+            signer: signer.clone(),
+            now: renew_now.clone(),
             node_id: identity.node_id.clone(),
             data_dir: dir.clone(),
             cert: serving_cert,
         },
         manager_stop.clone(),
     )));
-
-    let admin_config = write_admin_config(dir, &identity, &https_url(api_addr))?;
+    tasks.push(tokio::spawn(crate::trust::run(
+        TrustSync {
+            store: store.clone(),
+            trust,
+            revocations,
+            signer,
+            node_id: identity.node_id.clone(),
+            renew_now,
+            data_dir: dir.clone(),
+            api_url,
+        },
+        manager_stop.clone(),
+    )));
     tracing::info!(
         cluster_id = %identity.cluster_id,
         node_id = %identity.node_id,
@@ -264,29 +247,12 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         api_addr,
         admin_config,
         created: identity.created.clone(),
-        root_pem: identity.ca.cert_pem().to_owned(),
+        root_pem: cluster.trust_pem(),
         manager_stop,
         server_stop,
         tasks,
         local_store,
     })
-}
-
-/// Keeps the cluster port's revocation set equal to the state's.
-async fn sync_revocations(
-    store: Arc<dyn Store>,
-    revocations: baton_rpc::auth::Revocations,
-    stop: CancellationToken,
-) {
-    let mut changes = store.subscribe();
-    loop {
-        let revoked = changes.borrow_and_update().state.revoked();
-        revocations.set(revoked.into_iter().map(|id| id.0).collect());
-        tokio::select! {
-            () = stop.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
-    }
 }
 
 impl RunningManager {

@@ -176,7 +176,13 @@ impl ClusterCa {
     ) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("baton root CA {cluster_id}"));
+        // A random tag tells the roots of one cluster apart (a root rotation
+        // makes a second one with the same cluster id).
+        let tag = hex(&rand_tag());
+        dn.push(
+            DnType::CommonName,
+            format!("baton root CA {cluster_id} {tag}"),
+        );
         dn.push(DnType::OrganizationName, cluster_id);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -225,6 +231,41 @@ impl ClusterCa {
     /// SHA-256 of the root certificate (DER), hex: what join tokens pin.
     pub fn root_digest(&self) -> String {
         root_digest(&self.cert_der)
+    }
+
+    /// Certifies `new`'s subject and key with this root: the intermediate of
+    /// a root rotation, which lets a peer that trusts only this root accept
+    /// certificates issued by `new`. It is a CA certificate for leaves only
+    /// (path length 0), valid from `now` until the earlier of the two roots'
+    /// expiries.
+    pub fn cross_sign(&self, new: &ClusterCa, now: i64) -> Result<String, PkiError> {
+        let parse = |der: &[u8]| -> Result<(String, i64), PkiError> {
+            let (_, cert) = x509_parser::parse_x509_certificate(der)
+                .map_err(|e| PkiError::InvalidCertificate(e.to_string()))?;
+            let cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .ok_or_else(|| PkiError::InvalidCertificate("root without a common name".into()))?
+                .to_owned();
+            Ok((cn, cert.validity().not_after.timestamp()))
+        };
+        let (_, old_expiry) = parse(&self.cert_der)?;
+        let (new_cn, new_expiry) = parse(&new.cert_der)?;
+        // The same subject, built the same way as the new root's own: path
+        // building matches issuer and subject names byte for byte.
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, new_cn);
+        dn.push(DnType::OrganizationName, new.cluster_id.as_str());
+        params.distinguished_name = dn;
+        let not_after = old_expiry.min(new_expiry);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = datetime(now.saturating_sub(secs(BACKDATE)))?;
+        params.not_after = datetime(not_after)?;
+        self.sign(&params, &new.key)
     }
 
     /// Signs a node certificate for `node_id` with `role` (manager or
@@ -309,12 +350,18 @@ impl ClusterCa {
     fn sign(
         &self,
         params: &CertificateParams,
-        public_key: &rcgen::PublicKey,
+        public_key: &impl rcgen::PublicKeyData,
     ) -> Result<String, PkiError> {
         let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key)?;
         let cert = params.signed_by(public_key, &issuer)?;
         Ok(cert.pem())
     }
+}
+
+fn rand_tag() -> [u8; 4] {
+    let mut tag = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut tag).unwrap_or_default();
+    tag
 }
 
 /// Reads a CSR and checks its self-signature; only its public key is kept.
@@ -351,6 +398,24 @@ pub fn certificate_der(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
     rustls_pki_der(cert_pem)
 }
 
+/// The certificates of a PEM bundle, each as its own PEM text, in order.
+/// Text outside the certificate blocks is dropped.
+pub fn pem_certificates(bundle: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = bundle;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        out.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// SHA-256 of a DER certificate, hex.
 pub fn root_digest(cert_der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
@@ -365,3 +430,20 @@ fn rustls_pki_der(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pem_tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_splits_into_its_certificates() {
+        let a = ClusterCa::generate("c1", 1_800_000_000, Duration::from_secs(86_400)).expect("a");
+        let b = ClusterCa::generate("c1", 1_800_000_000, Duration::from_secs(86_400)).expect("b");
+        let bundle = format!("junk\n{}\n{}", a.cert_pem(), b.cert_pem());
+        let certs = pem_certificates(&bundle);
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certificate_der(&certs[0]).expect("der"), a.cert_der());
+        assert_eq!(certificate_der(&certs[1]).expect("der"), b.cert_der());
+        assert!(pem_certificates("no pem here").is_empty());
+    }
+}

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod cluster_ca;
+mod issued;
 pub mod join_token;
 pub mod renewal;
 mod revocation;
@@ -23,8 +24,9 @@ pub mod server_verifier;
 
 pub use cluster_ca::{
     ClusterCa, PeerIdentity, Role, certificate_der, generate_csr, generate_key_and_cert,
-    peer_identity, root_digest,
+    peer_identity, pem_certificates, root_digest,
 };
+pub use issued::{ExpectedIdentity, check_issued};
 pub use join_token::{HexDefect, JoinToken, Secret, TokenError};
 pub use renewal::{CertValidity, cert_validity, renew_at, renew_in};
 pub use revocation::RevocationList;

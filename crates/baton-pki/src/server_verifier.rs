@@ -167,6 +167,55 @@ mod tests {
         verify(&verifier, &foreign).expect_err("another cluster's manager refused");
     }
 
+    fn verify_chain(verifier: &ManagerVerifier, chain_pem: &str) -> Result<(), rustls::Error> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("pem");
+        let (leaf, intermediates) = chain.split_first().expect("leaf");
+        let name = ServerName::try_from("unrelated.example").expect("name");
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(NOW + 60).expect("positive"),
+        ));
+        verifier
+            .verify_server_cert(leaf, intermediates, &name, &[], at)
+            .map(|_| ())
+    }
+
+    #[test]
+    fn a_cross_signed_new_root_bridges_a_root_rotation() {
+        let old = ClusterCa::generate("c1", NOW, 3650 * DAY).expect("old");
+        let new = ClusterCa::generate("c1", NOW, 3650 * DAY).expect("new");
+        assert_ne!(old.cert_pem(), new.cert_pem());
+        let cross = old.cross_sign(&new, NOW).expect("cross-sign");
+        let (_, leaf) = generate_key_and_cert(&new, "m1", Role::Manager, NOW, DAY).expect("m");
+        let chain = format!("{leaf}{cross}");
+        // A peer that still trusts only the old root accepts the new
+        // certificate through the cross-signed intermediate...
+        let old_only = ManagerVerifier::new(old.cert_pem(), provider()).expect("verifier");
+        verify_chain(&old_only, &chain).expect("old root accepts via the cross-signed cert");
+        verify(&old_only, &leaf).expect_err("but not the bare new leaf");
+        // ...a peer that trusts the new root accepts it directly, with or
+        // without the intermediate...
+        let new_only = ManagerVerifier::new(new.cert_pem(), provider()).expect("verifier");
+        verify_chain(&new_only, &chain).expect("new root accepts the chain");
+        verify(&new_only, &leaf).expect("new root accepts the leaf");
+        // ...and the cross-signed certificate lends nothing to another root.
+        let stranger = ClusterCa::generate("c1", NOW, 3650 * DAY).expect("stranger");
+        let stranger_only = ManagerVerifier::new(stranger.cert_pem(), provider()).expect("v");
+        verify_chain(&stranger_only, &chain).expect_err("an unrelated root refuses");
+        // The cross-signed certificate may sign leaves only.
+        let der = certificate_der(&cross).expect("der");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let constraints = parsed
+            .basic_constraints()
+            .expect("ext")
+            .expect("present")
+            .value;
+        assert!(constraints.ca);
+        assert_eq!(constraints.path_len_constraint, Some(0));
+    }
+
     #[test]
     fn an_empty_root_is_an_error() {
         let err = ManagerVerifier::new("", provider()).expect_err("empty");

@@ -217,22 +217,35 @@ pub async fn fetch_root_ca(addr: &str, expected_digest: &str) -> Result<String, 
     let channel = transport::connect(addr, &tls)
         .await
         .map_err(|e| CaError::Unavailable(e.to_string()))?;
-    let ca_pem = CaClient::new(channel).root_ca().await?;
-    let roots = crate::tls::certs_from_pem(&ca_pem, "root ca")
-        .map_err(|e| CaError::InvalidResponse(e.to_string()))?;
-    let [root] = roots.as_slice() else {
-        return Err(CaError::InvalidResponse(format!(
-            "expected one root certificate, got {}",
-            roots.len()
-        )));
-    };
-    let actual = baton_pki::root_digest(root);
-    if !actual.eq_ignore_ascii_case(expected_digest) {
+    let bundle = CaClient::new(channel).root_ca().await?;
+    // During a root rotation the manager trusts two roots; the node trusts
+    // only the one its token names (the manager's certificate chains to it
+    // either directly or through the cross-signed intermediate), and learns
+    // the rest later over the authenticated session.
+    let roots = baton_pki::pem_certificates(&bundle);
+    if roots.is_empty() {
+        return Err(CaError::InvalidResponse(
+            "the manager sent no root certificate".to_owned(),
+        ));
+    }
+    let mut actual = Vec::new();
+    let mut ca_pem = None;
+    for root in roots {
+        let der = baton_pki::certificate_der(&root)
+            .map_err(|e| CaError::InvalidResponse(format!("root ca: {e}")))?;
+        let digest = baton_pki::root_digest(&der);
+        if digest.eq_ignore_ascii_case(expected_digest) {
+            ca_pem = Some(root);
+            break;
+        }
+        actual.push(digest);
+    }
+    let Some(ca_pem) = ca_pem else {
         return Err(CaError::RootMismatch {
             expected: expected_digest.to_owned(),
-            actual,
+            actual: actual.join(", "),
         });
-    }
+    };
     let chain = tls
         .seen_server_chain()
         .ok_or_else(|| CaError::InvalidResponse("no server certificate seen".into()))?;

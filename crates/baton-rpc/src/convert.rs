@@ -16,6 +16,7 @@ use crate::pb;
 use crate::server::CaError;
 use crate::{
     Assignment, AssignmentSet, LogEvent, LogRequest, NodeDescription, RpcError, SessionMessage,
+    TrustUpdate,
 };
 
 /// A wire message that does not convert to the crate's types.
@@ -202,6 +203,10 @@ pub(crate) fn session_message_to_wire(
             task: req.task.0.clone(),
             follow: req.follow,
         }),
+        SessionMessage::Trust(update) => pb::session_message::Message::Trust(pb::TrustUpdate {
+            roots_pem: update.roots_pem.clone(),
+            renew_now: update.renew_now,
+        }),
     };
     Ok(pb::SessionMessage {
         message: Some(message),
@@ -229,6 +234,10 @@ pub(crate) fn session_message_from_wire(
             id: req.id,
             task: TaskId(req.task),
             follow: req.follow,
+        })),
+        pb::session_message::Message::Trust(update) => Ok(SessionMessage::Trust(TrustUpdate {
+            roots_pem: update.roots_pem,
+            renew_now: update.renew_now,
         })),
     }
 }

@@ -147,6 +147,18 @@ pub enum SessionMessage {
     Assignments(AssignmentSet),
     /// Start streaming a task's log.
     Logs(LogRequest),
+    /// The roots to trust from now on.
+    Trust(TrustUpdate),
+}
+
+/// The roots a node must trust: sent when a session opens and whenever they
+/// change during a root CA rotation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustUpdate {
+    /// PEM bundle of root certificates.
+    pub roots_pem: String,
+    /// The node's certificate comes from a root being retired: renew it now.
+    pub renew_now: bool,
 }
 
 /// An open session: the node's cluster identity and the stream of messages.

@@ -9,15 +9,21 @@
 //! that comes back is noticed within a minute. The renewal band leaves at
 //! least 20 % of the lifetime (18 days by default) for these retries.
 //!
+//! A renewal can also be asked for at once through the loop's `now` handle
+//! (a root CA rotation: the node's certificate comes from the root being
+//! retired); a failed one is then retried on the same back-off.
+//!
 //! The wall clock is read only here ([`unix_now`]); the timing itself is
 //! `baton_pki`'s pure function of `(now, not_before, not_after, jitter)`.
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_pki::CertValidity;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// First retry delay after a failed renewal.
@@ -52,6 +58,7 @@ pub fn unix_now() -> i64 {
 pub async fn run_renewals<F, Fut, E>(
     current: impl Fn() -> Option<CertificateDer<'static>>,
     mut renew_once: F,
+    now: Arc<Notify>,
     shutdown: CancellationToken,
 ) where
     F: FnMut() -> Fut,
@@ -75,11 +82,12 @@ pub async fn run_renewals<F, Fut, E>(
             }
         };
         if !wait.is_zero() {
-            tokio::select! {
+            let asked = tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
-            }
-            if failures == 0 {
+                () = now.notified() => true,
+                () = tokio::time::sleep(wait.min(MAX_SLEEP)) => false,
+            };
+            if failures == 0 && !asked {
                 // Look at the clock again: a capped sleep ends early, and the
                 // wall clock may have jumped while sleeping.
                 continue;

@@ -10,6 +10,9 @@
 //!   has one. [`ClientTls::bootstrap`] trusts nothing and records the server's
 //!   certificate: it exists only to fetch the root CA, which the caller checks
 //!   against the digest in its join token before it sends anything secret.
+//! - [`HotTrust`]: the roots a node trusts, behind an `ArcSwap` and read on
+//!   every handshake, so a root CA rotation (new root added, later the old
+//!   one dropped) takes effect without a restart.
 //! - [`HotCert`]: a node's own certificate and key behind an `ArcSwap`, read on
 //!   every handshake, so a renewed certificate is used from the next connection
 //!   on without a restart. Existing connections keep the old one until they
@@ -21,7 +24,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use baton_pki::ManagerVerifier;
 
 use crate::auth::Revocations;
@@ -30,9 +33,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 /// The name a client puts in SNI. Servers are not verified by name but by the
 /// identity in their certificate (chain to the cluster root, role manager), so
@@ -89,6 +96,194 @@ fn root_store(root_ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
         roots.add(cert)?;
     }
     Ok(Arc::new(roots))
+}
+
+/// The roots a node trusts (PEM bundle), swappable while connections are
+/// served: both the client-certificate check of a server and the
+/// manager check of a client read the current set on every handshake.
+///
+/// Clones share the same slot.
+#[derive(Clone)]
+pub struct HotTrust {
+    current: Arc<ArcSwap<Trust>>,
+}
+
+struct Trust {
+    pem: String,
+    clients: Arc<dyn ClientCertVerifier>,
+    managers: Arc<ManagerVerifier>,
+}
+
+impl fmt::Debug for HotTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HotTrust")
+            .field(
+                "roots",
+                &certs_from_pem(&self.pem(), "roots").map_or(0, |c| c.len()),
+            )
+            .finish()
+    }
+}
+
+impl Trust {
+    fn build(pem: &str) -> Result<Trust, TlsError> {
+        let clients = WebPkiClientVerifier::builder_with_provider(root_store(pem)?, provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(Trust {
+            pem: pem.to_owned(),
+            clients,
+            managers: Arc::new(manager_verifier(pem)?),
+        })
+    }
+}
+
+impl HotTrust {
+    /// Trusts every certificate of `root_ca_pem`.
+    pub fn new(root_ca_pem: &str) -> Result<HotTrust, TlsError> {
+        Ok(HotTrust {
+            current: Arc::new(ArcSwap::from_pointee(Trust::build(root_ca_pem)?)),
+        })
+    }
+
+    /// Trusts exactly the certificates of `root_ca_pem` from the next
+    /// handshake on. On an error the current roots stay.
+    pub fn set(&self, root_ca_pem: &str) -> Result<(), TlsError> {
+        if self.current.load().pem == root_ca_pem {
+            return Ok(());
+        }
+        self.current.store(Arc::new(Trust::build(root_ca_pem)?));
+        Ok(())
+    }
+
+    /// The current roots, PEM.
+    pub fn pem(&self) -> String {
+        self.current.load().pem.clone()
+    }
+
+    /// A client-certificate verifier reading the current roots (optional
+    /// client certificates; see [`ServerTls`]).
+    pub fn client_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(HotClientVerifier(self.clone()))
+    }
+
+    fn server_verifier(&self) -> Arc<dyn ServerCertVerifier> {
+        Arc::new(HotManagerVerifier(self.clone()))
+    }
+}
+
+#[derive(Debug)]
+struct HotClientVerifier(HotTrust);
+
+impl ClientCertVerifier for HotClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; a node holds one certificate and sends it.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .clients
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .clients
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current.load().clients.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct HotManagerVerifier(HotTrust);
+
+impl ServerCertVerifier for HotManagerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.current.load().managers.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .managers
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .managers
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current.load().managers.supported_verify_schemes()
+    }
 }
 
 /// A node's own certificate and key, swappable while connections are served.
@@ -193,15 +388,18 @@ impl ServerTls {
     /// handshake; see the module doc). `cluster_id` is what a client
     /// certificate's organisation must say for [`crate::auth`] to accept it.
     pub fn new(root_ca_pem: &str, cluster_id: &str, cert: HotCert) -> Result<ServerTls, TlsError> {
-        let provider = provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(root_store(root_ca_pem)?, provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let mut config = ServerConfig::builder_with_provider(provider)
+        Self::with_trust(HotTrust::new(root_ca_pem)?, cluster_id, cert)
+    }
+
+    /// As [`ServerTls::new`], with roots that can change while it serves.
+    pub fn with_trust(
+        trust: HotTrust,
+        cluster_id: &str,
+        cert: HotCert,
+    ) -> Result<ServerTls, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(trust.client_verifier())
             .with_cert_resolver(Arc::new(HotResolver(cert)));
         // tonic only speaks HTTP/2; rustls does not set ALPN by itself.
         config.alpn_protocols = vec![b"h2".to_vec()];
@@ -241,8 +439,12 @@ impl ClientTls {
     /// Trusts only a server whose certificate chains to `root_ca_pem` and
     /// names the manager role; presents `cert` if it holds one.
     pub fn new(root_ca_pem: &str, cert: HotCert) -> Result<ClientTls, TlsError> {
-        let verifier = manager_verifier(root_ca_pem)?;
-        Self::build(Arc::new(verifier), cert, None)
+        Self::with_trust(&HotTrust::new(root_ca_pem)?, cert)
+    }
+
+    /// As [`ClientTls::new`], with roots that can change while it connects.
+    pub fn with_trust(trust: &HotTrust, cert: HotCert) -> Result<ClientTls, TlsError> {
+        Self::build(trust.server_verifier(), cert, None)
     }
 
     /// The one-way configuration of the join step: accepts any server

@@ -85,6 +85,9 @@ pub enum Command {
         role: NodeRole,
         /// Its certificate's expiry.
         cert_not_after: Timestamp,
+        /// Digest of the root that issued the certificate.
+        #[serde(default)]
+        cert_root: String,
         /// Clock at the edge.
         now: Timestamp,
     },
@@ -94,6 +97,9 @@ pub enum Command {
         id: NodeId,
         /// New expiry.
         cert_not_after: Timestamp,
+        /// Digest of the root that issued the new certificate.
+        #[serde(default)]
+        cert_root: String,
     },
     /// Removes a node from the cluster for good: its membership ends, its id is
     /// revoked (its certificate is refused from then on) and its unfinished
@@ -118,6 +124,19 @@ pub enum Command {
     SetCertValidity {
         /// New lifetime.
         validity: std::time::Duration,
+    },
+    /// Starts moving the cluster to a new root CA: from now on certificates
+    /// are issued from the new root and nodes trust both. Refused with an
+    /// external CA and while another rotation runs.
+    StartRootRotation {
+        /// The new root and its cross-signed copy.
+        rotation: crate::objects::RootRotation,
+    },
+    /// Ends a root rotation: the new root becomes the only one. Refused
+    /// unless every member holds a certificate from the new root.
+    FinishRootRotation {
+        /// The new root's digest (a finish for another rotation is refused).
+        new_root_digest: String,
     },
 }
 
@@ -290,6 +309,16 @@ pub enum Event {
         id: NodeId,
         /// New availability.
         availability: NodeAvailability,
+    },
+    /// A root rotation started.
+    RootRotationStarted {
+        /// The new root's digest.
+        new_root_digest: String,
+    },
+    /// A root rotation finished: the new root is the only one.
+    RootRotationFinished {
+        /// The root's digest.
+        root_digest: String,
     },
     /// The lifetime of newly issued node certificates changed.
     CertValidityChanged {

@@ -12,13 +12,16 @@ mod command;
 mod ids;
 mod objects;
 mod restart;
+mod secret;
 mod state;
 
 pub use command::{Command, Event, Plan, PlanPlacement, PlanStop, PlanUnplaced, TaskReport};
 pub use ids::{NodeId, TaskId, Timestamp};
 pub use objects::{
-    Cluster, ExitInfo, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability,
-    NodeRole, NodeState, Slot, SlotFailure, Task, TaskDesired, TaskState, TaskStatus,
+    Cluster, ExitInfo, ExternalCa, Job, JobDesired, JobPhase, JobSummary, Member, Node,
+    NodeAvailability, NodeRole, NodeState, RootRotation, Slot, SlotFailure, Task, TaskDesired,
+    TaskState, TaskStatus,
 };
 pub use restart::{RestartDecision, restart_decision};
+pub use secret::Secret;
 pub use state::{ApplyError, MIN_CERT_VALIDITY, State};

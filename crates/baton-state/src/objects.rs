@@ -8,6 +8,7 @@ use baton_spec::{DriverKind, JobSpec, Resources, SpecFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId, Timestamp};
+use crate::secret::Secret;
 
 /// What the user wants of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,14 +344,32 @@ impl NodeRole {
     }
 }
 
-/// Cluster-wide identity settings, set when the cluster is created; only the
-/// certificate lifetime changes later (`Command::SetCertValidity`).
+/// Cluster-wide identity settings: the root CA (and how certificates are
+/// signed), join-token digests, the certificate lifetime, and a root
+/// rotation in progress.
+///
+/// The root CA's key lives here, replicated with the rest of the state, so
+/// that any manager can sign (`Debug` redacts it; the store file is 0600).
+/// With an external CA the managers hold no root key at all and relay CSRs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
     /// Cluster id (the O of every certificate).
     pub id: String,
-    /// The root CA certificate, PEM (public; the key is not part of the state).
+    /// The root CA certificate every node trusts, PEM.
     pub root_ca_pem: String,
+    /// SHA-256 (hex) of that certificate's DER: what join tokens pin.
+    #[serde(default)]
+    pub root_digest: String,
+    /// The root CA's private key, PEM, when the managers sign certificates
+    /// themselves; `None` with an external CA.
+    #[serde(default)]
+    pub root_ca_key: Option<Secret>,
+    /// The external signer, when the managers only relay CSRs.
+    #[serde(default)]
+    pub external_ca: Option<ExternalCa>,
+    /// A move to a new root CA, while it lasts.
+    #[serde(default)]
+    pub root_rotation: Option<RootRotation>,
     /// SHA-256 (hex) of the worker join token's secret; the token itself is
     /// never stored.
     pub worker_token_digest: String,
@@ -360,6 +379,69 @@ pub struct Cluster {
     pub cert_validity: std::time::Duration,
     /// When the cluster was created.
     pub created_at: Timestamp,
+}
+
+impl Cluster {
+    /// Every root a node must trust now, PEM: the current root and, during a
+    /// rotation, the new one.
+    pub fn trust_pem(&self) -> String {
+        match &self.root_rotation {
+            None => self.root_ca_pem.clone(),
+            Some(rotation) => {
+                let mut bundle = self.root_ca_pem.trim_end().to_owned();
+                bundle.push('\n');
+                bundle.push_str(&rotation.new_root_pem);
+                bundle
+            }
+        }
+    }
+
+    /// The digest of the root new certificates are issued from: the new root
+    /// during a rotation, the current one otherwise.
+    pub fn issuing_root_digest(&self) -> &str {
+        match &self.root_rotation {
+            Some(rotation) => &rotation.new_root_digest,
+            None => &self.root_digest,
+        }
+    }
+
+    /// Whether `digest` names a root nodes trust now.
+    pub fn trusts_root(&self, digest: &str) -> bool {
+        !digest.is_empty()
+            && (self.root_digest.eq_ignore_ascii_case(digest)
+                || self
+                    .root_rotation
+                    .as_ref()
+                    .is_some_and(|r| r.new_root_digest.eq_ignore_ascii_case(digest)))
+    }
+}
+
+/// A cfssl-compatible signer the managers relay CSRs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalCa {
+    /// The signer's authenticated signing endpoint (https).
+    pub url: String,
+    /// The signer's authentication key (cfssl "standard" auth key, hex).
+    pub auth_key: Secret,
+}
+
+/// A move of the whole cluster to a new root CA. New certificates come from
+/// the new root, each with a cross-signed copy of the new root (issued by the
+/// old one) as its intermediate, so peers that still trust only the old root
+/// accept them; every node trusts both roots. Once every member holds a
+/// certificate from the new root, the old root is dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRotation {
+    /// The new root certificate, PEM.
+    pub new_root_pem: String,
+    /// SHA-256 (hex) of its DER.
+    pub new_root_digest: String,
+    /// Its private key, PEM.
+    pub new_root_key: Secret,
+    /// The new root's key and subject, certified by the old root, PEM.
+    pub cross_signed_pem: String,
+    /// When the rotation started.
+    pub started_at: Timestamp,
 }
 
 /// A node's membership: admitted by a join, ended by removal (which revokes it).
@@ -373,4 +455,7 @@ pub struct Member {
     pub admitted_at: Timestamp,
     /// Expiry of its current certificate.
     pub cert_not_after: Timestamp,
+    /// SHA-256 (hex) of the root that issued its current certificate.
+    #[serde(default)]
+    pub cert_root: String,
 }

@@ -54,6 +54,30 @@ pub enum ApplyError {
         /// The lifetime asked for, in milliseconds.
         millis: u128,
     },
+    /// The cluster signs with an external CA: the managers hold no root key
+    /// to rotate.
+    #[error(
+        "this cluster's certificates are signed by an external CA; the managers hold no root key to rotate"
+    )]
+    ExternalCaRotation,
+    /// A root rotation runs already.
+    #[error("a root CA rotation is already in progress (to root {new_root_digest})")]
+    RotationInProgress {
+        /// The new root of the running rotation.
+        new_root_digest: String,
+    },
+    /// No root rotation runs (or another one than the command names).
+    #[error("no root CA rotation to root {new_root_digest} is in progress")]
+    NoSuchRotation {
+        /// The root named.
+        new_root_digest: String,
+    },
+    /// Some members still hold certificates from the old root.
+    #[error("{} node(s) still hold certificates from the old root: {}", pending.len(), pending.iter().map(|n| n.0.as_str()).collect::<Vec<_>>().join(", "))]
+    RotationPending {
+        /// Members not moved yet.
+        pending: Vec<NodeId>,
+    },
 }
 
 /// The whole cluster state. Cloning is O(1) (persistent maps), so readers take
@@ -223,16 +247,23 @@ impl State {
                 id,
                 role,
                 cert_not_after,
+                cert_root,
                 now,
-            } => self.admit_node(id, role, cert_not_after, now),
-            Command::RenewNodeCert { id, cert_not_after } => {
-                self.renew_node_cert(&id, cert_not_after)
-            }
+            } => self.admit_node(id, role, cert_not_after, cert_root, now),
+            Command::RenewNodeCert {
+                id,
+                cert_not_after,
+                cert_root,
+            } => self.renew_node_cert(&id, cert_not_after, cert_root),
             Command::RemoveNode { id, now } => self.remove_node(&id, now),
             Command::SetNodeAvailability { id, availability } => {
                 self.set_node_availability(&id, availability)
             }
             Command::SetCertValidity { validity } => self.set_cert_validity(validity),
+            Command::StartRootRotation { rotation } => self.start_root_rotation(rotation),
+            Command::FinishRootRotation { new_root_digest } => {
+                self.finish_root_rotation(&new_root_digest)
+            }
         }
     }
 

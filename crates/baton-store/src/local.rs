@@ -78,6 +78,19 @@ fn fatal(context: &str, e: impl std::fmt::Display) -> StoreError {
 impl LocalStore {
     /// Opens (or creates) the store and replays its log.
     pub fn open(config: LocalStoreConfig) -> Result<LocalStore, StoreError> {
+        // The state holds key material (the root CA's key): owner only,
+        // from the first byte on (redb initialises an existing empty file).
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&config.path)
+                .map_err(|e| fatal(&format!("opening {}", config.path.display()), e))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fatal(&format!("restricting {}", config.path.display()), e))?;
+        }
         let db = Database::create(&config.path)
             .map_err(|e| fatal(&format!("opening {}", config.path.display()), e))?;
         let snapshot = load(&db)?;

@@ -44,6 +44,7 @@ fn main() {
             advertise: None,
             cert_validity: DEFAULT_CERT_VALIDITY,
             node_down_grace: Duration::from_secs(30),
+            external_ca: None,
         })
         .await
         .expect("manager");

@@ -117,6 +117,19 @@ pub enum ClusterCmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Show the root CA and the progress of a root rotation; with --rotate,
+    /// start moving the whole cluster to a new root CA with no downtime.
+    Ca {
+        /// Start a root rotation: nodes get certificates from a new root
+        /// (cross-signed by the old one for the transition) and the old root
+        /// is dropped once every node has moved. Join tokens change their
+        /// root digest. Copies of admin.toml must be taken again afterwards.
+        #[arg(long)]
+        rotate: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
     /// Change cluster-wide settings.
     Update {
         /// Lifetime of node certificates issued from now on (e.g. 2160h, 1h,
@@ -139,6 +152,23 @@ fn print_cluster(info: &ClusterInfo) {
         baton_spec::format_duration(Duration::from_secs(info.cert_expiry_secs))
     );
     println!("created:         {} UTC", format_utc_ms(info.created_at));
+    println!("signer:          {}", info.signer);
+    match &info.root_rotation {
+        None => println!("root rotation:   none"),
+        Some(r) => {
+            println!("root rotation:   to {}", r.new_root_digest);
+            println!("  started:       {} UTC", format_utc_ms(r.started_at));
+            if r.pending_nodes.is_empty() {
+                println!("  pending nodes: none (finishing)");
+            } else {
+                println!(
+                    "  pending nodes: {} ({})",
+                    r.pending_nodes.len(),
+                    r.pending_nodes.join(", ")
+                );
+            }
+        }
+    }
 }
 
 /// `baton logs TASK_ID [-f]`
@@ -451,6 +481,25 @@ pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Fai
             } else {
                 print_cluster(&info);
             }
+            Ok(())
+        }
+        ClusterCmd::Ca { rotate, output } => {
+            let api = client(config)?;
+            let info = if rotate {
+                api.rotate_root_ca().await?
+            } else {
+                api.cluster_info().await?
+            };
+            if output == Format::Json {
+                print_json(&info);
+                return Ok(());
+            }
+            if rotate {
+                println!(
+                    "Root CA rotation started: every node renews from the new root; the old root is dropped once all have moved."
+                );
+            }
+            print_cluster(&info);
             Ok(())
         }
         ClusterCmd::Update { cert_expiry } => {

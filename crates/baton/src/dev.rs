@@ -49,6 +49,7 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
         advertise: None,
         cert_validity: DEFAULT_CERT_VALIDITY,
         node_down_grace: baton_manager::dispatcher::NODE_DOWN_GRACE,
+        external_ca: None,
     })
     .await?;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_manager::identity::ExternalCaInit;
 use baton_manager::runtime::{self, ManagerConfig, RunningManager};
 use baton_rpc::Dispatcher;
 use baton_spec::Resources;
@@ -38,9 +39,43 @@ pub struct ManagerArgs {
     /// Lifetime of node certificates (renewed at 50-80% of it).
     #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = duration)]
     pub cert_expiry: Duration,
+    /// Create the cluster with an external CA: the managers hold no root
+    /// key and relay every CSR to this cfssl-compatible authenticated
+    /// signing endpoint (https://HOST:PORT/api/v1/cfssl/authsign). Used when
+    /// the cluster is created; later starts read it from the state.
+    #[arg(long, value_name = "URL", requires_all = ["external_ca_cert", "external_ca_key_file"])]
+    pub external_ca: Option<String>,
+    /// With --external-ca: the external CA's root certificate (PEM), which
+    /// becomes the cluster's root. The signer's TLS certificate must chain to it.
+    #[arg(long, value_name = "FILE", requires = "external_ca")]
+    pub external_ca_cert: Option<PathBuf>,
+    /// With --external-ca: a file holding the signer's authentication key
+    /// (cfssl "standard" auth key, hex).
+    #[arg(long, value_name = "FILE", requires = "external_ca")]
+    pub external_ca_key_file: Option<PathBuf>,
     /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
     #[arg(long, env = "BATON_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Reads the external CA options into what the manager needs.
+fn external_ca(args: &ManagerArgs) -> Result<Option<ExternalCaInit>, Failure> {
+    let (Some(url), Some(cert), Some(key)) = (
+        &args.external_ca,
+        &args.external_ca_cert,
+        &args.external_ca_key_file,
+    ) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("{what} {}: {e}", path.display())))
+    };
+    Ok(Some(ExternalCaInit {
+        url: url.clone(),
+        root_pem: read(cert, "--external-ca-cert")?,
+        auth_key: baton_state::Secret::new(read(key, "--external-ca-key-file")?.trim().to_owned()),
+    }))
 }
 
 /// `baton agent` options.
@@ -124,6 +159,7 @@ pub async fn start_manager(config: ManagerConfig) -> Result<RunningManager, Fail
 /// Runs `baton manager` until SIGINT or SIGTERM.
 pub async fn run_manager(args: ManagerArgs) -> Result<(), Failure> {
     init_tracing(&args.log);
+    let external_ca = external_ca(&args)?;
     let manager = start_manager(ManagerConfig {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -131,6 +167,7 @@ pub async fn run_manager(args: ManagerArgs) -> Result<(), Failure> {
         advertise: args.advertise,
         cert_validity: args.cert_expiry,
         node_down_grace: args.node_down_grace,
+        external_ca,
     })
     .await?;
     if let Some(tokens) = &manager.created {
@@ -177,7 +214,8 @@ pub async fn start_agent(
     let identity = baton_agent::identity::load_or_join(&data_dir, manager_addr, token)
         .await
         .map_err(|e| Failure::op(format!("join: {e}")))?;
-    let tls = baton_rpc::tls::ClientTls::new(&identity.root_pem, identity.cert.clone())
+    let tls = identity
+        .client_tls()
         .map_err(|e| Failure::op(format!("tls: {e}")))?;
     let channel = baton_rpc::transport::connect_lazy(manager_addr, &tls)
         .map_err(|e| Failure::op(format!("cannot reach {manager_addr}: {e}")))?;
@@ -192,7 +230,22 @@ pub async fn start_agent(
     let mut config = baton_agent::AgentConfig::new(data_dir, hostname(), enable_raw);
     config.capacity = capacity;
     let node_id = identity.node_id.clone();
-    let task = tokio::spawn(baton_agent::Agent::run(config, dispatcher, stop.clone()));
+    // Roots pushed by the cluster (a root CA rotation) go to the identity.
+    let (trust_tx, mut trust_rx) = tokio::sync::mpsc::unbounded_channel();
+    let trust_identity = identity.clone();
+    tokio::spawn(async move {
+        while let Some(update) = trust_rx.recv().await {
+            if let Err(e) = trust_identity.apply_trust(&update) {
+                tracing::error!(error = %e, "cannot take the cluster's new roots");
+            }
+        }
+    });
+    let task = tokio::spawn(baton_agent::Agent::run(
+        config,
+        dispatcher,
+        Some(trust_tx),
+        stop.clone(),
+    ));
     Ok(RunningAgent {
         task,
         stop,

@@ -129,6 +129,11 @@ impl IdentityFiles {
         self.sync_agent_node_id(node_id)
     }
 
+    /// Replaces the stored roots (a root CA rotation).
+    pub(crate) fn write_root(&self, root_pem: &str) -> Result<(), IdentityError> {
+        write(&self.root_path(), root_pem.as_bytes(), PUBLIC_MODE)
+    }
+
     /// Writes a renewed key and certificate (see the module doc for the order).
     pub(crate) fn write_renewed(&self, key_pem: &str, cert_pem: &str) -> Result<(), IdentityError> {
         write(&self.renew_key_path(), key_pem.as_bytes(), SECRET_MODE)?;

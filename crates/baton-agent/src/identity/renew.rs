@@ -34,9 +34,11 @@ pub const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn renew_loop(identity: NodeIdentity, manager_addr: String, shutdown: CancellationToken) {
     let span = tracing::info_span!("renew", node_id = %identity.node_id);
     let cert = identity.cert.clone();
+    let now = identity.renew_now.clone();
     run_renewals(
         move || cert.leaf(),
         || renew_once(&identity, &manager_addr),
+        now,
         shutdown,
     )
     .instrument(span)
@@ -70,7 +72,7 @@ async fn renew_once(identity: &NodeIdentity, addr: &str) -> Result<CertValidity,
             reason: format!("no answer within {} s", RENEW_TIMEOUT.as_secs()),
         })??;
     let invalid = |reason: String| IdentityError::InvalidIssued { reason };
-    let renewed = check_certificate(&identity.root_pem, &cert_pem, &key_pem, UnixTime::now())
+    let renewed = check_certificate(&identity.trust.pem(), &cert_pem, &key_pem, UnixTime::now())
         .map_err(|defect| invalid(defect.describe()))?;
     if renewed.node_id != identity.node_id.0
         || renewed.role != identity.role

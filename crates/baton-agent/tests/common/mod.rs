@@ -295,7 +295,12 @@ impl TestAgent {
         let dispatcher = FakeDispatcher::new();
         let shutdown = CancellationToken::new();
         let data_dir = config.data_dir.clone();
-        let handle = tokio::spawn(Agent::run(config, dispatcher.clone(), shutdown.clone()));
+        let handle = tokio::spawn(Agent::run(
+            config,
+            dispatcher.clone(),
+            None,
+            shutdown.clone(),
+        ));
         TestAgent {
             dispatcher,
             shutdown,

@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_api::{
     AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo,
-    JoinTokenInfo, NodeInfo, RemovedNode, SubmitOutcome, SubmitResponse, TaskInfo,
+    JoinTokenInfo, NodeInfo, RemovedNode, RootRotationInfo, SubmitOutcome, SubmitResponse,
+    TaskInfo,
 };
 use baton_pki::JoinToken;
 use baton_rpc::LogEvent;
@@ -432,6 +433,14 @@ pub async fn get_join_token(
             "this manager does not hold the current token; rotate it to get a new one",
         )
     })?;
+    // The secret is the token; the digest names the root new nodes should
+    // pin, which a root rotation changes.
+    let snapshot = app.store.snapshot();
+    let cluster = initialised(&snapshot.state)?;
+    let token = JoinToken::parse(&token)
+        .and_then(|t| JoinToken::new(cluster.issuing_root_digest(), t.secret().clone()))
+        .map_err(|e| ApiFailure::internal(format!("stored join token: {e}")))?
+        .format();
     Ok(Json(JoinTokenInfo { role, token }))
 }
 
@@ -446,22 +455,9 @@ pub async fn rotate_join_token(
 ) -> Result<Json<JoinTokenInfo>, ApiFailure> {
     let node_role = join_role(&role)?;
     let _rotation = ROTATION.lock().await;
-    let root_pem = app
-        .store
-        .snapshot()
-        .state
-        .cluster()
-        .map(|c| c.root_ca_pem.clone())
-        .ok_or_else(|| {
-            ApiFailure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the cluster is not initialised yet",
-            )
-        })?;
-    let root_der = baton_pki::certificate_der(&root_pem)
-        .map_err(|e| ApiFailure::internal(format!("root CA in the state: {e}")))?;
-    let token = JoinToken::generate(&baton_pki::root_digest(&root_der))
+    let snapshot = app.store.snapshot();
+    let cluster = initialised(&snapshot.state)?;
+    let token = JoinToken::generate(cluster.issuing_root_digest())
         .map_err(|e| ApiFailure::internal(format!("join token: {e}")))?;
     app.store
         .propose(Command::RotateJoinToken {
@@ -485,22 +481,84 @@ pub async fn rotate_join_token(
     Ok(Json(JoinTokenInfo { role, token: text }))
 }
 
-fn cluster_info(state: &baton_state::State) -> Result<ClusterInfo, ApiFailure> {
-    let cluster = state.cluster().ok_or_else(|| {
+fn initialised(state: &baton_state::State) -> Result<&baton_state::Cluster, ApiFailure> {
+    state.cluster().ok_or_else(|| {
         ApiFailure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the cluster is not initialised yet",
         )
-    })?;
-    let root_der = baton_pki::certificate_der(&cluster.root_ca_pem)
-        .map_err(|e| ApiFailure::internal(format!("root CA in the state: {e}")))?;
+    })
+}
+
+fn cluster_info(state: &baton_state::State) -> Result<ClusterInfo, ApiFailure> {
+    let cluster = initialised(state)?;
     Ok(ClusterInfo {
         id: cluster.id.clone(),
-        root_ca_digest: baton_pki::root_digest(&root_der),
+        root_ca_digest: cluster.root_digest.clone(),
         cert_expiry_secs: cluster.cert_validity.as_secs(),
         created_at: cluster.created_at.0,
+        signer: cluster
+            .external_ca
+            .as_ref()
+            .map_or_else(|| "cluster".to_owned(), |e| e.url.clone()),
+        root_rotation: cluster.root_rotation.as_ref().map(|r| RootRotationInfo {
+            new_root_digest: r.new_root_digest.clone(),
+            started_at: r.started_at.0,
+            pending_nodes: state.rotation_pending().into_iter().map(|n| n.0).collect(),
+        }),
     })
+}
+
+/// Start moving the cluster to a new root CA, with no downtime: from now on
+/// certificates come from the new root (chained through a copy of it signed
+/// by the old one, so peers that trust only the old root accept them),
+/// every node is told to trust both roots and to renew at once; once every
+/// member holds a certificate from the new root, the old root is dropped.
+/// Join tokens name the new root from now on (their secrets do not change).
+/// Refused while a rotation runs and when an external CA signs.
+#[utoipa::path(post, path = "/v1/cluster/ca/rotate", tag = "cluster",
+    responses((status = 200, body = ClusterInfo), (status = 409, body = ErrorBody)))]
+pub async fn rotate_root_ca(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<ClusterInfo>, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let cluster = initialised(&snapshot.state)?;
+    let conflict = |message: String| ApiFailure::new(StatusCode::CONFLICT, "conflict", message);
+    if let Some(running) = &cluster.root_rotation {
+        return Err(conflict(
+            baton_state::ApplyError::RotationInProgress {
+                new_root_digest: running.new_root_digest.clone(),
+            }
+            .to_string(),
+        ));
+    }
+    let Some(key) = &cluster.root_ca_key else {
+        return Err(conflict(
+            baton_state::ApplyError::ExternalCaRotation.to_string(),
+        ));
+    };
+    let unix = i64::try_from(now().0 / 1000).unwrap_or(i64::MAX);
+    let internal = |e: baton_pki::PkiError| ApiFailure::internal(format!("root rotation: {e}"));
+    let old = baton_pki::ClusterCa::from_pem(&cluster.id, &cluster.root_ca_pem, key.expose())
+        .map_err(internal)?;
+    let new = baton_pki::ClusterCa::generate(&cluster.id, unix, identity::ROOT_VALIDITY)
+        .map_err(internal)?;
+    let cross_signed_pem = old.cross_sign(&new, unix).map_err(internal)?;
+    let new_root_digest = new.root_digest();
+    app.store
+        .propose(Command::StartRootRotation {
+            rotation: baton_state::RootRotation {
+                new_root_pem: new.cert_pem().to_owned(),
+                new_root_digest: new_root_digest.clone(),
+                new_root_key: baton_state::Secret::new(new.key_pem()),
+                cross_signed_pem,
+                started_at: now(),
+            },
+        })
+        .await?;
+    tracing::info!(new_root = %new_root_digest, "root CA rotation started");
+    Ok(Json(cluster_info(&app.store.snapshot().state)?))
 }
 
 /// The cluster's identity (id, root CA digest) and settings.

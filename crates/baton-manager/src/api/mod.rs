@@ -257,6 +257,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::rotate_join_token))
         .routes(routes!(handlers::get_cluster))
         .routes(routes!(handlers::update_cluster_settings))
+        .routes(routes!(handlers::rotate_root_ca))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     routes

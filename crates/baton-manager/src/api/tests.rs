@@ -24,6 +24,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
     store: Arc<dyn Store>,
     identity: ManagerIdentity,
+    /// The cluster's root CA (its key is in the state).
+    ca: ClusterCa,
     app: Arc<AppState>,
     shutdown: CancellationToken,
 }
@@ -39,9 +41,22 @@ async fn fixture() -> Fixture {
     let store: Arc<dyn Store> = Arc::new(
         LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
     );
-    let identity = identity::load_or_create(dir.path(), store.as_ref(), DEFAULT_CERT_VALIDITY)
-        .await
-        .expect("identity");
+    let identity = identity::load_or_create(
+        dir.path(),
+        store.as_ref(),
+        &crate::signer::Signer::new(),
+        DEFAULT_CERT_VALIDITY,
+        None,
+    )
+    .await
+    .expect("identity");
+    let cluster = store.snapshot().state.cluster().cloned().expect("cluster");
+    let ca = ClusterCa::from_pem(
+        &cluster.id,
+        &cluster.root_ca_pem,
+        cluster.root_ca_key.as_ref().expect("key").expose(),
+    )
+    .expect("ca");
     let shutdown = CancellationToken::new();
     let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), HOUR);
     let app = Arc::new(AppState {
@@ -54,6 +69,7 @@ async fn fixture() -> Fixture {
         _dir: dir,
         store,
         identity,
+        ca,
         app,
         shutdown,
     }
@@ -78,7 +94,11 @@ fn client_config(ca: &ClusterCa, api: &str, name: &str, role: Role) -> ClientCon
 /// Serves the fixture's API over TLS on loopback; returns its URL.
 async fn serve_tls(fx: &Fixture, cert_pem: &str, key_pem: &str) -> String {
     let cert = crate::serving_cert::ServingCert::new(cert_pem, key_pem).expect("cert");
-    let tls = api_tls_config(fx.identity.ca.cert_pem(), cert).expect("tls");
+    let tls = api_tls_config(
+        &baton_rpc::tls::HotTrust::new(fx.ca.cert_pem()).expect("trust"),
+        cert,
+    )
+    .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -103,7 +123,7 @@ fn status_of<T: std::fmt::Debug>(res: Result<T, ApiError>) -> (u16, String) {
 async fn only_an_admin_certificate_of_this_cluster_gets_through() {
     let fx = fixture().await;
     let url = serve_tls(&fx, &fx.identity.cert_pem, &fx.identity.key_pem).await;
-    let ca = &fx.identity.ca;
+    let ca = &fx.ca;
 
     let admin = ApiClient::new(&client_config(ca, &url, "admin", Role::Admin)).expect("client");
     assert_eq!(admin.health().await.expect("admin health").status, "ok");
@@ -129,6 +149,7 @@ async fn only_an_admin_certificate_of_this_cluster_gets_through() {
             id: NodeId("gone".into()),
             role: NodeRole::Worker,
             cert_not_after: Timestamp(u64::MAX),
+            cert_root: String::new(),
             now: crate::now(),
         })
         .await
@@ -157,7 +178,7 @@ async fn only_an_admin_certificate_of_this_cluster_gets_through() {
 #[tokio::test]
 async fn the_client_refuses_a_server_that_is_not_a_manager() {
     let fx = fixture().await;
-    let ca = &fx.identity.ca;
+    let ca = &fx.ca;
     let (key, cert) =
         baton_pki::generate_key_and_cert(ca, "w1", Role::Worker, unix_now(), HOUR).expect("cert");
     let url = serve_tls(&fx, &cert, &key).await;
@@ -297,7 +318,7 @@ async fn rotating_a_join_token_replaces_it_in_the_state_and_the_file() {
         token_digest(&created.worker),
         "old token still matches"
     );
-    let root = baton_pki::certificate_der(fx.identity.ca.cert_pem()).expect("der");
+    let root = baton_pki::certificate_der(fx.ca.cert_pem()).expect("der");
     JoinToken::parse(&new)
         .expect("parse")
         .verify_ca(&root)
@@ -379,6 +400,7 @@ async fn join_worker(fx: &Fixture, id: &str) {
             id: NodeId(id.into()),
             role: NodeRole::Worker,
             cert_not_after: Timestamp(now.0 + 3_600_000),
+            cert_root: String::new(),
             now,
         })
         .await
@@ -527,10 +549,7 @@ async fn cluster_info_shows_identity_and_cert_expiry_which_admins_can_change() {
     let (status, info) = call(&fx, Method::GET, "/v1/cluster", admin(&fx)).await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["id"], fx.identity.cluster_id.as_str());
-    assert_eq!(
-        info["root_ca_digest"],
-        fx.identity.ca.root_digest().as_str()
-    );
+    assert_eq!(info["root_ca_digest"], fx.ca.root_digest().as_str());
     assert_eq!(info["cert_expiry_secs"], DEFAULT_CERT_VALIDITY.as_secs());
     assert!(info["created_at"].as_u64().is_some_and(|t| t > 0), "{info}");
 
@@ -654,7 +673,11 @@ async fn a_swapped_certificate_is_served_to_new_connections_and_old_ones_carry_o
     let fx = fixture().await;
     let cert = crate::serving_cert::ServingCert::new(&fx.identity.cert_pem, &fx.identity.key_pem)
         .expect("cert");
-    let tls = api_tls_config(fx.identity.ca.cert_pem(), cert.clone()).expect("tls");
+    let tls = api_tls_config(
+        &baton_rpc::tls::HotTrust::new(fx.ca.cert_pem()).expect("trust"),
+        cert.clone(),
+    )
+    .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -671,18 +694,18 @@ async fn a_swapped_certificate_is_served_to_new_connections_and_old_ones_carry_o
         baton_pki::certificate_der(&fx.identity.cert_pem).expect("der")
     );
     // An admin client with an open (kept-alive) connection.
-    let admin_config = client_config(
-        &fx.identity.ca,
-        &format!("https://{addr}"),
-        "admin",
-        Role::Admin,
-    );
+    let admin_config = client_config(&fx.ca, &format!("https://{addr}"), "admin", Role::Admin);
     let client = ApiClient::new(&admin_config).expect("client");
     client.health().await.expect("health before the swap");
 
-    let (key, renewed) =
-        crate::identity::issue_node_cert(&fx.identity.ca, &fx.identity.node_id, unix_now(), HOUR)
-            .expect("issue");
+    let (key, renewed) = baton_pki::generate_key_and_cert(
+        &fx.ca,
+        &fx.identity.node_id.0,
+        Role::Manager,
+        unix_now(),
+        HOUR,
+    )
+    .expect("issue");
     cert.swap(&renewed, &key).expect("swap");
     assert_eq!(
         served_leaf(addr).await,

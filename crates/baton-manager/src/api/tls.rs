@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use axum::Router;
 use baton_pki::PeerIdentity;
+use baton_rpc::tls::HotTrust;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::CertificateDer;
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -67,25 +67,19 @@ impl Caller {
 /// The API's rustls configuration: aws-lc-rs, TLS 1.3 only, ALPN `h2` and
 /// `http/1.1`; it presents the manager's node certificate as `cert` holds it
 /// at each handshake (a renewal swaps it without a restart, see
-/// [`ServingCert`]) and verifies client certificates against `root_ca_pem`
-/// when they are presented. No session resumption: a resumed session would
+/// [`ServingCert`]) and verifies client certificates against the roots
+/// `trust` holds at each handshake (a root rotation changes them) when they
+/// are presented. No session resumption: a resumed session would
 /// skip the verifier and carry the identity (or the server certificate) of an
 /// older handshake.
 pub fn api_tls_config(
-    root_ca_pem: &str,
+    trust: &HotTrust,
     cert: ServingCert,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    let roots =
-        baton_pki::root_cert_store(root_ca_pem).map_err(|e| ServeError::Tls(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ServeError::Tls(format!("client verifier: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(baton_rpc::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(trust.client_verifier())
         .with_cert_resolver(Arc::new(cert));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

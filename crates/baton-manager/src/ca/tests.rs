@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use baton_pki::{ClusterCa, JoinToken, PeerIdentity, Role, generate_csr, peer_identity};
 use baton_rpc::server::{CaError, CaService};
-use baton_state::{Cluster, Command, NodeId, NodeRole, Timestamp};
+use baton_state::{Command, NodeId, NodeRole, Secret, Timestamp};
 use baton_store::{LocalStore, LocalStoreConfig, Store};
 
 use super::ManagerCa;
+use crate::signer::Signer;
 
 struct Fixture {
     ca: ManagerCa,
@@ -27,21 +28,24 @@ async fn fixture() -> Fixture {
     let root = ClusterCa::generate("c1", now, Duration::from_secs(86_400)).expect("ca");
     let worker = JoinToken::generate(&root.root_digest()).expect("token");
     let manager = JoinToken::generate(&root.root_digest()).expect("token");
+    let tokens = crate::identity::StoredTokens {
+        worker: worker.format(),
+        manager: manager.format(),
+    };
+    let cluster = crate::identity::new_cluster(
+        root.cert_pem(),
+        Some(Secret::new(root.key_pem())),
+        None,
+        &tokens,
+        Duration::from_secs(3600),
+    )
+    .expect("cluster");
     store
-        .propose(Command::InitCluster {
-            cluster: Cluster {
-                id: "c1".to_owned(),
-                root_ca_pem: root.cert_pem().to_owned(),
-                worker_token_digest: baton_pki::hex(&worker.secret_digest()),
-                manager_token_digest: baton_pki::hex(&manager.secret_digest()),
-                cert_validity: Duration::from_secs(3600),
-                created_at: Timestamp(1),
-            },
-        })
+        .propose(Command::InitCluster { cluster })
         .await
         .expect("init");
     Fixture {
-        ca: ManagerCa::new(store.clone(), root),
+        ca: ManagerCa::new(store.clone(), Arc::new(Signer::new())),
         store,
         worker,
         manager,
@@ -163,4 +167,75 @@ async fn a_bad_csr_is_an_invalid_request_and_admits_nobody() {
         other => panic!("expected invalid request, got {other:?}"),
     }
     assert_eq!(f.store.snapshot().state.members().count(), 0);
+}
+
+#[tokio::test]
+async fn during_a_root_rotation_nodes_get_the_new_root_bridged_by_the_cross_signed_one() {
+    let f = fixture().await;
+    let cluster = f
+        .store
+        .snapshot()
+        .state
+        .cluster()
+        .cloned()
+        .expect("cluster");
+    let key = cluster
+        .root_ca_key
+        .as_ref()
+        .expect("key")
+        .expose()
+        .to_owned();
+    let old = ClusterCa::from_pem("c1", &cluster.root_ca_pem, &key).expect("old");
+    let now = i64::try_from(crate::now().0 / 1000).expect("now");
+    let new = ClusterCa::generate("c1", now, Duration::from_secs(86_400)).expect("new");
+    f.store
+        .propose(Command::StartRootRotation {
+            rotation: baton_state::RootRotation {
+                new_root_pem: new.cert_pem().to_owned(),
+                new_root_digest: new.root_digest(),
+                new_root_key: Secret::new(new.key_pem()),
+                cross_signed_pem: old.cross_sign(&new, now).expect("cross"),
+                started_at: Timestamp(5),
+            },
+        })
+        .await
+        .expect("start");
+
+    // The root CA call hands out both roots.
+    let bundle = f.ca.root_ca().await.expect("roots");
+    assert_eq!(
+        baton_pki::pem_certificates(&bundle),
+        vec![old.cert_pem().to_owned(), new.cert_pem().to_owned()]
+    );
+    // A token printed before the rotation (naming the old root) still joins,
+    // and the certificate comes from the new root with the bridge attached.
+    let (_key, csr) = generate_csr().expect("csr");
+    let (id, chain) = f.ca.join(&csr, &f.worker.format()).await.expect("join");
+    let certs = baton_pki::pem_certificates(&chain);
+    assert_eq!(certs.len(), 2, "leaf and cross-signed root: {chain}");
+    let member = f
+        .store
+        .snapshot()
+        .state
+        .member(&id)
+        .cloned()
+        .expect("member");
+    assert_eq!(member.cert_root, new.root_digest());
+    for roots in [old.cert_pem(), new.cert_pem()] {
+        baton_pki::check_issued(
+            &chain,
+            &csr,
+            &baton_pki::ExpectedIdentity {
+                name: &id.0,
+                role: Role::Worker,
+                cluster_id: "c1",
+            },
+            roots,
+            now,
+        )
+        .unwrap_or_else(|e| panic!("chains to either root: {e}"));
+    }
+    // The pending list names the members still on the old root.
+    let pending = f.store.snapshot().state.rotation_pending();
+    assert!(!pending.contains(&id), "{pending:?}");
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use super::State;
 use crate::command::Event;
 use crate::ids::{NodeId, Timestamp};
-use crate::objects::{Cluster, Member, NodeAvailability, NodeRole};
+use crate::objects::{Cluster, Member, NodeAvailability, NodeRole, RootRotation};
 use crate::state::ApplyError;
 
 /// The shortest node certificate lifetime [`crate::Command::SetCertValidity`]
@@ -83,11 +83,72 @@ impl State {
         Ok(vec![Event::CertValidityChanged { validity }])
     }
 
+    /// The members that still hold a certificate from the old root during a
+    /// root rotation (empty when none runs).
+    pub fn rotation_pending(&self) -> Vec<NodeId> {
+        let Some(rotation) = self.cluster.as_ref().and_then(|c| c.root_rotation.as_ref()) else {
+            return Vec::new();
+        };
+        self.members
+            .values()
+            .filter(|m| !m.cert_root.eq_ignore_ascii_case(&rotation.new_root_digest))
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
+    pub(super) fn start_root_rotation(
+        &mut self,
+        rotation: RootRotation,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let cluster = self.cluster.as_mut().ok_or(ApplyError::NoCluster)?;
+        if cluster.root_ca_key.is_none() {
+            return Err(ApplyError::ExternalCaRotation);
+        }
+        if let Some(running) = &cluster.root_rotation {
+            return Err(ApplyError::RotationInProgress {
+                new_root_digest: running.new_root_digest.clone(),
+            });
+        }
+        let new_root_digest = rotation.new_root_digest.clone();
+        cluster.root_rotation = Some(rotation);
+        Ok(vec![Event::RootRotationStarted { new_root_digest }])
+    }
+
+    pub(super) fn finish_root_rotation(
+        &mut self,
+        new_root_digest: &str,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let no_such = || ApplyError::NoSuchRotation {
+            new_root_digest: new_root_digest.to_owned(),
+        };
+        let cluster = self.cluster.as_ref().ok_or(ApplyError::NoCluster)?;
+        let rotation = cluster.root_rotation.as_ref().ok_or_else(no_such)?;
+        if !rotation
+            .new_root_digest
+            .eq_ignore_ascii_case(new_root_digest)
+        {
+            return Err(no_such());
+        }
+        let pending = self.rotation_pending();
+        if !pending.is_empty() {
+            return Err(ApplyError::RotationPending { pending });
+        }
+        let cluster = self.cluster.as_mut().ok_or(ApplyError::NoCluster)?;
+        let rotation = cluster.root_rotation.take().ok_or_else(no_such)?;
+        cluster.root_ca_pem = rotation.new_root_pem.clone();
+        cluster.root_digest = rotation.new_root_digest.clone();
+        cluster.root_ca_key = Some(rotation.new_root_key.clone());
+        Ok(vec![Event::RootRotationFinished {
+            root_digest: rotation.new_root_digest,
+        }])
+    }
+
     pub(super) fn admit_node(
         &mut self,
         id: NodeId,
         role: NodeRole,
         cert_not_after: Timestamp,
+        cert_root: String,
         now: Timestamp,
     ) -> Result<Vec<Event>, ApplyError> {
         if self.cluster.is_none() {
@@ -103,6 +164,7 @@ impl State {
                 role,
                 admitted_at: now,
                 cert_not_after,
+                cert_root,
             },
         );
         Ok(vec![Event::NodeAdmitted { id, role }])
@@ -112,12 +174,14 @@ impl State {
         &mut self,
         id: &NodeId,
         cert_not_after: Timestamp,
+        cert_root: String,
     ) -> Result<Vec<Event>, ApplyError> {
         let member = self
             .members
             .get_mut(id)
             .ok_or_else(|| ApplyError::NotAMember { id: id.clone() })?;
         member.cert_not_after = cert_not_after;
+        member.cert_root = cert_root;
         Ok(vec![Event::NodeCertRenewed { id: id.clone() }])
     }
 
@@ -168,11 +232,16 @@ mod tests {
 
     use super::*;
     use crate::command::Command;
+    use crate::secret::Secret;
 
     fn cluster() -> Cluster {
         Cluster {
             id: "c1".to_owned(),
             root_ca_pem: "-----BEGIN CERTIFICATE-----".to_owned(),
+            root_digest: "01".repeat(32),
+            root_ca_key: Some(Secret::new("old key".to_owned())),
+            external_ca: None,
+            root_rotation: None,
             worker_token_digest: "aa".repeat(32),
             manager_token_digest: "bb".repeat(32),
             cert_validity: Duration::from_secs(90 * 86_400),
@@ -185,8 +254,120 @@ mod tests {
             id: NodeId(id.to_owned()),
             role: NodeRole::Worker,
             cert_not_after: Timestamp(100),
+            cert_root: "01".repeat(32),
             now: Timestamp(2),
         })
+    }
+
+    fn rotation() -> RootRotation {
+        RootRotation {
+            new_root_pem: "-----BEGIN CERTIFICATE----- new".to_owned(),
+            new_root_digest: "02".repeat(32),
+            new_root_key: Secret::new("new key".to_owned()),
+            cross_signed_pem: "-----BEGIN CERTIFICATE----- cross".to_owned(),
+            started_at: Timestamp(5),
+        }
+    }
+
+    fn renew(state: &mut State, id: &str, root: &str) -> Result<Vec<Event>, ApplyError> {
+        state.apply(Command::RenewNodeCert {
+            id: NodeId(id.to_owned()),
+            cert_not_after: Timestamp(200),
+            cert_root: root.to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_root_rotation_finishes_only_once_every_member_moved() {
+        let mut state = State::default();
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        admit(&mut state, "n1").expect("admit");
+        admit(&mut state, "n2").expect("admit");
+        let old = "01".repeat(32);
+        let new = "02".repeat(32);
+        assert_eq!(state.rotation_pending(), Vec::<NodeId>::new());
+        state
+            .apply(Command::StartRootRotation {
+                rotation: rotation(),
+            })
+            .expect("start");
+        let c = state.cluster().expect("cluster");
+        assert_eq!(c.issuing_root_digest(), new);
+        assert!(c.trusts_root(&old) && c.trusts_root(&new));
+        assert!(c.trust_pem().contains("new") && c.trust_pem().starts_with("-----BEGIN"));
+        assert_eq!(
+            state.apply(Command::StartRootRotation {
+                rotation: rotation()
+            }),
+            Err(ApplyError::RotationInProgress {
+                new_root_digest: new.clone()
+            })
+        );
+        renew(&mut state, "n1", &new).expect("renew");
+        let refused = state.apply(Command::FinishRootRotation {
+            new_root_digest: new.clone(),
+        });
+        assert_eq!(
+            refused,
+            Err(ApplyError::RotationPending {
+                pending: vec![NodeId("n2".to_owned())]
+            })
+        );
+        assert!(refused.expect_err("pending").to_string().contains("n2"));
+        assert_eq!(
+            state.apply(Command::FinishRootRotation {
+                new_root_digest: "03".repeat(32)
+            }),
+            Err(ApplyError::NoSuchRotation {
+                new_root_digest: "03".repeat(32)
+            })
+        );
+        // A node that never moves can be removed; then the rotation finishes.
+        state
+            .apply(Command::RemoveNode {
+                id: NodeId("n2".to_owned()),
+                now: Timestamp(6),
+            })
+            .expect("remove");
+        assert_eq!(
+            state.apply(Command::FinishRootRotation {
+                new_root_digest: new.clone()
+            }),
+            Ok(vec![Event::RootRotationFinished {
+                root_digest: new.clone()
+            }])
+        );
+        let c = state.cluster().expect("cluster");
+        assert_eq!(
+            (c.root_digest.as_str(), c.issuing_root_digest()),
+            (new.as_str(), new.as_str())
+        );
+        assert!(!c.trusts_root(&old));
+        assert_eq!(c.root_ca_key.as_ref().map(Secret::expose), Some("new key"));
+        assert_eq!(c.trust_pem(), "-----BEGIN CERTIFICATE----- new");
+        assert!(!format!("{c:?}").contains("new key"));
+    }
+
+    #[test]
+    fn an_external_ca_cluster_cannot_rotate_its_root() {
+        let mut state = State::default();
+        let mut external = cluster();
+        external.root_ca_key = None;
+        external.external_ca = Some(crate::objects::ExternalCa {
+            url: "https://ca.example:8888/api/v1/cfssl/authsign".to_owned(),
+            auth_key: Secret::new("00ff".to_owned()),
+        });
+        state
+            .apply(Command::InitCluster { cluster: external })
+            .expect("init");
+        assert_eq!(
+            state.apply(Command::StartRootRotation {
+                rotation: rotation()
+            }),
+            Err(ApplyError::ExternalCaRotation)
+        );
     }
 
     #[test]
@@ -244,6 +425,7 @@ mod tests {
             .apply(Command::RenewNodeCert {
                 id: NodeId("n1".to_owned()),
                 cert_not_after: Timestamp(200),
+                cert_root: "01".repeat(32),
             })
             .expect("renew");
         assert_eq!(
@@ -276,6 +458,7 @@ mod tests {
             state.apply(Command::RenewNodeCert {
                 id: NodeId("n1".to_owned()),
                 cert_not_after: Timestamp(300),
+                cert_root: "01".repeat(32),
             }),
             Err(ApplyError::NotAMember {
                 id: NodeId("n1".to_owned())

@@ -1,10 +1,8 @@
 //! The API's authentication (client certificates from the cluster CA) and
 //! discovery endpoints.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use baton_api::{ApiClient, ApiError, ClientConfig};
-use baton_pki::{ClusterCa, Role};
+use baton_pki::Role;
 
 use crate::harness::Dev;
 
@@ -37,30 +35,22 @@ fn refused_with(res: Result<serde_json::Value, ApiError>) -> (u16, String) {
 
 /// A certificate for `name` with `role`, signed by the dev cluster's CA
 /// (`DIR/manager/ca`), in a client config for the dev API.
-fn minted_config(dev: &Dev, admin: &ClientConfig, name: &str, role: Role) -> ClientConfig {
-    let ca_dir = dev.dir.join("manager/ca");
-    let root = std::fs::read_to_string(ca_dir.join("root.pem")).expect("root.pem");
-    let root_key = std::fs::read_to_string(ca_dir.join("root-key.pem")).expect("root-key.pem");
-    let admin_der = baton_pki::certificate_der(&admin.cert).expect("admin cert");
-    let cluster_id = baton_pki::peer_identity(&admin_der)
-        .expect("admin identity")
-        .cluster_id;
-    let ca = ClusterCa::from_pem(&cluster_id, &root, &root_key).expect("dev CA");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let (key, cert) = baton_pki::generate_key_and_cert(
-        &ca,
-        name,
-        role,
-        i64::try_from(now).expect("now"),
-        Duration::from_secs(3600),
-    )
-    .expect("mint");
+/// A client config presenting the dev agent's own worker certificate: what
+/// a compromised worker holds.
+fn worker_config(dev: &Dev, admin: &ClientConfig) -> ClientConfig {
+    let identity = dev.dir.join("agent/identity");
+    let read = |name: &str| {
+        std::fs::read_to_string(identity.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let cert = read("cert.pem");
+    let der = baton_pki::certificate_der(&cert).expect("agent cert");
+    assert_eq!(
+        baton_pki::peer_identity(&der).expect("identity").role,
+        Role::Worker
+    );
     ClientConfig {
         cert,
-        key,
+        key: read("key.pem"),
         ..admin.clone()
     }
 }
@@ -85,7 +75,7 @@ fn every_endpoint_needs_an_admin_certificate() {
         other => panic!("expected 401, got {other:?}"),
     }
 
-    let worker = minted_config(&dev, &config, "intruder", Role::Worker);
+    let worker = worker_config(&dev, &config);
     let worker = ApiClient::new(&worker).expect("client");
     for path in PATHS {
         let (status, code) = refused_with(rt.block_on(worker.get_value(path)));

@@ -186,8 +186,9 @@ impl Cluster {
         ClientConfig::load(&self.admin).expect("admin.toml")
     }
 
+    /// The cluster's root CA, as the admin config holds it.
     fn root_pem(&self) -> String {
-        std::fs::read_to_string(self.dir.join("manager/ca/root.pem")).expect("root.pem")
+        self.admin_config().ca_cert
     }
 
     fn cluster_id(&self) -> String {
@@ -790,7 +791,7 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
             loop {
                 match session.messages.recv().await {
                     Some(SessionMessage::Assignments(set)) => return set,
-                    Some(SessionMessage::Logs(_)) => {}
+                    Some(SessionMessage::Logs(_) | SessionMessage::Trust(_)) => {}
                     None => panic!("the session ended before its assignments"),
                 }
             }
