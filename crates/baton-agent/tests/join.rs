@@ -118,6 +118,7 @@ impl TestCluster {
             manager: manager.format(),
         };
         let cluster = baton_manager::identity::new_cluster(
+            CLUSTER_ID,
             root.cert_pem(),
             Some(baton_state::Secret::new(root.key_pem())),
             None,

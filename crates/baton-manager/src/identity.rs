@@ -133,9 +133,10 @@ impl fmt::Debug for ManagerIdentity {
     }
 }
 
-/// A new cluster record around `root` (whose key the managers hold, unless
-/// `external` names the signer that does): what `InitCluster` stores.
+/// A new cluster record `id` around `root` (whose key the managers hold,
+/// unless `external` names the signer that does): what `InitCluster` stores.
 pub fn new_cluster(
+    id: &str,
     root_pem: &str,
     root_key: Option<Secret>,
     external: Option<ExternalCa>,
@@ -143,13 +144,11 @@ pub fn new_cluster(
     cert_validity: Duration,
 ) -> Result<Cluster, IdentityError> {
     let der = baton_pki::certificate_der(root_pem)?;
-    let id = root_cluster_id(&der)
-        .ok_or_else(|| IdentityError::Inconsistent("the root CA names no cluster (O)".into()))?;
     let digest = |t: &str| -> Result<String, IdentityError> {
         Ok(baton_pki::hex(&JoinToken::parse(t)?.secret_digest()))
     };
     Ok(Cluster {
-        id,
+        id: id.to_owned(),
         root_ca_pem: root_pem.to_owned(),
         root_digest: baton_pki::root_digest(&der),
         root_ca_key: root_key,
@@ -229,7 +228,9 @@ pub async fn load_or_create(
 
     // 1. Tokens and the cluster record (with its root CA).
     if store.snapshot().state.cluster().is_none() {
-        let (root_pem, root_key, external_ca) = match external {
+        // The cluster id is the O of every certificate; an external root's
+        // own subject says nothing about it.
+        let (cluster_id, root_pem, root_key, external_ca) = match external {
             Some(init) => {
                 let roots = baton_pki::pem_certificates(&init.root_pem);
                 let [root] = roots.as_slice() else {
@@ -242,11 +243,12 @@ pub async fn load_or_create(
                     url: init.url,
                     auth_key: init.auth_key,
                 };
-                (root.clone(), None, Some(config))
+                (random_id(), root.clone(), None, Some(config))
             }
             None => {
                 let ca = ClusterCa::generate(&random_id(), unix_secs(now()), ROOT_VALIDITY)?;
                 (
+                    ca.cluster_id().to_owned(),
                     ca.cert_pem().to_owned(),
                     Some(Secret::new(ca.key_pem())),
                     None,
@@ -269,8 +271,14 @@ pub async fn load_or_create(
                 tokens
             }
         };
-        let cluster = new_cluster(&root_pem, root_key, external_ca, &tokens, cert_validity)?;
-        let cluster_id = cluster.id.clone();
+        let cluster = new_cluster(
+            &cluster_id,
+            &root_pem,
+            root_key,
+            external_ca,
+            &tokens,
+            cert_validity,
+        )?;
         store.propose(Command::InitCluster { cluster }).await?;
         tracing::info!(cluster_id, "cluster created");
         created = Some(tokens);
@@ -430,19 +438,6 @@ fn node_cert_defect(
         return Some("key does not match the certificate");
     }
     None
-}
-
-/// The O of a root certificate: the cluster id.
-fn root_cluster_id(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let org = cert
-        .subject()
-        .iter_organization()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(org)
 }
 
 #[cfg(test)]

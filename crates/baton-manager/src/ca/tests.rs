@@ -33,6 +33,7 @@ async fn fixture() -> Fixture {
         manager: manager.format(),
     };
     let cluster = crate::identity::new_cluster(
+        "c1",
         root.cert_pem(),
         Some(Secret::new(root.key_pem())),
         None,
