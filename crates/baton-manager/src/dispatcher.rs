@@ -186,6 +186,20 @@ impl DispatcherService {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Removes `node`'s session if it is still the one of `generation` (a
+    /// newer session of the same node stays).
+    fn forget_session(&self, node: &NodeId, generation: u64) -> Option<SessionEntry> {
+        let mut sessions = self.lock_sessions();
+        if sessions
+            .get(node)
+            .is_some_and(|s| s.generation == generation)
+        {
+            sessions.remove(node)
+        } else {
+            None
+        }
+    }
+
     fn lock_silent(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
         self.silent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -338,13 +352,7 @@ impl DispatcherService {
                 // before the revocation, so end it here; the agent's next
                 // session is refused at the transport (revoked id).
                 tracing::warn!(node_id = %node, "node revoked: ending its session");
-                let mut sessions = self.lock_sessions();
-                if sessions
-                    .get(&node)
-                    .is_some_and(|s| s.generation == generation)
-                {
-                    sessions.remove(&node);
-                }
+                self.forget_session(&node, generation);
                 return;
             }
             if snapshot
@@ -356,13 +364,7 @@ impl DispatcherService {
                 // session): its tasks are lost. End the session so that the
                 // agent opens a new one, which registers the node again.
                 tracing::warn!(node_id = %node, "node is down: ending its session");
-                let mut sessions = self.lock_sessions();
-                if sessions
-                    .get(&node)
-                    .is_some_and(|s| s.generation == generation)
-                {
-                    sessions.remove(&node);
-                }
+                self.forget_session(&node, generation);
                 return;
             }
             if let Some(update) = trust_for(&snapshot.state, &node)
@@ -390,19 +392,19 @@ impl DispatcherService {
                 last = Some(tasks);
             }
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    // Shutting down: drop the session's sender too, so its
+                    // stream ends and the server can drain.
+                    self.forget_session(&node, generation);
+                    return;
+                }
                 () = tx.closed() => break,
                 changed = changes.changed() => if changed.is_err() { return },
             }
         }
         // The agent went away. Unless it comes back within the grace of its
         // last heartbeat, the liveness loop marks its node down.
-        let mut sessions = self.lock_sessions();
-        if sessions
-            .get(&node)
-            .is_some_and(|s| s.generation == generation)
-            && let Some(entry) = sessions.remove(&node)
-        {
+        if let Some(entry) = self.forget_session(&node, generation) {
             self.lock_silent()
                 .insert(node.clone(), entry.last_heartbeat);
             tracing::info!(node_id = %node, "agent session closed");
