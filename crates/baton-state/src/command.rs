@@ -140,6 +140,31 @@ pub enum Command {
     },
 }
 
+
+impl Command {
+    /// The command's name as it is persisted (`cmd` tag), for logs: it
+    /// never shows the command's contents.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::PutJob { .. } => "put_job",
+            Command::StopJob { .. } => "stop_job",
+            Command::RegisterNode { .. } => "register_node",
+            Command::NodeDown { .. } => "node_down",
+            Command::ApplyPlan { .. } => "apply_plan",
+            Command::ReportTasks { .. } => "report_tasks",
+            Command::InitCluster { .. } => "init_cluster",
+            Command::RotateJoinToken { .. } => "rotate_join_token",
+            Command::AdmitNode { .. } => "admit_node",
+            Command::RenewNodeCert { .. } => "renew_node_cert",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::SetNodeAvailability { .. } => "set_node_availability",
+            Command::SetCertValidity { .. } => "set_cert_validity",
+            Command::StartRootRotation { .. } => "start_root_rotation",
+            Command::FinishRootRotation { .. } => "finish_root_rotation",
+        }
+    }
+}
+
 /// One task state observation from the node running it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskReport {

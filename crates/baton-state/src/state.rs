@@ -15,7 +15,7 @@ use crate::objects::{
 use crate::restart::{RestartDecision, restart_decision};
 
 /// A command that cannot be applied; the state is left unchanged.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ApplyError {
     /// The named job does not exist.
     #[error("job {name:?} not found")]

@@ -16,6 +16,7 @@ use baton_state::{ApplyError, Command, Event, State};
 use tokio::sync::watch;
 
 mod local;
+pub mod raft;
 
 pub use local::{LocalStore, LocalStoreConfig, default_path};
 

@@ -1,0 +1,266 @@
+//! The state machine: Baton's [`State`], applied from committed entries.
+//!
+//! The state lives in memory; every applied batch publishes a new
+//! [`Snapshot`] (an O(1) clone) to readers. Durability comes from the log:
+//! a restarted member loads its last stored snapshot and openraft re-applies
+//! the committed entries after it (the committed id is persisted by
+//! [`super::log_store`]). A snapshot (the state as JSON, with the Raft
+//! metadata) is built every `snapshot_every` entries, stored in the database
+//! and sent to members too far behind to catch up from the log.
+
+use std::fmt::Debug;
+use std::io::{self, Cursor};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use baton_state::State;
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::log_store::io_err;
+use super::types::{LogId, Outcome, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::Snapshot;
+
+/// The stored snapshot: `current` -> JSON of [`StoredSnapshot`].
+const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+const CURRENT: &str = "current";
+
+/// A snapshot as stored and as sent to another member.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    /// JSON of the state.
+    data: Vec<u8>,
+}
+
+struct Applied {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// The state machine. Clones share it (the snapshot builder is a clone).
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    applied: Arc<Mutex<Applied>>,
+    published: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine").finish_non_exhaustive()
+    }
+}
+
+fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
+    let read = db.begin_read().map_err(|e| io_err("read", e))?;
+    let table = match read.open_table(RAFT_SNAPSHOT) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(io_err("open raft_snapshot", e)),
+    };
+    match table
+        .get(CURRENT)
+        .map_err(|e| io_err("read raft_snapshot", e))?
+    {
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(bytes.value())
+                .map_err(|e| io_err("decoding the snapshot", e))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+fn store_snapshot(db: &Database, snapshot: &StoredSnapshot) -> Result<(), io::Error> {
+    let bytes = serde_json::to_vec(snapshot).map_err(|e| io_err("encoding the snapshot", e))?;
+    let txn = db.begin_write().map_err(|e| io_err("write", e))?;
+    {
+        let mut table = txn
+            .open_table(RAFT_SNAPSHOT)
+            .map_err(|e| io_err("open raft_snapshot", e))?;
+        table
+            .insert(CURRENT, bytes.as_slice())
+            .map_err(|e| io_err("write raft_snapshot", e))?;
+    }
+    txn.commit().map_err(|e| io_err("commit", e))
+}
+
+fn decode_state(data: &[u8]) -> Result<State, io::Error> {
+    serde_json::from_slice(data).map_err(|e| io_err("decoding the state", e))
+}
+
+impl StateMachine {
+    /// The state machine over `db`, starting from its stored snapshot.
+    pub fn open(db: Arc<Database>) -> Result<StateMachine, io::Error> {
+        let applied = match load_snapshot(&db)? {
+            Some(stored) => Applied {
+                state: decode_state(&stored.data)?,
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership,
+            },
+            None => Applied {
+                state: State::default(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+        };
+        let first = Snapshot {
+            index: applied.last_applied.map_or(0, |id| id.index()),
+            state: applied.state.clone(),
+        };
+        let (published, _) = watch::channel(Arc::new(first));
+        Ok(StateMachine {
+            db,
+            applied: Arc::new(Mutex::new(applied)),
+            published,
+        })
+    }
+
+    /// Receives every published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.published.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, applied: &Applied) {
+        self.published.send_replace(Arc::new(Snapshot {
+            index: applied.last_applied.map_or(0, |id| id.index()),
+            state: applied.state.clone(),
+        }));
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> Result<openraft::alias::SnapshotOf<TypeConfig, Cursor<Vec<u8>>>, io::Error> {
+        let (state, meta) = {
+            let applied = self.lock();
+            (
+                applied.state.clone(),
+                SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.membership.clone(),
+                },
+            )
+        };
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let data = serde_json::to_vec(&state).map_err(|e| io_err("encoding the state", e))?;
+            let stored = StoredSnapshot { meta, data };
+            store_snapshot(&db, &stored)?;
+            Ok::<_, io::Error>(stored)
+        })
+        .await
+        .map_err(|e| io_err("snapshot task", e))??;
+        tracing::info!(
+            index = stored.meta.last_log_id.map_or(0, |id| id.index()),
+            bytes = stored.data.len(),
+            "state snapshot stored"
+        );
+        Ok(openraft::alias::SnapshotOf::<TypeConfig, Cursor<Vec<u8>>> {
+            meta: stored.meta,
+            snapshot: Cursor::new(stored.data),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.lock();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut responses = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let mut applied = self.lock();
+            applied.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome(Ok(Vec::new())),
+                EntryPayload::Normal(proposal) => Outcome(applied.state.apply(proposal.0)),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Outcome(Ok(Vec::new()))
+                }
+            };
+            if let Some(responder) = responder {
+                responses.push((responder, outcome));
+            }
+        }
+        // Readers see the new state before any proposer hears back, so a
+        // proposer's next read includes its own write.
+        self.publish(&self.lock());
+        for (responder, outcome) in responses {
+            responder.send(outcome);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Self::SnapshotData,
+    ) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let state = decode_state(&data)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            store_snapshot(&db, &stored)?;
+            Ok::<_, io::Error>(stored)
+        })
+        .await
+        .map_err(|e| io_err("snapshot task", e))??;
+        let mut applied = self.lock();
+        *applied = Applied {
+            state,
+            last_applied: stored.meta.last_log_id,
+            membership: stored.meta.last_membership,
+        };
+        self.publish(&applied);
+        tracing::info!(
+            index = applied.last_applied.map_or(0, |id| id.index()),
+            "state snapshot installed"
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error>
+    {
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || load_snapshot(&db))
+            .await
+            .map_err(|e| io_err("snapshot task", e))??;
+        Ok(stored.map(
+            |stored| openraft::alias::SnapshotOf::<TypeConfig, Self::SnapshotData> {
+                meta: stored.meta,
+                snapshot: Cursor::new(stored.data),
+            },
+        ))
+    }
+}
