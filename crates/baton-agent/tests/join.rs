@@ -18,7 +18,8 @@ use baton_rpc::{
 };
 use baton_spec::Resources;
 use baton_state::{Command, NodeId, NodeRole, TaskReport, Timestamp};
-use baton_store::{LocalStore, LocalStoreConfig, Store};
+use baton_store::Store;
+use baton_store::raft::RaftStore;
 use rustls::server::ParsedCertificate;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -88,7 +89,7 @@ impl Dispatcher for TestDispatcher {
     }
 }
 
-/// One manager's cluster port: a `ManagerCa` over a `LocalStore`, serving
+/// One manager's cluster port: a `ManagerCa` over a `RaftStore`, serving
 /// with a long-lived manager certificate; node certificates live for
 /// `cert_validity`.
 struct TestCluster {
@@ -107,7 +108,9 @@ impl TestCluster {
     async fn start(cert_validity: Duration) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(
-            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
+            RaftStore::open_solo_at(&dir.path().join("state.redb"))
+                .await
+                .expect("store"),
         );
         let now = unix_now();
         let root = ClusterCa::generate(CLUSTER_ID, now, 365 * DAY).expect("root ca");

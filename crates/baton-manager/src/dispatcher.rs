@@ -589,7 +589,7 @@ impl Dispatcher for DispatcherService {
 mod tests {
     use baton_spec::Resources;
     use baton_state::{NodeRole, Timestamp};
-    use baton_store::{LocalStore, LocalStoreConfig};
+    use baton_store::raft::RaftStore;
 
     use super::*;
 
@@ -654,7 +654,9 @@ mod tests {
 
     async fn store_with_workers(dir: &std::path::Path, ids: &[&str]) -> Arc<dyn Store> {
         let store: Arc<dyn Store> = Arc::new(
-            LocalStore::open(LocalStoreConfig::new(dir.join("state.redb"))).expect("store"),
+            RaftStore::open_solo_at(&dir.join("state.redb"))
+                .await
+                .expect("store"),
         );
         crate::identity::load_or_create(
             dir,

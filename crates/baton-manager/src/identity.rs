@@ -292,15 +292,7 @@ pub async fn load_or_create(
 
     // 2. This manager's node identity.
     let node_dir = dir.join("node");
-    let id_path = node_dir.join("id");
-    let node_id = match read(&id_path)? {
-        Some(id) => NodeId(id.trim().to_owned()),
-        None => {
-            let id = NodeId(random_id());
-            write(&id_path, id.0.as_bytes(), 0o644)?;
-            id
-        }
-    };
+    let node_id = load_or_create_node_id(dir)?;
     let (cert_path, key_path) = (node_dir.join("cert.pem"), node_dir.join("key.pem"));
     let stored = match (read(&cert_path)?, read(&key_path)?) {
         (Some(cert), Some(key)) => {
@@ -361,6 +353,20 @@ pub async fn load_or_create(
         key_pem,
         created,
     })
+}
+
+/// This manager's node id (`node/id`), made on first use. It is also its
+/// Raft member id, so the store needs it before anything else.
+pub fn load_or_create_node_id(dir: &Path) -> Result<NodeId, IdentityError> {
+    let id_path = dir.join("node").join("id");
+    match read(&id_path)? {
+        Some(id) => Ok(NodeId(id.trim().to_owned())),
+        None => {
+            let id = NodeId(random_id());
+            write(&id_path, id.0.as_bytes(), 0o644)?;
+            Ok(id)
+        }
+    }
 }
 
 /// The CA digest a stored token names.
@@ -444,19 +450,23 @@ fn node_cert_defect(
 mod tests {
     use std::sync::Arc;
 
-    use baton_store::{LocalStore, LocalStoreConfig};
+    use baton_store::raft::RaftStore;
 
     use super::*;
 
-    fn open(dir: &Path) -> Arc<LocalStore> {
-        Arc::new(LocalStore::open(LocalStoreConfig::new(dir.join("state.redb"))).expect("store"))
+    async fn open(dir: &Path) -> Arc<RaftStore> {
+        Arc::new(
+            RaftStore::open_solo_at(&dir.join("state.redb"))
+                .await
+                .expect("store"),
+        )
     }
 
     #[tokio::test]
     async fn first_start_creates_the_cluster_and_restarts_keep_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cluster_id, node_id, tokens) = {
-            let store = open(dir.path());
+            let store = open(dir.path()).await;
             let identity = load_or_create(
                 dir.path(),
                 store.as_ref(),
@@ -482,6 +492,7 @@ mod tests {
                 (me.node_id.as_str(), me.role),
                 (identity.node_id.0.as_str(), Role::Manager)
             );
+            store.shutdown().await;
             (identity.cluster_id, identity.node_id, tokens)
         };
         use std::os::unix::fs::PermissionsExt;
@@ -492,7 +503,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{secret}");
         }
-        let store = open(dir.path());
+        let store = open(dir.path()).await;
         let again = load_or_create(
             dir.path(),
             store.as_ref(),
@@ -521,7 +532,7 @@ mod tests {
             manager: JoinToken::generate(&"ab".repeat(32)).expect("t").format(),
         };
         store_tokens(dir.path(), &stale).expect("write");
-        let store = open(dir.path());
+        let store = open(dir.path()).await;
         let identity = load_or_create(
             dir.path(),
             store.as_ref(),
@@ -545,7 +556,7 @@ mod tests {
     async fn a_certificate_from_a_retired_root_is_replaced_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let signer = Signer::new();
-        let store = open(dir.path());
+        let store = open(dir.path()).await;
         let first = load_or_create(
             dir.path(),
             store.as_ref(),

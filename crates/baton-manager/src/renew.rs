@@ -132,7 +132,7 @@ async fn renew_once(renewal: &SelfRenewal) -> Result<CertValidity, RenewError> {
 mod tests {
     use std::time::Duration;
 
-    use baton_store::{LocalStore, LocalStoreConfig};
+    use baton_store::raft::RaftStore;
 
     use super::*;
     use crate::identity::load_or_create;
@@ -141,7 +141,9 @@ mod tests {
     async fn a_renewal_writes_serves_and_records_a_fresh_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(
-            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
+            RaftStore::open_solo_at(&dir.path().join("state.redb"))
+                .await
+                .expect("store"),
         );
         let signer = Arc::new(Signer::new());
         let identity = load_or_create(
@@ -209,9 +211,10 @@ mod tests {
     async fn a_key_that_does_not_match_the_certificate_is_replaced_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = {
-            let store = LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb")))
+            let store = RaftStore::open_solo_at(&dir.path().join("state.redb"))
+                .await
                 .expect("store");
-            load_or_create(
+            let first = load_or_create(
                 dir.path(),
                 &store,
                 &Signer::new(),
@@ -219,13 +222,16 @@ mod tests {
                 None,
             )
             .await
-            .expect("identity")
+            .expect("identity");
+            store.shutdown().await;
+            first
         };
         // A renewal that crashed after writing its key, before its certificate.
         let (other_key, _) = baton_pki::generate_csr().expect("key");
         identity::write_node_cert(dir.path(), &other_key, &first.cert_pem).expect("write");
-        let store =
-            LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store");
+        let store = RaftStore::open_solo_at(&dir.path().join("state.redb"))
+            .await
+            .expect("store");
         let again = load_or_create(
             dir.path(),
             &store,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_rpc::tls::{HotTrust, ServerTls};
-use baton_store::{LocalStore, LocalStoreConfig, Store};
+use baton_store::Store;
+use baton_store::raft::{RaftStore, RaftStoreConfig, raft_id};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +82,7 @@ pub struct RunningManager {
     manager_stop: CancellationToken,
     server_stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    local_store: Arc<LocalStore>,
+    raft_store: Arc<RaftStore>,
 }
 
 impl std::fmt::Debug for RunningManager {
@@ -115,10 +116,28 @@ pub fn https_url(addr: SocketAddr) -> String {
 pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
-    let local_store = Arc::new(LocalStore::open(LocalStoreConfig::new(
-        baton_store::default_path(dir),
-    ))?);
-    let store: Arc<dyn Store> = local_store.clone();
+    // The store is this manager's Raft member; its id is the node id.
+    let node_id = identity::load_or_create_node_id(dir)?;
+    let member = raft_id(&node_id.0).ok_or_else(|| {
+        StartError::Io(format!(
+            "{}: {:?} is not a node id (16 hex digits)",
+            dir.join("node/id").display(),
+            node_id.0
+        ))
+    })?;
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.listen.to_string());
+    let raft_store = Arc::new(
+        RaftStore::open_solo(RaftStoreConfig::new(
+            baton_store::default_path(dir),
+            member,
+            advertised,
+        ))
+        .await?,
+    );
+    let store: Arc<dyn Store> = raft_store.clone();
     let signer = Arc::new(Signer::new());
     let identity = identity::load_or_create(
         dir,
@@ -251,7 +270,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         manager_stop,
         server_stop,
         tasks,
-        local_store,
+        raft_store,
     })
 }
 
@@ -267,9 +286,7 @@ impl RunningManager {
             let _ = task.await;
         }
         drop(self.store);
-        if let Ok(store) = Arc::try_unwrap(self.local_store) {
-            store.close();
-        }
+        self.raft_store.shutdown().await;
     }
 
     /// Stops the control loop and the dispatcher's sessions only (used by

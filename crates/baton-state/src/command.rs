@@ -140,7 +140,6 @@ pub enum Command {
     },
 }
 
-
 impl Command {
     /// The command's name as it is persisted (`cmd` tag), for logs: it
     /// never shows the command's contents.

@@ -1,10 +1,11 @@
 //! The store: every write to the cluster state goes through it as a [`Command`],
 //! is made durable in a log, then applied to the state machine.
 //!
-//! [`Store`] is the seam callers use. [`LocalStore`] is the one-member
-//! implementation (the log and snapshots in a redb file, fsync per commit,
-//! group commit of concurrent proposals); the Raft-replicated store implements
-//! the same trait, so the manager does not change when it arrives.
+//! [`Store`] is the seam callers use. [`raft::RaftStore`] implements it: the
+//! command log runs through Raft (openraft), with its log, vote and
+//! snapshots in a redb file (fsync per append batch, so concurrent proposals
+//! share a commit). A lone manager is a Raft cluster of one on the same code
+//! path as three or five.
 //!
 //! Architecture invariant: a proposal is acknowledged only after its log entry
 //! is durable, so a crash (kill -9) at any moment loses no acknowledged write
@@ -15,10 +16,12 @@ use std::sync::Arc;
 use baton_state::{ApplyError, Command, Event, State};
 use tokio::sync::watch;
 
-mod local;
 pub mod raft;
 
-pub use local::{LocalStore, LocalStoreConfig, default_path};
+/// The database file inside a manager's data dir.
+pub fn default_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("state.redb")
+}
 
 /// The state as of one applied log index. Cheap to clone.
 #[derive(Clone, Debug, Default)]

@@ -11,7 +11,8 @@ use axum::http::{Method, Request};
 use baton_api::{ApiClient, ApiError, ClientConfig};
 use baton_pki::{ClusterCa, JoinToken, PeerIdentity, Role};
 use baton_state::{Command, Node, NodeAvailability, NodeId, NodeRole, NodeState, Timestamp};
-use baton_store::{LocalStore, LocalStoreConfig, Store};
+use baton_store::Store;
+use baton_store::raft::RaftStore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -39,7 +40,9 @@ impl Drop for Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(
-        LocalStore::open(LocalStoreConfig::new(dir.path().join("state.redb"))).expect("store"),
+        RaftStore::open_solo_at(&dir.path().join("state.redb"))
+            .await
+            .expect("store"),
     );
     let identity = identity::load_or_create(
         dir.path(),

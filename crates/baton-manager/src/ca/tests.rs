@@ -6,7 +6,8 @@ use std::time::Duration;
 use baton_pki::{ClusterCa, JoinToken, PeerIdentity, Role, generate_csr, peer_identity};
 use baton_rpc::server::{CaError, CaService};
 use baton_state::{Command, NodeId, NodeRole, Secret, Timestamp};
-use baton_store::{LocalStore, LocalStoreConfig, Store};
+use baton_store::Store;
+use baton_store::raft::RaftStore;
 
 use super::ManagerCa;
 use crate::signer::Signer;
@@ -22,7 +23,9 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(
-        LocalStore::open(LocalStoreConfig::new(dir.path().join("s.redb"))).expect("store"),
+        RaftStore::open_solo_at(&dir.path().join("s.redb"))
+            .await
+            .expect("store"),
     );
     let now = i64::try_from(crate::now().0 / 1000).expect("now");
     let root = ClusterCa::generate("c1", now, Duration::from_secs(86_400)).expect("ca");

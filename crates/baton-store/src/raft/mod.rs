@@ -180,6 +180,12 @@ impl RaftStore {
         Ok(store)
     }
 
+    /// A lone member with Raft id 1 at `path`, whose address nobody dials:
+    /// for tools and tests that need a store and no cluster.
+    pub async fn open_solo_at(path: &std::path::Path) -> Result<RaftStore, StoreError> {
+        RaftStore::open_solo(RaftStoreConfig::new(path, 1, "127.0.0.1:0")).await
+    }
+
     /// The Raft handle (membership, metrics).
     pub fn raft(&self) -> &BatonRaft {
         &self.raft
