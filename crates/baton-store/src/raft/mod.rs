@@ -10,6 +10,7 @@
 mod log_store;
 mod solo;
 mod state_machine;
+mod transport;
 mod types;
 
 use std::path::PathBuf;
@@ -19,19 +20,31 @@ use std::time::Duration;
 use baton_state::Command;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::impls::BasicNode;
-use openraft::{Config, Raft, SnapshotPolicy};
+use std::collections::BTreeSet;
+
+use openraft::rt::WatchReceiver;
+use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use redb::Database;
 use tokio::sync::watch;
 
 pub use log_store::LogStore;
-pub use solo::SoloNetwork;
+pub use solo::NoPeers;
 pub use state_machine::StateMachine;
+pub use transport::{
+    ProposeError, RaftRequest, RaftResponse, RaftTransport, TransportNetwork, Unreached,
+};
 pub use types::{Outcome, Proposal, TypeConfig, node_id, raft_id};
 
 use crate::{Applied, Snapshot, Store, StoreError};
 
 #[cfg(test)]
 mod tests;
+
+/// What a proposal answers while no member leads.
+const NO_LEADER: &str = "no leader at the moment";
+
+/// How long a proposal waits for an election to end.
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// The Raft handle of this configuration.
 pub type BatonRaft = Raft<TypeConfig, StateMachine>;
@@ -90,6 +103,10 @@ fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, StoreError> {
         election_timeout_max: 800,
         // A member that restarts or falls behind must not force elections.
         enable_pre_vote: Some(true),
+        // A whole state (100,000 tasks is tens of MB of JSON) must have
+        // time to travel and be installed; the 200 ms default would make a
+        // leader send it again and again.
+        install_snapshot_timeout: 60_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         // Keep some log behind the snapshot so a briefly lagging member
         // catches up from the log rather than a whole snapshot.
@@ -103,13 +120,57 @@ fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, StoreError> {
     ))
 }
 
+/// One member as another sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Raft id.
+    pub id: u64,
+    /// Cluster address.
+    pub addr: String,
+    /// Votes (a learner does not).
+    pub voter: bool,
+    /// Answered recently, as far as this member can tell.
+    pub reachable: bool,
+}
+
+/// What a member knows of the Raft cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This member.
+    pub id: u64,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Last applied log index.
+    pub last_applied: u64,
+    /// The leader, if known.
+    pub leader: Option<u64>,
+    /// Every member.
+    pub members: Vec<MemberStatus>,
+}
+
+fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            StoreError::Unavailable(match forward.leader_id {
+                Some(leader) => format!("not the leader (manager {} is)", node_id(leader)),
+                None => "no leader at the moment".to_owned(),
+            })
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
 /// The replicated store of one manager.
 pub struct RaftStore {
     raft: BatonRaft,
     /// Held so that [`RaftStore::shutdown`] closes the file itself.
     db: std::sync::Mutex<Option<Arc<Database>>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    transport: Arc<dyn RaftTransport>,
     id: u64,
+    addr: String,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -121,10 +182,13 @@ impl std::fmt::Debug for RaftStore {
 }
 
 impl RaftStore {
-    /// Opens the store of a manager that is alone in its Raft cluster: on a
-    /// new database it makes itself the only member; then it waits until it
-    /// leads (at once: it is its own majority).
-    pub async fn open_solo(config: RaftStoreConfig) -> Result<RaftStore, StoreError> {
+    /// Opens this member's store; it talks to the others through
+    /// `transport`. A new member is not part of any cluster until it is
+    /// initialised ([`RaftStore::initialize_alone`]) or added by a leader.
+    pub async fn open(
+        config: RaftStoreConfig,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Result<RaftStore, StoreError> {
         let db = Arc::new(open_database(&config.path)?);
         let db_handle = db.clone();
         let log = LogStore::new(db.clone());
@@ -133,50 +197,63 @@ impl RaftStore {
         let raft = Raft::new(
             config.id,
             raft_config(config.snapshot_every)?,
-            SoloNetwork,
+            TransportNetwork::new(transport.clone()),
             log,
             sm,
         )
         .await
         .map_err(|e| fatal("starting raft", e))?;
-        let store = RaftStore {
+        Ok(RaftStore {
             raft,
             db: std::sync::Mutex::new(Some(db_handle)),
             snapshots,
+            transport,
             id: config.id,
-        };
-        if !store
+            addr: config.addr,
+        })
+    }
+
+    /// Makes a member that belongs to no cluster the only member of a new
+    /// one, and waits until it leads (at once: it is its own majority) and
+    /// has applied everything committed before a restart. A member that
+    /// already belongs to a cluster only waits.
+    pub async fn initialize_alone(&self) -> Result<(), StoreError> {
+        if !self
             .raft
             .is_initialized()
             .await
             .map_err(|e| fatal("raft", e))?
         {
             let me = BasicNode {
-                addr: config.addr.clone(),
+                addr: self.addr.clone(),
             };
-            store
-                .raft
-                .initialize(std::collections::BTreeMap::from([(config.id, me)]))
+            self.raft
+                .initialize(std::collections::BTreeMap::from([(self.id, me)]))
                 .await
                 .map_err(|e| fatal("initialising raft", e))?;
         }
-        store
-            .raft
+        self.raft
             .wait(Some(Duration::from_secs(30)))
-            .current_leader(config.id, "a lone manager leads")
+            .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
-            .map_err(|e| fatal("waiting for leadership", e))?;
+            .map_err(|e| fatal("waiting for a leader", e))?;
         // Everything committed before a restart is applied before anyone reads.
-        store
-            .raft
+        self.raft
             .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
             .await
             .map_err(|e| fatal("catching up", e))?;
         tracing::info!(
-            member = %node_id(config.id),
-            index = store.snapshot().index,
+            member = %node_id(self.id),
+            index = self.snapshot().index,
             "store opened"
         );
+        Ok(())
+    }
+
+    /// Opens the store of a member that is, and stays, alone (no transport).
+    pub async fn open_solo(config: RaftStoreConfig) -> Result<RaftStore, StoreError> {
+        let store = RaftStore::open(config, Arc::new(NoPeers)).await?;
+        store.initialize_alone().await?;
         Ok(store)
     }
 
@@ -184,6 +261,172 @@ impl RaftStore {
     /// for tools and tests that need a store and no cluster.
     pub async fn open_solo_at(path: &std::path::Path) -> Result<RaftStore, StoreError> {
         RaftStore::open_solo(RaftStoreConfig::new(path, 1, "127.0.0.1:0")).await
+    }
+
+    /// Sends a proposal to the leader; once it is committed there, waits
+    /// until this member has applied it too (read-your-writes here).
+    async fn forward(&self, leader: u64, addr: &str, cmd: Command) -> Result<Applied, StoreError> {
+        let answer = self
+            .transport
+            .call(leader, addr, RaftRequest::Propose(cmd))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (index, events) = match answer {
+            RaftResponse::Proposed(Ok(applied)) => applied,
+            RaftResponse::Proposed(Err(ProposeError::Rejected(refused))) => {
+                return Err(StoreError::Rejected(refused));
+            }
+            RaftResponse::Proposed(Err(ProposeError::NotLeader(_))) => {
+                return Err(StoreError::Unavailable(
+                    "the leader changed; retry".to_owned(),
+                ));
+            }
+            RaftResponse::Proposed(Err(ProposeError::Unavailable(reason)))
+            | RaftResponse::Stopped(reason) => return Err(StoreError::Unavailable(reason)),
+            other => {
+                return Err(StoreError::Unavailable(format!(
+                    "unexpected answer from the leader: {other:?}"
+                )));
+            }
+        };
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(index), "the forwarded write applied here")
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "committed at {index} but not applied here yet: {e}"
+                ))
+            })?;
+        Ok(Applied { index, events })
+    }
+
+    /// Answers another member's request (see [`RaftTransport`]).
+    pub async fn handle(&self, request: RaftRequest) -> RaftResponse {
+        let stopped = |e: &dyn std::fmt::Display| RaftResponse::Stopped(e.to_string());
+        match request {
+            RaftRequest::AppendEntries(rpc) => match self.raft.append_entries(rpc).await {
+                Ok(response) => RaftResponse::AppendEntries(response),
+                Err(e) => stopped(&e),
+            },
+            RaftRequest::Vote(rpc) => match self.raft.vote(rpc).await {
+                Ok(response) => RaftResponse::Vote(response),
+                Err(e) => stopped(&e),
+            },
+            RaftRequest::PreVote(rpc) => match self.raft.pre_vote(rpc).await {
+                Ok(response) => RaftResponse::Vote(response),
+                Err(e) => stopped(&e),
+            },
+            RaftRequest::Snapshot { vote, meta, data } => {
+                let snapshot = openraft::alias::SnapshotOf::<TypeConfig, std::io::Cursor<Vec<u8>>> {
+                    meta,
+                    snapshot: std::io::Cursor::new(data),
+                };
+                match self.raft.install_full_snapshot(vote, snapshot).await {
+                    Ok(response) => RaftResponse::Snapshot(response),
+                    Err(e) => stopped(&e),
+                }
+            }
+            RaftRequest::Propose(cmd) => {
+                RaftResponse::Proposed(match self.raft.client_write(Proposal(cmd)).await {
+                    Ok(response) => match response.data.0 {
+                        Ok(events) => Ok((response.log_id.index(), events)),
+                        Err(refused) => Err(ProposeError::Rejected(refused)),
+                    },
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                        Err(ProposeError::NotLeader(forward.leader_id))
+                    }
+                    Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+                })
+            }
+        }
+    }
+
+    /// Adds member `id` at `addr`: a learner until it has caught up with
+    /// the log (or a snapshot), then a voter. Call on the leader.
+    pub async fn add_member(&self, id: u64, addr: &str) -> Result<(), StoreError> {
+        let node = BasicNode {
+            addr: addr.to_owned(),
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(membership_error)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        tracing::info!(member = %node_id(id), addr, "manager added to the raft cluster");
+        Ok(())
+    }
+
+    /// Removes member `id` from the cluster. Refused if the voters left
+    /// could not form a majority of the current ones (quorum would be lost)
+    /// or if it would leave no voter.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        let status = self.status();
+        let voters: BTreeSet<u64> = status
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        if voters.contains(&id) {
+            let left = voters.len() - 1;
+            let reachable = status
+                .members
+                .iter()
+                .filter(|m| m.voter && m.id != id && m.reachable)
+                .count();
+            if left == 0 || reachable < left / 2 + 1 {
+                return Err(StoreError::Unavailable(format!(
+                    "removing manager {} would lose quorum: {reachable} of the {left} managers left are reachable, {} needed",
+                    node_id(id),
+                    left / 2 + 1
+                )));
+            }
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(membership_error)?;
+        tracing::info!(member = %node_id(id), "manager removed from the raft cluster");
+        Ok(())
+    }
+
+    /// What this member knows of the Raft cluster now.
+    pub fn status(&self) -> RaftStatus {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let leader = metrics.current_leader;
+        let replication = metrics.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                // The leader knows who acknowledged it; another member only
+                // knows itself and the leader it hears from.
+                reachable: *id == self.id
+                    || Some(*id) == leader
+                    || replication.get(id).is_some_and(Option::is_some),
+            })
+            .collect();
+        RaftStatus {
+            id: self.id,
+            state: format!("{:?}", metrics.state).to_lowercase(),
+            term: metrics.current_term,
+            last_applied: metrics.last_applied.map_or(0, |id| id.index()),
+            leader,
+            members,
+        }
+    }
+
+    /// This member's Raft id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The Raft handle (membership, metrics).
@@ -222,22 +465,24 @@ impl RaftStore {
 #[async_trait::async_trait]
 impl Store for RaftStore {
     async fn propose(&self, cmd: Command) -> Result<Applied, StoreError> {
-        match self.raft.client_write(Proposal(cmd)).await {
-            Ok(response) => match response.data.0 {
-                Ok(events) => Ok(Applied {
-                    index: response.log_id.index(),
-                    events,
-                }),
-                Err(refused) => Err(StoreError::Rejected(refused)),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(StoreError::Unavailable(match forward.leader_id {
-                    Some(leader) => format!("not the leader (manager {} is)", node_id(leader)),
-                    None => "no leader at the moment".to_owned(),
-                }))
+        // During an election no member leads: wait for one (nothing was
+        // sent, so trying again cannot apply the command twice).
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            match self.propose_once(cmd.clone()).await {
+                Err(StoreError::Unavailable(reason))
+                    if reason == NO_LEADER && tokio::time::Instant::now() < deadline =>
+                {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = self
+                        .raft
+                        .wait(Some(left))
+                        .metrics(|m| m.current_leader.is_some(), "a leader")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
             }
-            Err(RaftError::APIError(other)) => Err(StoreError::Unavailable(other.to_string())),
-            Err(RaftError::Fatal(e)) => Err(StoreError::Unavailable(format!("raft stopped: {e}"))),
         }
     }
 
@@ -247,5 +492,29 @@ impl Store for RaftStore {
 
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.clone()
+    }
+}
+
+impl RaftStore {
+    async fn propose_once(&self, cmd: Command) -> Result<Applied, StoreError> {
+        match self.raft.client_write(Proposal(cmd.clone())).await {
+            Ok(response) => match response.data.0 {
+                Ok(events) => Ok(Applied {
+                    index: response.log_id.index(),
+                    events,
+                }),
+                Err(refused) => Err(StoreError::Rejected(refused)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(leader), Some(node)) if leader != self.id => {
+                        self.forward(leader, &node.addr, cmd).await
+                    }
+                    _ => Err(StoreError::Unavailable(NO_LEADER.to_owned())),
+                }
+            }
+            Err(RaftError::APIError(other)) => Err(StoreError::Unavailable(other.to_string())),
+            Err(RaftError::Fatal(e)) => Err(StoreError::Unavailable(format!("raft stopped: {e}"))),
+        }
     }
 }

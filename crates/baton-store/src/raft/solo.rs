@@ -1,65 +1,24 @@
-//! The network of a member that is alone in its Raft cluster: there is no
-//! peer to reach, so every call says so. Managers that join others use the
-//! cluster port's mutual-TLS transport instead.
+//! The transport of a member that is alone in its Raft cluster and has no
+//! way to reach anyone: every call says so. Tools and tests use it; managers
+//! use the cluster port's transport even when alone, so that others can join.
 
-use std::future::Future;
+use super::transport::{RaftRequest, RaftResponse, RaftTransport, Unreached};
 
-use openraft::OptionalSend;
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::v2::RaftNetworkV2;
-use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
-};
-
-use super::types::{TypeConfig, Vote};
-
-/// A network with no peers.
+/// A transport with no peers.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SoloNetwork;
+pub struct NoPeers;
 
-fn alone() -> Unreachable<TypeConfig> {
-    Unreachable::from_string("this manager is alone in its raft cluster")
-}
-
-impl RaftNetworkFactory<TypeConfig> for SoloNetwork {
-    type Network = SoloNetwork;
-
-    async fn new_client(
-        &mut self,
-        _target: u64,
-        _node: &openraft::impls::BasicNode,
-    ) -> SoloNetwork {
-        SoloNetwork
-    }
-}
-
-impl RaftNetworkV2<TypeConfig> for SoloNetwork {
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
-
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(alone()))
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(alone()))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        _vote: Vote,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(alone()))
+#[async_trait::async_trait]
+impl RaftTransport for NoPeers {
+    async fn call(
+        &self,
+        target: u64,
+        _addr: &str,
+        _request: RaftRequest,
+    ) -> Result<RaftResponse, Unreached> {
+        Err(Unreached {
+            target: super::node_id(target),
+            reason: "this member has no transport to other managers".to_owned(),
+        })
     }
 }
