@@ -152,6 +152,7 @@ impl TestCluster {
                 store.clone(),
                 Arc::new(baton_manager::signer::Signer::new()),
             )),
+            Arc::new(baton_manager::raft::RaftEndpoint::default()),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();

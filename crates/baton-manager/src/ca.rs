@@ -142,7 +142,7 @@ impl CaService for ManagerCa {
             .map_err(|e| CaError::PermissionDenied(format!("join token refused: {e}")))?;
         let cluster = self.cluster()?;
         let role = self.role_for(&token, &cluster)?;
-        let id = NodeId(baton_pki::hex(&rand::random::<[u8; 8]>()));
+        let id = NodeId(baton_pki::new_node_id());
         let issued = self.issue(&cluster, csr_pem, &id, role).await?;
         self.store
             .propose(Command::AdmitNode {

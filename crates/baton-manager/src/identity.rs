@@ -362,7 +362,7 @@ pub fn load_or_create_node_id(dir: &Path) -> Result<NodeId, IdentityError> {
     match read(&id_path)? {
         Some(id) => Ok(NodeId(id.trim().to_owned())),
         None => {
-            let id = NodeId(random_id());
+            let id = NodeId(baton_pki::new_node_id());
             write(&id_path, id.0.as_bytes(), 0o644)?;
             Ok(id)
         }

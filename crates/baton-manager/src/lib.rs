@@ -21,6 +21,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod external_ca;
 pub mod identity;
+pub mod raft;
 pub mod renew;
 pub mod runtime;
 pub mod serving_cert;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_rpc::tls::{HotTrust, ServerTls};
+use baton_rpc::tls::{ClientTls, HotTrust, ServerTls};
 use baton_store::Store;
 use baton_store::raft::{RaftStore, RaftStoreConfig, raft_id};
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use crate::api::{AppState, api_tls_config, router, serve};
 use crate::ca::ManagerCa;
 use crate::dispatcher::DispatcherService;
 use crate::identity::{self, ExternalCaInit, StoredTokens};
+use crate::raft::{GrpcRaftTransport, RaftEndpoint};
 use crate::renew::SelfRenewal;
 use crate::serving_cert::ServingCert;
 use crate::signer::Signer;
@@ -129,14 +130,17 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         .advertise
         .clone()
         .unwrap_or_else(|| config.listen.to_string());
+    // Raft traffic to other managers goes over the cluster port with this
+    // manager's certificate, once it has one (a lone manager needs none).
+    let raft_transport = Arc::new(GrpcRaftTransport::new());
     let raft_store = Arc::new(
-        RaftStore::open_solo(RaftStoreConfig::new(
-            baton_store::default_path(dir),
-            member,
-            advertised,
-        ))
+        RaftStore::open(
+            RaftStoreConfig::new(baton_store::default_path(dir), member, advertised),
+            raft_transport.clone(),
+        )
         .await?,
     );
+    raft_store.initialize_alone().await?;
     let store: Arc<dyn Store> = raft_store.clone();
     let signer = Arc::new(Signer::new());
     let identity = identity::load_or_create(
@@ -184,7 +188,15 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
     let ca = Arc::new(ManagerCa::new(store.clone(), signer.clone()));
-    let rpc_router = baton_rpc::server::router(dispatcher.clone(), ca);
+    raft_transport.set_tls(
+        ClientTls::with_trust(&trust, serving_cert.cluster())
+            .map_err(|e| StartError::Tls(e.to_string()))?,
+    );
+    let rpc_router = baton_rpc::server::router(
+        dispatcher.clone(),
+        ca,
+        Arc::new(RaftEndpoint::new(raft_store.clone())),
+    );
     let stop = server_stop.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = baton_rpc::transport::serve(

@@ -358,6 +358,20 @@ impl ClusterCa {
     }
 }
 
+/// A new node id: 16 random hex digits, never all decimal digits (a name
+/// made only of digits is not a valid DNS name, and node certificates carry
+/// their node id as their DNS SAN).
+pub fn new_node_id() -> String {
+    loop {
+        let mut bytes = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap_or_default();
+        let id = hex(&bytes);
+        if id.bytes().any(|b| b.is_ascii_alphabetic()) {
+            return id;
+        }
+    }
+}
+
 fn rand_tag() -> [u8; 4] {
     let mut tag = [0u8; 4];
     aws_lc_rs::rand::fill(&mut tag).unwrap_or_default();
@@ -434,6 +448,20 @@ mod tests;
 #[cfg(test)]
 mod pem_tests {
     use super::*;
+
+    #[test]
+    fn node_ids_are_16_hex_digits_and_valid_dns_names() {
+        for _ in 0..200 {
+            let id = new_node_id();
+            assert_eq!(id.len(), 16);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(
+                rustls::pki_types::ServerName::try_from(id.clone()).is_ok(),
+                "{id}"
+            );
+        }
+        assert!(rustls::pki_types::ServerName::try_from("0000000000000002").is_err());
+    }
 
     #[test]
     fn a_bundle_splits_into_its_certificates() {

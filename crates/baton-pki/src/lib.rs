@@ -24,7 +24,7 @@ pub mod server_verifier;
 
 pub use cluster_ca::{
     ClusterCa, PeerIdentity, Role, certificate_der, generate_csr, generate_key_and_cert,
-    peer_identity, pem_certificates, root_digest,
+    new_node_id, peer_identity, pem_certificates, root_digest,
 };
 pub use issued::{ExpectedIdentity, check_issued};
 pub use join_token::{HexDefect, JoinToken, Secret, TokenError};

@@ -149,6 +149,34 @@ pub struct Joined {
     pub ca_pem: String,
 }
 
+/// A client of another manager's Raft service.
+#[derive(Clone, Debug)]
+pub struct RaftClient {
+    inner: pb::raft_client::RaftClient<Channel>,
+}
+
+impl RaftClient {
+    /// Another manager's Raft service through `channel` (which must present
+    /// this manager's certificate).
+    pub fn new(channel: Channel) -> RaftClient {
+        RaftClient {
+            inner: pb::raft_client::RaftClient::new(channel)
+                .max_decoding_message_size(crate::server::MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(crate::server::MAX_RAFT_MESSAGE),
+        }
+    }
+
+    /// Sends one opaque Raft message; its answer.
+    pub async fn call(&mut self, json: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        Ok(self
+            .inner
+            .call(pb::RaftMessage { json })
+            .await?
+            .into_inner()
+            .json)
+    }
+}
+
 /// A client of the CA service.
 #[derive(Clone, Debug)]
 pub struct CaClient {

@@ -74,12 +74,65 @@ pub trait CaService: Send + Sync + 'static {
     async fn renew(&self, identity: &PeerIdentity, csr_pem: &str) -> Result<String, CaError>;
 }
 
-/// A router serving the dispatcher and the CA: what the manager puts on its
-/// cluster port with [`crate::transport::serve`].
-pub fn router(dispatcher: Arc<dyn Dispatcher>, ca: Arc<dyn CaService>) -> Router {
+/// The largest Raft message (a whole state snapshot) either side accepts.
+pub const MAX_RAFT_MESSAGE: usize = 512 << 20;
+
+/// What a manager does with another manager's Raft message.
+#[async_trait::async_trait]
+pub trait RaftService: Send + Sync + 'static {
+    /// Answers `message` from manager `from` (verified by the transport).
+    async fn call(&self, from: &PeerIdentity, message: Vec<u8>) -> Result<Vec<u8>, Status>;
+}
+
+/// The Raft service on the wire: manager certificates only.
+#[derive(Clone)]
+pub struct RaftServer {
+    inner: Arc<dyn RaftService>,
+}
+
+impl fmt::Debug for RaftServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftServer").finish_non_exhaustive()
+    }
+}
+
+impl RaftServer {
+    /// Wraps the manager's Raft endpoint.
+    pub fn new(inner: Arc<dyn RaftService>) -> RaftServer {
+        RaftServer { inner }
+    }
+
+    /// The tonic service, accepting messages up to [`MAX_RAFT_MESSAGE`].
+    pub fn into_service(self) -> pb::raft_server::RaftServer<RaftServer> {
+        pb::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE)
+    }
+}
+
+#[async_trait::async_trait]
+impl pb::raft_server::Raft for RaftServer {
+    async fn call(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let from = crate::auth::require_manager(&req, "Raft/Call")?;
+        let json = self.inner.call(&from, req.into_inner().json).await?;
+        Ok(Response::new(pb::RaftMessage { json }))
+    }
+}
+
+/// A router serving the dispatcher, the CA and Raft: what the manager puts
+/// on its cluster port with [`crate::transport::serve`].
+pub fn router(
+    dispatcher: Arc<dyn Dispatcher>,
+    ca: Arc<dyn CaService>,
+    raft: Arc<dyn RaftService>,
+) -> Router {
     tonic::transport::Server::builder()
         .add_service(DispatcherServer::new(dispatcher).into_service())
         .add_service(CaServer::new(ca).into_service())
+        .add_service(RaftServer::new(raft).into_service())
 }
 
 /// The dispatcher on the wire.

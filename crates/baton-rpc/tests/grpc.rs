@@ -228,7 +228,7 @@ impl Cluster {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let app = router(dispatcher.clone(), ca_service);
+        let app = router(dispatcher.clone(), ca_service, Arc::new(EchoRaft));
         tokio::spawn(async move {
             serve(listener, tls, app, async {
                 let _ = shutdown_rx.await;
@@ -263,6 +263,55 @@ impl Cluster {
             .expect("connect");
         CaClient::new(channel)
     }
+}
+
+/// A Raft endpoint that answers with the caller's node id and the message.
+struct EchoRaft;
+
+#[async_trait::async_trait]
+impl baton_rpc::server::RaftService for EchoRaft {
+    async fn call(&self, from: &PeerIdentity, message: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        let mut answer = from.node_id.clone().into_bytes();
+        answer.push(b':');
+        answer.extend(message);
+        Ok(answer)
+    }
+}
+
+#[tokio::test]
+async fn raft_is_for_manager_certificates_only() {
+    let cluster = Cluster::start().await;
+    let as_role = |name: &str, role: Role| {
+        let tls = cluster.client_tls(cert(&cluster.ca, name, role));
+        let addr = cluster.addr.clone();
+        async move {
+            let channel = connect(&addr, &tls).await.expect("connect");
+            baton_rpc::client::RaftClient::new(channel)
+                .call(b"hello".to_vec())
+                .await
+        }
+    };
+    let answer = as_role("manager-2", Role::Manager)
+        .await
+        .expect("a manager");
+    assert_eq!(answer, b"manager-2:hello");
+    let refused = as_role("worker-1", Role::Worker)
+        .await
+        .expect_err("a worker is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // A large message (a snapshot) passes both ways.
+    let channel = connect(
+        &cluster.addr,
+        &cluster.client_tls(cert(&cluster.ca, "manager-3", Role::Manager)),
+    )
+    .await
+    .expect("connect");
+    let big = vec![b'x'; 8 << 20];
+    let answer = baton_rpc::client::RaftClient::new(channel)
+        .call(big.clone())
+        .await
+        .expect("8 MiB");
+    assert_eq!(answer.len(), big.len() + "manager-3:".len());
 }
 
 async fn recv(session: &mut Session) -> SessionMessage {

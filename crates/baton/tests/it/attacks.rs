@@ -647,6 +647,13 @@ async fn call(
                 .map(drop)
                 .map_err(|s| (i32::from(s.code()), s.message().to_owned()))
         }
+        ("Raft", "Call") => pb::raft_client::RaftClient::new(channel)
+            .call(pb::RaftMessage {
+                json: b"{}".to_vec(),
+            })
+            .await
+            .map(drop)
+            .map_err(|s| (i32::from(s.code()), s.message().to_owned())),
         other => panic!(
             "the cluster port has a method the attack tests do not know: {other:?}; add it to \
              attacks.rs `call` and `expected_refusal`"
@@ -684,6 +691,12 @@ fn expected(service: &str, method: &str) -> (Expect, Expect, Expect) {
             Refused(UNAUTHENTICATED),
             Allowed,
         ),
+        // Raft is between managers only.
+        ("Raft", "Call") => (
+            Refused(PERMISSION_DENIED),
+            Refused(UNAUTHENTICATED),
+            Refused(PERMISSION_DENIED),
+        ),
         other => panic!(
             "the cluster port has a method the attack tests do not know: {other:?}; add it to \
              attacks.rs `call` and `expected`"
@@ -713,6 +726,7 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
         ("Ca", "GetRootCa"),
         ("Ca", "Join"),
         ("Ca", "Renew"),
+        ("Raft", "Call"),
     ]
     .iter()
     .map(|(s, m)| ((*s).to_owned(), (*m).to_owned()))
