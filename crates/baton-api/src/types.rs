@@ -222,6 +222,28 @@ pub struct ClusterInfo {
     /// A move to a new root CA, while it lasts.
     #[serde(default)]
     pub root_rotation: Option<RootRotationInfo>,
+    /// The managers (the Raft members), as the answering manager sees them.
+    #[serde(default)]
+    pub managers: Vec<ManagerInfo>,
+    /// The answering manager's current Raft term.
+    #[serde(default)]
+    pub raft_term: u64,
+    /// The last log index the answering manager has applied.
+    #[serde(default)]
+    pub raft_applied: u64,
+}
+
+/// One manager as a Raft member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ManagerInfo {
+    /// Node id.
+    pub id: String,
+    /// Cluster address.
+    pub addr: String,
+    /// `leader`, `follower` or `learner` (a learner catches up before it votes).
+    pub raft_role: String,
+    /// Answered the leader recently (as far as the answering manager knows).
+    pub reachable: bool,
 }
 
 /// Progress of a root CA rotation.

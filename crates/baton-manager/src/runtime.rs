@@ -222,6 +222,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         .map_err(|e| StartError::Io(e.to_string()))?;
     let app = router(Arc::new(AppState {
         store: store.clone(),
+        raft: raft_store.clone(),
         dispatcher: dispatcher.clone(),
         cluster_id: identity.cluster_id.clone(),
         identity_dir: dir.clone(),

@@ -1,89 +1,27 @@
 //! Three managers' stores replicating over the real cluster port: gRPC over
 //! mutual TLS with manager certificates from one cluster CA, on loopback.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use baton_manager::raft::{GrpcRaftTransport, RaftEndpoint};
 use baton_pki::{ClusterCa, Role};
-use baton_rpc::tls::{ClientTls, HotCert, ServerTls};
+use baton_rpc::tls::{ClientTls, HotCert};
 use baton_state::{Command, NodeRole, Timestamp};
 use baton_store::Store;
-use baton_store::raft::{RaftStore, RaftStoreConfig};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-const CLUSTER: &str = "c1";
+mod common;
 
-fn now() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs(),
-    )
-    .expect("now")
-}
-
-struct Manager {
-    store: Arc<RaftStore>,
-    addr: String,
-}
-
-/// A manager's store and cluster port serving Raft (the dispatcher and CA
-/// are not needed here: a test endpoint stands in for them).
-async fn manager(
-    ca: &ClusterCa,
-    id: u64,
-    dir: &std::path::Path,
-    stop: &CancellationToken,
-) -> Manager {
-    let (key, cert) = baton_pki::generate_key_and_cert(
-        ca,
-        &format!("{id:016x}"),
-        Role::Manager,
-        now(),
-        Duration::from_secs(3600),
-    )
-    .expect("manager cert");
-    let hot = HotCert::new(&cert, &key).expect("cert");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let transport = Arc::new(GrpcRaftTransport::new());
-    transport.set_tls(ClientTls::new(ca.cert_pem(), hot.clone()).expect("client tls"));
-    let store = Arc::new(
-        RaftStore::open(
-            RaftStoreConfig::new(dir.join(format!("m{id}.redb")), id, addr.clone()),
-            transport,
-        )
-        .await
-        .expect("store"),
-    );
-    let tls = ServerTls::new(ca.cert_pem(), CLUSTER, hot).expect("server tls");
-    let router = tonic::transport::Server::builder().add_service(
-        baton_rpc::server::RaftServer::new(Arc::new(RaftEndpoint::new(store.clone())))
-            .into_service(),
-    );
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        baton_rpc::transport::serve(listener, tls, router, stop.cancelled_owned())
-            .await
-            .expect("serve");
-    });
-    Manager { store, addr }
-}
+use common::raft_member::{CLUSTER, manager, now};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_managers_replicate_over_mutual_tls_and_workers_cannot_speak_raft() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ClusterCa::generate(CLUSTER, now(), Duration::from_secs(86_400)).expect("ca");
-    let stop = CancellationToken::new();
     let mut managers = Vec::new();
     // Ids with letters, as the cluster makes them: all-digit names are not
     // DNS names.
     let ids = [0xa1, 0xa2, 0xa3];
     for id in ids {
-        managers.push(manager(&ca, id, dir.path(), &stop).await);
+        managers.push(manager(&ca, id, dir.path()).await);
     }
     let first = managers[0].store.clone();
     first.initialize_alone().await.expect("init");
@@ -150,6 +88,6 @@ async fn three_managers_replicate_over_mutual_tls_and_workers_cannot_speak_raft(
 
     for m in &managers {
         m.store.shutdown().await;
+        m.stop.cancel();
     }
-    stop.cancel();
 }

@@ -153,6 +153,24 @@ fn print_cluster(info: &ClusterInfo) {
     );
     println!("created:         {} UTC", format_utc_ms(info.created_at));
     println!("signer:          {}", info.signer);
+    println!(
+        "raft:            term {}, applied index {}",
+        info.raft_term, info.raft_applied
+    );
+    println!("managers:");
+    for m in &info.managers {
+        println!(
+            "  {}  {:<9} {:<22} {}",
+            m.id,
+            m.raft_role,
+            m.addr,
+            if m.reachable {
+                "reachable"
+            } else {
+                "unreachable"
+            }
+        );
+    }
     match &info.root_rotation {
         None => println!("root rotation:   none"),
         Some(r) => {

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_api::{
     AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo,
-    JoinTokenInfo, NodeInfo, RemovedNode, RootRotationInfo, SubmitOutcome, SubmitResponse,
-    TaskInfo,
+    JoinTokenInfo, ManagerInfo, NodeInfo, RemovedNode, RootRotationInfo, SubmitOutcome,
+    SubmitResponse, TaskInfo,
 };
 use baton_pki::JoinToken;
 use baton_rpc::LogEvent;
@@ -491,8 +491,11 @@ fn initialised(state: &baton_state::State) -> Result<&baton_state::Cluster, ApiF
     })
 }
 
-fn cluster_info(state: &baton_state::State) -> Result<ClusterInfo, ApiFailure> {
+fn cluster_info(app: &AppState) -> Result<ClusterInfo, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let state = &snapshot.state;
     let cluster = initialised(state)?;
+    let raft = app.raft.status();
     Ok(ClusterInfo {
         id: cluster.id.clone(),
         root_ca_digest: cluster.root_digest.clone(),
@@ -507,6 +510,25 @@ fn cluster_info(state: &baton_state::State) -> Result<ClusterInfo, ApiFailure> {
             started_at: r.started_at.0,
             pending_nodes: state.rotation_pending().into_iter().map(|n| n.0).collect(),
         }),
+        managers: raft
+            .members
+            .iter()
+            .map(|m| ManagerInfo {
+                id: baton_store::raft::node_id(m.id),
+                addr: m.addr.clone(),
+                raft_role: if raft.leader == Some(m.id) {
+                    "leader"
+                } else if m.voter {
+                    "follower"
+                } else {
+                    "learner"
+                }
+                .to_owned(),
+                reachable: m.reachable,
+            })
+            .collect(),
+        raft_term: raft.term,
+        raft_applied: raft.last_applied,
     })
 }
 
@@ -558,7 +580,7 @@ pub async fn rotate_root_ca(
         })
         .await?;
     tracing::info!(new_root = %new_root_digest, "root CA rotation started");
-    Ok(Json(cluster_info(&app.store.snapshot().state)?))
+    Ok(Json(cluster_info(&app)?))
 }
 
 /// The cluster's identity (id, root CA digest) and settings.
@@ -567,7 +589,7 @@ pub async fn rotate_root_ca(
 pub async fn get_cluster(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<ClusterInfo>, ApiFailure> {
-    Ok(Json(cluster_info(&app.store.snapshot().state)?))
+    Ok(Json(cluster_info(&app)?))
 }
 
 /// Change cluster-wide settings. `cert_expiry_secs` sets the lifetime of
@@ -599,5 +621,5 @@ pub async fn update_cluster_settings(
             .await?;
         tracing::info!(cert_expiry_secs = secs, "certificate expiry set");
     }
-    Ok(Json(cluster_info(&app.store.snapshot().state)?))
+    Ok(Json(cluster_info(&app)?))
 }

@@ -40,6 +40,8 @@ pub use tls::{Caller, ServeError, api_tls_config, serve};
 pub struct AppState {
     /// The store (writes and snapshots).
     pub store: Arc<dyn Store>,
+    /// The same store as a Raft member (membership, status).
+    pub raft: Arc<baton_store::raft::RaftStore>,
     /// The dispatcher (log streams).
     pub dispatcher: Arc<DispatcherService>,
     /// This cluster's id: a client certificate's organisation must say it.

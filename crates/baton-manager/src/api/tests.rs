@@ -39,11 +39,12 @@ impl Drop for Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
+    let raft = Arc::new(
         RaftStore::open_solo_at(&dir.path().join("state.redb"))
             .await
             .expect("store"),
     );
+    let store: Arc<dyn Store> = raft.clone();
     let identity = identity::load_or_create(
         dir.path(),
         store.as_ref(),
@@ -64,6 +65,7 @@ async fn fixture() -> Fixture {
     let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), HOUR);
     let app = Arc::new(AppState {
         store: store.clone(),
+        raft,
         dispatcher,
         cluster_id: identity.cluster_id.clone(),
         identity_dir: dir.path().to_owned(),
@@ -555,6 +557,16 @@ async fn cluster_info_shows_identity_and_cert_expiry_which_admins_can_change() {
     assert_eq!(info["root_ca_digest"], fx.ca.root_digest().as_str());
     assert_eq!(info["cert_expiry_secs"], DEFAULT_CERT_VALIDITY.as_secs());
     assert!(info["created_at"].as_u64().is_some_and(|t| t > 0), "{info}");
+    // The lone manager leads its Raft cluster of one.
+    let managers = info["managers"].as_array().expect("managers");
+    assert_eq!(managers.len(), 1, "{info}");
+    assert_eq!(managers[0]["raft_role"], "leader");
+    assert_eq!(managers[0]["reachable"], true);
+    assert!(info["raft_term"].as_u64().is_some_and(|t| t >= 1), "{info}");
+    assert!(
+        info["raft_applied"].as_u64().is_some_and(|i| i >= 1),
+        "{info}"
+    );
 
     let (status, info) = call_json(
         &fx,

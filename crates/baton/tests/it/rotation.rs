@@ -252,6 +252,15 @@ fn cluster_update_sets_the_cert_expiry_and_refuses_zero() {
             .any(|l| l.starts_with("cert expiry:") && l.ends_with(" 1h")),
         "{stdout}"
     );
+    // The lone manager is listed as the leader of its Raft cluster of one,
+    // under its node id.
+    let manager_id = read(&tmp.path().join("manager/node/id")).trim().to_owned();
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&manager_id) && l.contains("leader") && l.ends_with("reachable")),
+        "{stdout}"
+    );
 
     // A node that joins now gets a certificate with the new lifetime.
     let before = now_ms();
