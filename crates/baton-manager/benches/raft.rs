@@ -14,15 +14,11 @@
 #[path = "../tests/common/raft_member.rs"]
 mod raft_member;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_pki::ClusterCa;
-use baton_spec::{
-    DriverKind, JobKind, JobSpec, Resources, RestartCondition, RestartPolicy, SpecFormat, TaskSpec,
-};
-use baton_state::{Command, Timestamp};
+use baton_state::Command;
 use baton_store::Store;
 use baton_store::raft::RaftStore;
 use raft_member::{Manager, manager, now};
@@ -32,33 +28,7 @@ const CLIENTS: usize = 1_000;
 const PER_CLIENT: usize = 20;
 
 fn job(name: String) -> Command {
-    Command::PutJob {
-        spec: JobSpec {
-            name: name.clone(),
-            kind: JobKind::Service { replicas: 3 },
-            task: TaskSpec {
-                driver: DriverKind::Raw,
-                command: vec!["/bin/sleep".to_owned(), "1000".to_owned()],
-                env: BTreeMap::new(),
-                workdir: None,
-                user: None,
-                resources: Resources {
-                    cpu_millis: 100,
-                    memory_bytes: 16 << 20,
-                },
-                kill_timeout: Duration::from_secs(5),
-            },
-            restart: RestartPolicy {
-                condition: RestartCondition::Always,
-                max_attempts: 0,
-                delay: Duration::from_secs(1),
-                max_delay: Duration::from_secs(30),
-            },
-        },
-        format: SpecFormat::Yaml,
-        source: format!("name: {name}\nreplicas: 3\n"),
-        now: Timestamp(1),
-    }
+    baton_testkit::put_service(&name, 3)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

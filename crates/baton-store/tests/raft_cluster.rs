@@ -3,15 +3,12 @@
 //! gRPC transport also plugs into). Every message goes through JSON, as it
 //! does on the wire.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use baton_spec::{
-    DriverKind, JobKind, JobSpec, Resources, RestartCondition, RestartPolicy, SpecFormat, TaskSpec,
-};
-use baton_state::{Command, Timestamp};
+use baton_state::Command;
 use baton_store::raft::{
     RaftRequest, RaftResponse, RaftStore, RaftStoreConfig, RaftTransport, Unreached, node_id,
 };
@@ -96,33 +93,7 @@ struct Cluster {
 }
 
 fn job(name: &str) -> Command {
-    Command::PutJob {
-        spec: JobSpec {
-            name: name.to_owned(),
-            kind: JobKind::Service { replicas: 1 },
-            task: TaskSpec {
-                driver: DriverKind::Raw,
-                command: vec!["/bin/true".to_owned()],
-                env: BTreeMap::new(),
-                workdir: None,
-                user: None,
-                resources: Resources {
-                    cpu_millis: 100,
-                    memory_bytes: 1 << 20,
-                },
-                kill_timeout: Duration::from_secs(5),
-            },
-            restart: RestartPolicy {
-                condition: RestartCondition::Always,
-                max_attempts: 0,
-                delay: Duration::from_secs(1),
-                max_delay: Duration::from_secs(30),
-            },
-        },
-        format: SpecFormat::Yaml,
-        source: format!("name: {name}\n"),
-        now: Timestamp(1),
-    }
+    baton_testkit::put_service(name, 1)
 }
 
 impl Cluster {

@@ -1,12 +1,7 @@
 //! Tests of the Raft store on one member: durability across restarts,
 //! compaction, group commit.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use baton_spec::{
-    DriverKind, JobKind, JobSpec, Resources, RestartCondition, RestartPolicy, SpecFormat, TaskSpec,
-};
+use baton_spec::JobKind;
 use baton_state::{ApplyError, Command, Event, Timestamp};
 
 use redb::{ReadableDatabase, ReadableTable};
@@ -14,38 +9,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use super::*;
 use crate::StoreError;
 
-fn job(name: &str, replicas: u32) -> JobSpec {
-    JobSpec {
-        name: name.to_owned(),
-        kind: JobKind::Service { replicas },
-        task: TaskSpec {
-            driver: DriverKind::Raw,
-            command: vec!["/bin/true".to_owned()],
-            env: BTreeMap::new(),
-            workdir: None,
-            user: None,
-            resources: Resources {
-                cpu_millis: 100,
-                memory_bytes: 1 << 20,
-            },
-            kill_timeout: Duration::from_secs(5),
-        },
-        restart: RestartPolicy {
-            condition: RestartCondition::Always,
-            max_attempts: 0,
-            delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(30),
-        },
-    }
-}
-
 fn put(name: &str, replicas: u32) -> Command {
-    Command::PutJob {
-        spec: job(name, replicas),
-        format: SpecFormat::Yaml,
-        source: format!("name: {name}\n"),
-        now: Timestamp(1),
-    }
+    baton_testkit::put_service(name, replicas)
 }
 
 async fn open(path: &std::path::Path, snapshot_every: u64) -> RaftStore {
