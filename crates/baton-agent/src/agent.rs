@@ -15,6 +15,12 @@
 //! would allow (or the dispatcher no longer knows the session), the agent
 //! drops its session and opens a new one.
 //!
+//! Opening a session is retried with backoff (100 ms doubled up to 10 s); a
+//! session that delivered any message resets it, so when a working session
+//! ends (its manager went away or stopped leading) the next attempt comes
+//! after ~100 ms and, through [`crate::FailoverDispatcher`], goes to another
+//! manager.
+//!
 //! Reports are at least once: every state change goes into an outbox that is
 //! sent in batches, put back on error and retried with backoff; a new session
 //! replaces the outbox with the current state of every known task.
@@ -97,8 +103,8 @@ pub struct Agent {
     outbox: Vec<TaskReport>,
     session_failures: u32,
     report_failures: u32,
-    /// Where pushed roots go (see [`Agent::run`]).
-    trust_updates: Option<mpsc::UnboundedSender<TrustUpdate>>,
+    /// Where pushed roots and managers go (see [`Agent::run`]).
+    cluster_updates: Option<mpsc::UnboundedSender<ClusterUpdate>>,
     events_tx: mpsc::Sender<TaskEvent>,
     events_rx: mpsc::Receiver<TaskEvent>,
     runners: JoinSet<()>,
@@ -163,6 +169,17 @@ struct ReportOutcome {
     result: Result<(), RpcError>,
 }
 
+/// What the cluster pushes down a session that is not the agent's business:
+/// the agent hands it to whoever keeps the node's TLS trust and its list of
+/// managers (see [`Agent::run`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterUpdate {
+    /// The roots to trust from now on (a root CA rotation).
+    Trust(TrustUpdate),
+    /// The cluster addresses of every manager.
+    Managers(Vec<String>),
+}
+
 /// Everything the loop reacts to.
 enum Event {
     Shutdown,
@@ -200,17 +217,18 @@ impl Agent {
     ///
     /// Returns an error only if the data directory cannot be used.
     ///
-    /// The roots the cluster pushes (a root CA rotation) go to
-    /// `trust_updates`, whose owner keeps the node's TLS trust and renewal in
-    /// line; the agent itself has no use for them.
+    /// The roots the cluster pushes (a root CA rotation) and the list of its
+    /// managers go to `cluster_updates`, whose owner keeps the node's TLS
+    /// trust, renewal and [`crate::ManagerList`] in line; the agent itself
+    /// has no use for them.
     pub async fn run(
         config: AgentConfig,
         dispatcher: Arc<dyn Dispatcher>,
-        trust_updates: Option<mpsc::UnboundedSender<TrustUpdate>>,
+        cluster_updates: Option<mpsc::UnboundedSender<ClusterUpdate>>,
         shutdown: CancellationToken,
     ) -> Result<(), AgentError> {
         let mut agent = Agent::prepare(config, dispatcher).await?;
-        agent.trust_updates = trust_updates;
+        agent.cluster_updates = cluster_updates;
         let span = tracing::info_span!("agent", node_id = %agent.node_id);
         agent.main_loop(shutdown).instrument(span).await;
         Ok(())
@@ -270,7 +288,7 @@ impl Agent {
             generation: 0,
             outbox: Vec::new(),
             session_failures: 0,
-            trust_updates: None,
+            cluster_updates: None,
             report_failures: 0,
             events_tx,
             events_rx,
@@ -309,20 +327,12 @@ impl Agent {
                     return;
                 }
                 Event::Task(event) => self.on_task_event(event),
-                Event::Session(Some(SessionMessage::Assignments(set))) => {
+                Event::Session(Some(message)) => {
+                    // The session works: when it ends (its manager went away,
+                    // or stopped leading), the first retry comes after
+                    // ~100 ms, not after the backoff of earlier failures.
                     self.session_failures = 0;
-                    tracing::debug!(seq = set.seq, tasks = set.tasks.len(), "assignments");
-                    self.assigned = set.tasks;
-                    self.converge();
-                }
-                Event::Session(Some(SessionMessage::Logs(request))) => {
-                    self.session_failures = 0;
-                    self.serve_logs(request);
-                }
-                Event::Session(Some(SessionMessage::Trust(update))) => {
-                    if let Some(sink) = &self.trust_updates {
-                        let _ = sink.send(update);
-                    }
+                    self.on_message(message);
                 }
                 Event::Session(None) => {
                     tracing::info!("session closed");
@@ -355,6 +365,28 @@ impl Agent {
             if reporting.is_none() {
                 reporting = self.next_report();
             }
+        }
+    }
+
+    fn on_message(&mut self, message: SessionMessage) {
+        match message {
+            SessionMessage::Assignments(set) => {
+                tracing::debug!(seq = set.seq, tasks = set.tasks.len(), "assignments");
+                self.assigned = set.tasks;
+                self.converge();
+            }
+            SessionMessage::Logs(request) => self.serve_logs(request),
+            SessionMessage::Trust(update) => self.push_update(ClusterUpdate::Trust(update)),
+            SessionMessage::Managers(addrs) => {
+                tracing::debug!(managers = addrs.len(), "managers");
+                self.push_update(ClusterUpdate::Managers(addrs));
+            }
+        }
+    }
+
+    fn push_update(&self, update: ClusterUpdate) {
+        if let Some(sink) = &self.cluster_updates {
+            let _ = sink.send(update);
         }
     }
 
@@ -731,7 +763,12 @@ async fn heartbeat_loop(
                 period = wanted.clamp(MIN_HEARTBEAT_PERIOD, MAX_HEARTBEAT_PERIOD);
                 last_ok = tokio::time::Instant::now();
             }
-            Ok(Err(e @ (RpcError::NoSession(_) | RpcError::PermissionDenied(_)))) => {
+            // A manager that no longer leads holds no session either.
+            Ok(Err(
+                e @ (RpcError::NoSession(_)
+                | RpcError::PermissionDenied(_)
+                | RpcError::NotLeader(_)),
+            )) => {
                 tracing::info!(error = %e, "heartbeat refused");
                 let _ = lost.send(generation).await;
                 return;

@@ -15,6 +15,10 @@
 //! cluster believes started and the agent does not know is reported `lost`,
 //! never started again. It never signals a pid whose start time differs from
 //! the one it recorded. It logs no environment values.
+//!
+//! Managers run Raft and only the leader holds sessions: [`managers`] keeps
+//! the list of managers the cluster pushes and finds the leader
+//! ([`FailoverDispatcher`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,12 +32,13 @@ mod fingerprint;
 pub mod identity;
 mod log_file;
 mod log_stream;
+pub mod managers;
 mod process;
 mod records;
 mod recovery;
 mod runner;
 
-pub use agent::Agent;
+pub use agent::{Agent, ClusterUpdate};
 pub use config::{AgentConfig, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_FINISHED_TASKS};
 pub use driver::{Driver, RawDriver, TaskHandle, TaskRun};
 pub use error::AgentError;
@@ -43,5 +48,6 @@ pub use executor::{
 pub use fingerprint::host_capacity;
 pub use identity::{IdentityError, NodeIdentity, load_or_join, renew_loop};
 pub use log_file::{LOG_FILE, LogWriter, ROTATED_LOG_FILE};
+pub use managers::{FailoverDispatcher, ManagerList};
 pub use recovery::LOST_KILLED;
 pub use runner::LOST_AGENT_SHUTDOWN;

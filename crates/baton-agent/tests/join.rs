@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use baton_agent::ManagerList;
 use baton_agent::identity::{IdentityError, NodeIdentity, load_or_join, renew_loop};
 use baton_manager::ca::ManagerCa;
 use baton_pki::{ClusterCa, JoinToken, Role};
@@ -484,7 +485,7 @@ async fn renewal_swaps_in_a_new_key_while_an_open_session_keeps_working() {
     let shutdown = CancellationToken::new();
     let renewer = tokio::spawn(renew_loop(
         identity.clone(),
-        cluster.addr.clone(),
+        ManagerList::load(data.path(), &cluster.addr),
         shutdown.clone(),
     ));
     let new_leaf = eventually("the certificate to be renewed", || {
@@ -560,4 +561,39 @@ async fn renewal_swaps_in_a_new_key_while_an_open_session_keeps_working() {
         .await
         .expect("renew loop");
     drop(session);
+}
+
+#[tokio::test]
+async fn renewal_skips_an_unreachable_manager_for_the_next_one() {
+    let cluster = TestCluster::start(DAY).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let identity = load_or_join(data.path(), &cluster.addr, Some(&cluster.worker_token))
+        .await
+        .expect("join");
+    let old_leaf = identity.cert.leaf().expect("leaf");
+    // The list starts at a manager that is gone; the live one comes next.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    let managers = ManagerList::load(data.path(), &gone);
+    managers.update(vec![gone.clone(), cluster.addr.clone()]);
+    assert_eq!(managers.current(), gone);
+
+    let shutdown = CancellationToken::new();
+    identity.renew_now.notify_one();
+    let renewer = tokio::spawn(renew_loop(
+        identity.clone(),
+        managers.clone(),
+        shutdown.clone(),
+    ));
+    eventually("the certificate to be renewed", || {
+        identity.cert.leaf().filter(|leaf| *leaf != old_leaf)
+    })
+    .await;
+    assert_eq!(managers.current(), cluster.addr);
+
+    shutdown.cancel();
+    within("the renew loop to stop", renewer)
+        .await
+        .expect("renew loop");
 }

@@ -1,11 +1,21 @@
-//! A typed HTTPS client for the API.
+//! A typed HTTPS client for the API, with failover between managers.
+//!
+//! Any manager serves the API (writes reach the leader through the store), so
+//! the client tries the configuration's addresses in order until one answers,
+//! and keeps using that one. "Answers" means an HTTP response of any status: a
+//! 503 from a manager that cannot reach the leader is shown as is, not retried
+//! elsewhere. Only a request that never reached a manager (connection refused,
+//! TLS handshake failed, connect timeout) is sent to the next one, except
+//! reads (`GET`), which are safe to repeat whatever happened. A write cut off
+//! after it was sent may have taken effect, so it is never resent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use baton_pki::ManagerVerifier;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, RequestBuilder, Response, Url};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
@@ -22,13 +32,20 @@ pub enum ApiError {
     /// The client configuration is unusable.
     #[error("client config: {0}")]
     Config(String),
-    /// The API could not be reached or the connection broke.
-    #[error("cannot reach the API at {url}: {message}")]
+    /// The connection broke after the request reached a manager: a write
+    /// may or may not have taken effect.
+    #[error("the connection to the API at {url} broke: {message}")]
     Transport {
         /// Base URL.
         url: String,
         /// Cause.
         message: String,
+    },
+    /// No manager answered: every address, each with why.
+    #[error("no manager answered: {}", list_unanswered(.attempts))]
+    Unreachable {
+        /// One per address, in the order tried.
+        attempts: Vec<Unanswered>,
     },
     /// The API answered with an error.
     #[error("{}", .body.message)]
@@ -43,17 +60,45 @@ pub enum ApiError {
     Decode(String),
 }
 
-/// An API client. Cheap to clone.
+/// An address that did not answer, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    /// Base URL.
+    pub url: String,
+    /// The root cause (e.g. "Connection refused (os error 111)").
+    pub error: String,
+}
+
+fn list_unanswered(attempts: &[Unanswered]) -> String {
+    attempts
+        .iter()
+        .map(|a| format!("{}: {}", a.url, a.error))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Requests are built against this stand-in origin, then aimed at each
+/// manager in turn ([`aim`]): reqwest binds a request to one URL.
+const ANY_MANAGER: &str = "https://any-manager.invalid";
+
+/// An API client. Cheap to clone; clones share which manager answered last.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
-    base: String,
+    /// The managers' base URLs, without a trailing `/`, in the configuration's order.
+    bases: Arc<[String]>,
+    /// Index in `bases` of the manager that answered last, tried first, so a
+    /// command of many calls waits for a dead manager once, not per call.
+    preferred: Arc<AtomicUsize>,
+    /// Ask for linearizable reads ([`crate::READ_HEADER`]).
+    linearizable: bool,
 }
 
 impl ApiClient {
     /// A client that presents the configuration's client certificate and
     /// accepts only a manager of the configuration's cluster (see the crate
-    /// doc): the host name in `api` is not checked, certificates name node ids.
+    /// doc): the host names in `apis` are not checked, certificates name node
+    /// ids.
     pub fn new(config: &ClientConfig) -> Result<ApiClient, ApiError> {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(config.cert.as_bytes())
@@ -79,6 +124,9 @@ impl ApiClient {
         config: &ClientConfig,
         identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     ) -> Result<ApiClient, ApiError> {
+        if config.apis.is_empty() {
+            return Err(ApiError::Config("apis: no manager API URL".to_owned()));
+        }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = ManagerVerifier::new(&config.ca_cert, provider.clone())
             .map_err(|e| ApiError::Config(format!("ca_cert: {e}")))?;
@@ -104,43 +152,77 @@ impl ApiClient {
             .map_err(|e| ApiError::Config(e.to_string()))?;
         Ok(ApiClient {
             http,
-            base: config.api.trim_end_matches('/').to_owned(),
+            bases: config
+                .apis
+                .iter()
+                .map(|api| api.trim_end_matches('/').to_owned())
+                .collect(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            linearizable: false,
         })
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        let req = self.http.request(method, format!("{ANY_MANAGER}{path}"));
+        if self.linearizable {
+            req.header(crate::READ_HEADER, "linearizable")
+        } else {
+            req
+        }
     }
 
+    /// Reads from now on are linearizable: they see every write
+    /// acknowledged before them, whichever manager answers (at the cost of
+    /// a round trip to a majority).
+    pub fn linearizable(mut self) -> ApiClient {
+        self.linearizable = true;
+        self
+    }
+
+    /// Sends `req` to the first manager that answers (see the module doc);
+    /// an error status is an answer, returned as [`ApiError::Status`].
     async fn send(&self, req: RequestBuilder) -> Result<Response, ApiError> {
-        let resp = req.send().await.map_err(|e| ApiError::Transport {
-            url: self.base.clone(),
-            message: error_chain(&e),
-        })?;
-        if resp.status().is_success() {
-            return Ok(resp);
+        let template = req
+            .build()
+            .map_err(|e| ApiError::Config(format!("request: {e}")))?;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut attempts = Vec::new();
+        for base_idx in try_order(self.bases.len(), first) {
+            let base = &self.bases[base_idx];
+            let mut attempt = template
+                .try_clone()
+                .expect("request bodies are bytes, never streams");
+            *attempt.url_mut() = aim(base, template.url())?;
+            match self.http.execute(attempt).await {
+                Ok(resp) => {
+                    self.preferred.store(base_idx, Ordering::Relaxed);
+                    return answer(resp).await;
+                }
+                Err(e) if may_try_next(template.method(), e.is_connect()) => {
+                    attempts.push(Unanswered {
+                        url: base.clone(),
+                        error: error_chain(&e),
+                    });
+                }
+                Err(e) => {
+                    return Err(ApiError::Transport {
+                        url: base.clone(),
+                        message: format!(
+                            "{} (the request was sent: check whether it took effect before repeating it)",
+                            error_chain(&e)
+                        ),
+                    });
+                }
+            }
         }
-        let status = resp.status();
-        let body = resp.bytes().await.unwrap_or_default();
-        let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
-            code: "http".to_owned(),
-            message: format!(
-                "HTTP {}: {}",
-                status.as_u16(),
-                String::from_utf8_lossy(&body).trim()
-            ),
-            details: Vec::new(),
-        });
-        Err(ApiError::Status {
-            status: status.as_u16(),
-            body,
-        })
+        Err(ApiError::Unreachable { attempts })
     }
 
     async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiError> {
         let resp = self.send(req).await?;
+        let url = origin(&resp);
         let bytes = resp.bytes().await.map_err(|e| ApiError::Transport {
-            url: self.base.clone(),
+            url,
             message: error_chain(&e),
         })?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
@@ -214,10 +296,10 @@ impl ApiClient {
             .request(Method::GET, &format!("/v1/tasks/{id}/logs"))
             .query(&[("follow", follow)]);
         let resp = self.send(req).await?;
-        let base = self.base.clone();
+        let url = origin(&resp);
         Ok(resp.bytes_stream().map(move |chunk| {
             chunk.map_err(|e| ApiError::Transport {
-                url: base.clone(),
+                url: url.clone(),
                 message: error_chain(&e),
             })
         }))
@@ -296,6 +378,68 @@ impl ApiClient {
             .query(&[("force", force)]);
         self.json(req).await
     }
+
+    /// Makes a standby manager vote again.
+    pub async fn promote_node(&self, id: &str) -> Result<crate::ManagerInfo, ApiError> {
+        self.json(self.request(Method::POST, &format!("/v1/nodes/{id}/promote")))
+            .await
+    }
+
+    /// Makes a manager a standby (no vote); refused if quorum would be lost.
+    pub async fn demote_node(&self, id: &str) -> Result<crate::ManagerInfo, ApiError> {
+        self.json(self.request(Method::POST, &format!("/v1/nodes/{id}/demote")))
+            .await
+    }
+}
+
+/// The response if it is a success, else its status and error body.
+async fn answer(resp: Response) -> Result<Response, ApiError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
+        code: "http".to_owned(),
+        message: format!(
+            "HTTP {}: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(&body).trim()
+        ),
+        details: Vec::new(),
+    });
+    Err(ApiError::Status {
+        status: status.as_u16(),
+        body,
+    })
+}
+
+/// The order in which to try `n_bases` addresses: the one that answered last
+/// (`preferred`), then the others in the configuration's order.
+fn try_order(n_bases: usize, preferred: usize) -> impl Iterator<Item = usize> {
+    let preferred = if preferred < n_bases { preferred } else { 0 };
+    std::iter::once(preferred)
+        .chain((0..n_bases).filter(move |&idx| idx != preferred))
+        .take(n_bases)
+}
+
+/// Whether a request that failed without an answer may go to the next
+/// manager: always if it never reached this one (`connect_failed`), else only
+/// if repeating it is harmless (`GET`, `HEAD`, `OPTIONS`).
+fn may_try_next(method: &Method, connect_failed: bool) -> bool {
+    connect_failed || method.is_safe()
+}
+
+/// `url` (built against [`ANY_MANAGER`]) aimed at the manager at `base`.
+fn aim(base: &str, url: &Url) -> Result<Url, ApiError> {
+    let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let target = format!("{base}{}{query}", url.path());
+    Url::parse(&target).map_err(|e| ApiError::Config(format!("apis: {base}: {e}")))
+}
+
+/// `https://host:port` of the manager that answered.
+fn origin(resp: &Response) -> String {
+    resp.url().origin().ascii_serialization()
 }
 
 /// The root cause of an error (e.g. "Connection refused"), which is what a user
@@ -306,4 +450,83 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         root = cause;
     }
     root.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manager_that_answered_last_is_tried_first_then_the_rest_in_order() {
+        assert_eq!(try_order(3, 0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(try_order(3, 1).collect::<Vec<_>>(), [1, 0, 2]);
+        assert_eq!(try_order(3, 2).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(try_order(1, 0).collect::<Vec<_>>(), [0]);
+        // A stale index (fewer addresses than before) starts from the first.
+        assert_eq!(try_order(2, 5).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(try_order(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn only_reads_are_resent_after_the_request_reached_a_manager() {
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(may_try_next(&method, true), "{method}");
+            assert!(may_try_next(&method, false), "{method}");
+        }
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert!(may_try_next(&method, true), "{method}");
+            assert!(!may_try_next(&method, false), "{method}");
+        }
+    }
+
+    #[test]
+    fn a_request_is_aimed_at_each_manager_with_its_path_and_query() {
+        let url = Url::parse(&format!("{ANY_MANAGER}/v1/tasks?job=web%20x")).expect("url");
+        assert_eq!(
+            aim("https://10.0.0.2:7443", &url).expect("aim").as_str(),
+            "https://10.0.0.2:7443/v1/tasks?job=web%20x"
+        );
+        let url = Url::parse(&format!("{ANY_MANAGER}/v1/health")).expect("url");
+        assert_eq!(
+            aim("https://[::1]:7443", &url).expect("aim").as_str(),
+            "https://[::1]:7443/v1/health"
+        );
+    }
+
+    #[test]
+    fn when_no_manager_answers_the_error_says_why_for_each() {
+        let e = ApiError::Unreachable {
+            attempts: vec![
+                Unanswered {
+                    url: "https://10.0.0.1:7443".to_owned(),
+                    error: "Connection refused (os error 111)".to_owned(),
+                },
+                Unanswered {
+                    url: "https://10.0.0.2:7443".to_owned(),
+                    error: "operation timed out".to_owned(),
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no manager answered: https://10.0.0.1:7443: Connection refused (os error 111); \
+             https://10.0.0.2:7443: operation timed out"
+        );
+    }
+
+    #[test]
+    fn a_client_needs_at_least_one_address() {
+        let config = ClientConfig {
+            apis: Vec::new(),
+            ca_cert: String::new(),
+            cert: String::new(),
+            key: String::new(),
+        };
+        assert_eq!(
+            ApiClient::anonymous(&config)
+                .expect_err("no address")
+                .to_string(),
+            "client config: apis: no manager API URL"
+        );
+    }
 }

@@ -14,6 +14,11 @@ mod client;
 mod config;
 mod types;
 
-pub use client::{ApiClient, ApiError};
-pub use config::{ClientConfig, ConfigError};
+pub use client::{ApiClient, ApiError, Unanswered};
+pub use config::{ClientConfig, ConfigError, parse_api_addr};
 pub use types::*;
+
+/// Request header asking a manager for a linearizable read (value
+/// `linearizable`): the answer reflects every write acknowledged before the
+/// request, whichever manager serves it.
+pub const READ_HEADER: &str = "baton-read";

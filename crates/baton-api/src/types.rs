@@ -240,7 +240,11 @@ pub struct ManagerInfo {
     pub id: String,
     /// Cluster address.
     pub addr: String,
-    /// `leader`, `follower` or `learner` (a learner catches up before it votes).
+    /// User API URL, as the manager announced it.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// `leader`, `follower` (votes) or `standby` (keeps a copy of the state
+    /// and serves the API but does not vote: demoted, or still catching up).
     pub raft_role: String,
     /// Answered the leader recently (as far as the answering manager knows).
     pub reachable: bool,

@@ -10,6 +10,17 @@
 //! revocation is applied, and a revoked node cannot open one (nor be
 //! registered again).
 //!
+//! # Leadership
+//!
+//! Only the leading manager holds sessions ([`DispatcherService::lead`],
+//! from [`crate::leadership`]): the node states it records and the
+//! assignments it pushes then come from one place, and a follower refuses a
+//! session with [`RpcError::NotLeader`], naming the leader, so the agent
+//! goes there. When leadership is lost every session ends, and the agents
+//! find the new leader from the manager list every session is pushed
+//! ([`SessionMessage::Managers`]). A new leader gives every node the grace
+//! from the moment it started leading, so a failover marks nobody down.
+//!
 //! # Liveness
 //!
 //! Agents call [`Dispatcher::heartbeat`] at the period it answers,
@@ -128,6 +139,12 @@ pub struct DispatcherService {
     next_id: AtomicU64,
     shutdown: CancellationToken,
     node_down_grace: Duration,
+    /// While this manager leads: its term's token (ends every session).
+    term: Mutex<Option<CancellationToken>>,
+    /// The leader's cluster address when another manager leads.
+    leader: Mutex<Option<String>>,
+    /// Every manager's cluster address, pushed to agents.
+    managers: tokio::sync::watch::Sender<Vec<String>>,
     this: Weak<DispatcherService>,
 }
 
@@ -178,8 +195,47 @@ impl DispatcherService {
             next_id: AtomicU64::new(1),
             shutdown,
             node_down_grace,
+            term: Mutex::new(None),
+            leader: Mutex::new(None),
+            managers: tokio::sync::watch::Sender::new(Vec::new()),
             this: this.clone(),
         })
+    }
+
+    /// Takes sessions until `term` is cancelled (this manager leads).
+    /// Every node the state calls ready gets the grace from now.
+    pub fn lead(&self, term: CancellationToken) {
+        *self.term.lock().unwrap_or_else(|p| p.into_inner()) = Some(term.clone());
+        self.watch_liveness(term);
+    }
+
+    /// Another manager leads (at `leader`, when known): sessions are
+    /// refused, naming it. Sessions of an earlier term end with its token.
+    pub fn follow(&self, leader: Option<String>) {
+        *self.term.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+        self.lock_sessions().clear();
+        self.lock_silent().clear();
+    }
+
+    /// Sets the managers' cluster addresses pushed to agents.
+    pub fn set_managers(&self, mut addrs: Vec<String>) {
+        addrs.sort();
+        addrs.dedup();
+        self.managers.send_if_modified(|current| {
+            let changed = *current != addrs;
+            *current = addrs;
+            changed
+        });
+    }
+
+    /// The current term's token, if this manager leads.
+    fn leading(&self) -> Option<CancellationToken> {
+        self.term
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|t| !t.is_cancelled())
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, SessionEntry>> {
@@ -208,12 +264,13 @@ impl DispatcherService {
         self.logs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts the liveness loop (until shutdown), which marks down the nodes
-    /// that miss their heartbeats. Every node the state calls ready but that
-    /// has no session with this dispatcher (it was recorded by an earlier
-    /// manager run) gets the grace from now: if it does not connect in time,
-    /// it is marked down and its tasks are replaced.
-    pub fn watch_liveness(&self) {
+    /// Starts the liveness loop (until `term` ends), which marks down the
+    /// nodes that miss their heartbeats. Every node the state calls ready
+    /// but that has no session with this dispatcher (it was recorded by an
+    /// earlier manager run or another leader) gets the grace from now: if
+    /// it does not connect in time, it is marked down and its tasks are
+    /// replaced.
+    fn watch_liveness(&self, term: CancellationToken) {
         let snapshot = self.store.snapshot();
         let now = Instant::now();
         {
@@ -225,7 +282,7 @@ impl DispatcherService {
                 }
             }
         }
-        tokio::spawn(check_liveness(self.this.clone(), self.shutdown.clone()));
+        tokio::spawn(check_liveness(self.this.clone(), term));
     }
 
     /// One pass of the liveness check at `now`: forgives `stall` (time the
@@ -271,6 +328,10 @@ impl DispatcherService {
     /// Marks `node` (last seen at `since`) down, unless the state already
     /// does not call it ready. If that fails, the next check tries again.
     async fn mark_down(&self, node: &NodeId, since: Instant) {
+        if self.leading().is_none() {
+            // Leadership moved on: the new leader's own grace applies.
+            return;
+        }
         let ready = self
             .store
             .snapshot()
@@ -342,8 +403,10 @@ impl DispatcherService {
         cancel: CancellationToken,
     ) {
         let mut changes = self.store.subscribe();
+        let mut managers = self.managers.subscribe();
         let mut last: Option<Vec<Assignment>> = None;
         let mut last_trust: Option<TrustUpdate> = None;
+        let mut last_managers: Option<Vec<String>> = None;
         let mut seq = 0;
         loop {
             let snapshot = changes.borrow_and_update().clone();
@@ -379,6 +442,17 @@ impl DispatcherService {
                 }
                 last_trust = Some(update);
             }
+            let addrs = managers.borrow_and_update().clone();
+            if !addrs.is_empty() && last_managers.as_ref() != Some(&addrs) {
+                if tx
+                    .send(SessionMessage::Managers(addrs.clone()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                last_managers = Some(addrs);
+            }
             let tasks = assignments_for(&snapshot.state, &node);
             if last.as_ref() != Some(&tasks) {
                 seq += 1;
@@ -400,6 +474,7 @@ impl DispatcherService {
                 }
                 () = tx.closed() => break,
                 changed = changes.changed() => if changed.is_err() { return },
+                changed = managers.changed() => if changed.is_err() { return },
             }
         }
         // The agent went away. Unless it comes back within the grace of its
@@ -465,6 +540,14 @@ impl Dispatcher for DispatcherService {
         if self.shutdown.is_cancelled() {
             return Err(RpcError::Unavailable("manager is shutting down".to_owned()));
         }
+        let Some(term) = self.leading() else {
+            let leader = self
+                .leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return Err(RpcError::NotLeader(leader));
+        };
         // The transport refuses revoked certificates too, from a copy of the
         // revocation set kept in step asynchronously; the state is the
         // authority, and a removed node must not be registered again.
@@ -504,7 +587,7 @@ impl Dispatcher for DispatcherService {
                 other => unavailable(other),
             })?;
         let (tx, rx) = mpsc::channel(64);
-        let cancel = self.shutdown.child_token();
+        let cancel = term.child_token();
         let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
         let replaced = {
             let mut sessions = self.lock_sessions();
@@ -698,7 +781,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let grace = Duration::from_secs(1);
         let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), grace);
-        dispatcher.watch_liveness();
+        dispatcher.lead(shutdown.child_token());
         let alive = dispatcher
             .open_session(description("alive"))
             .await
@@ -790,7 +873,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let grace = Duration::from_secs(1);
         let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), grace);
-        dispatcher.watch_liveness();
+        dispatcher.lead(shutdown.child_token());
         let session = dispatcher
             .open_session(description("w1"))
             .await
@@ -822,6 +905,7 @@ mod tests {
         let store = store_with_workers(dir.path(), &["w1"]).await;
         let shutdown = CancellationToken::new();
         let dispatcher = DispatcherService::new(store.clone(), shutdown.clone(), NODE_DOWN_GRACE);
+        dispatcher.lead(shutdown.child_token());
         let mut session = dispatcher
             .open_session(description("w1"))
             .await

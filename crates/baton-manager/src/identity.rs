@@ -74,6 +74,14 @@ pub enum IdentityError {
     /// The external CA settings are unusable.
     #[error("external CA: {0}")]
     ExternalCa(String),
+    /// Joining an existing cluster failed.
+    #[error("joining the cluster at {addr}: {reason}")]
+    Join {
+        /// The manager asked.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// How to create a cluster whose certificates an external CA signs.
@@ -353,6 +361,76 @@ pub async fn load_or_create(
         key_pem,
         created,
     })
+}
+
+/// Whether `dir` holds a manager identity (it created or joined a cluster).
+pub fn has_identity(dir: &Path) -> bool {
+    dir.join("node").join("cert.pem").exists()
+}
+
+/// The root this manager pinned when it joined (`node/root.pem`), which it
+/// trusts until its store has the cluster's record; absent on the manager
+/// that created the cluster.
+pub fn joined_root(dir: &Path) -> Result<Option<String>, IdentityError> {
+    read(&dir.join("node").join("root.pem"))
+}
+
+/// Joins the cluster whose manager listens at `addr` as a new manager,
+/// with the manager join token: the root is fetched and checked against
+/// the token's digest before anything secret is sent, the key pair is made
+/// here and only its CSR leaves, and the cluster chooses the node id. Writes
+/// `node/root.pem`, the key and certificate, then `node/id` last. Being
+/// added to the managers' Raft cluster is the next step (see
+/// [`crate::runtime`]).
+pub async fn join_cluster(dir: &Path, addr: &str, token: &str) -> Result<NodeId, IdentityError> {
+    let failed = |reason: String| IdentityError::Join {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let token = JoinToken::parse(token)?;
+    let root_pem = baton_rpc::client::fetch_root_ca(addr, token.ca_digest())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let (key_pem, csr_pem) = baton_pki::generate_csr()?;
+    let key_pem = zeroize::Zeroizing::new(key_pem);
+    let tls = baton_rpc::tls::ClientTls::new(&root_pem, baton_rpc::tls::HotCert::empty())
+        .map_err(|e| failed(e.to_string()))?;
+    let channel = baton_rpc::transport::connect(addr, &tls)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let secret = zeroize::Zeroizing::new(token.format());
+    let joined = baton_rpc::client::CaClient::new(channel)
+        .join(&csr_pem, &secret)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let issued = baton_pki::peer_identity(&baton_pki::certificate_der(&joined.cert_pem)?)?;
+    if issued.role != Role::Manager {
+        return Err(failed(format!(
+            "the token is a {} token; a manager joins with the manager token (baton cluster join-token manager)",
+            issued.role
+        )));
+    }
+    if issued.node_id != joined.node_id.0 {
+        return Err(failed(format!(
+            "the manager announced node id {} but the certificate names {}",
+            joined.node_id, issued.node_id
+        )));
+    }
+    crate::serving_cert::ServingCert::new(&joined.cert_pem, &key_pem)
+        .map_err(|e| failed(format!("unusable certificate: {e}")))?;
+    write(
+        &dir.join("node").join("root.pem"),
+        root_pem.as_bytes(),
+        0o644,
+    )?;
+    write_node_cert(dir, &key_pem, &joined.cert_pem)?;
+    write(
+        &dir.join("node").join("id"),
+        issued.node_id.as_bytes(),
+        0o644,
+    )?;
+    tracing::info!(node_id = %issued.node_id, "joined the cluster as a manager");
+    Ok(NodeId(issued.node_id))
 }
 
 /// This manager's node id (`node/id`), made on first use. It is also its

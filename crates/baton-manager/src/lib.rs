@@ -11,6 +11,10 @@
 //! - [`runtime`]: starts and stops all of it (`baton manager`, `baton dev`).
 //! - [`dispatcher`]: one session per agent; pushes each node its own full
 //!   assignment set, records its reports, brokers log streams.
+//! - [`raft`]: Raft between managers over the cluster port; a new manager
+//!   asks to be added through it.
+//! - [`leadership`]: runs the control loop and the dispatcher's sessions on
+//!   the leading manager only.
 //!
 //! Architecture invariant: every write goes through [`baton_store::Store::propose`];
 //! nothing here mutates state directly, and reads come from store snapshots.
@@ -21,6 +25,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod external_ca;
 pub mod identity;
+pub mod leadership;
 pub mod raft;
 pub mod renew;
 pub mod runtime;

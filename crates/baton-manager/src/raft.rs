@@ -11,7 +11,12 @@ use baton_pki::PeerIdentity;
 use baton_rpc::client::RaftClient;
 use baton_rpc::server::RaftService;
 use baton_rpc::tls::ClientTls;
-use baton_store::raft::{RaftRequest, RaftResponse, RaftStore, RaftTransport, Unreached, node_id};
+use baton_state::{NodeId, NodeRole};
+use baton_store::Store;
+use baton_store::raft::{
+    MembershipChange, ProposeError, RaftRequest, RaftResponse, RaftStore, RaftTransport, Unreached,
+    node_id,
+};
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -110,7 +115,70 @@ impl RaftService for RaftEndpoint {
             tracing::warn!(peer = %from.node_id, error = %e, "invalid raft message");
             Status::invalid_argument(format!("invalid raft message: {e}"))
         })?;
+        if let RaftRequest::Membership(MembershipChange::Add { id, .. }) = &request
+            && let Err(refused) = may_join(store, *id)
+        {
+            tracing::warn!(peer = %from.node_id, member = %node_id(*id), reason = %refused, "manager not added");
+            let response = RaftResponse::Membership(Err(ProposeError::Unavailable(refused)));
+            return serde_json::to_vec(&response).map_err(|e| Status::internal(e.to_string()));
+        }
         let response = store.handle(request).await;
         serde_json::to_vec(&response).map_err(|e| Status::internal(e.to_string()))
     }
+}
+
+/// Whether member `id` may be added to the managers: only a node the
+/// cluster admitted as a manager (with the manager token) and has not
+/// removed, as the replicated state says, whoever asks.
+fn may_join(store: &RaftStore, id: u64) -> Result<(), String> {
+    let node = NodeId(node_id(id));
+    let snapshot = store.snapshot();
+    let state = &snapshot.state;
+    match state.member(&node) {
+        Some(member) if member.role == NodeRole::Manager && !state.is_revoked(&node) => Ok(()),
+        _ => Err(format!(
+            "node {node} is not a manager of this cluster: join with the manager token first"
+        )),
+    }
+}
+
+/// Asks the manager at `addr` to add this manager (`id`, reachable at
+/// `advertised`) to the managers, and waits until it votes: a learner
+/// first, then a voter once it has caught up (the leader decides; a
+/// follower forwards). Retried while no leader can answer; a refusal of
+/// the cluster (not an admitted manager) is final.
+pub async fn ask_to_be_added(
+    transport: &GrpcRaftTransport,
+    addr: &str,
+    id: u64,
+    advertised: &str,
+) -> Result<(), baton_store::StoreError> {
+    let unavailable = baton_store::StoreError::Unavailable;
+    let mut last = String::new();
+    for attempt in 0..30u32 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let request = RaftRequest::Membership(MembershipChange::Add {
+            id,
+            addr: advertised.to_owned(),
+        });
+        match transport.call(0, addr, request).await {
+            Ok(RaftResponse::Membership(Ok(()))) => {
+                tracing::info!(via = addr, "added to the managers");
+                return Ok(());
+            }
+            Ok(RaftResponse::Membership(Err(ProposeError::Unavailable(reason))))
+                if reason.contains("is not a manager of this cluster") =>
+            {
+                return Err(unavailable(reason));
+            }
+            Ok(other) => last = format!("{other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        tracing::info!(via = addr, reason = %last, "not added to the managers yet; retrying");
+    }
+    Err(unavailable(format!(
+        "the managers at {addr} did not add this manager: {last}"
+    )))
 }

@@ -43,6 +43,30 @@ pub struct ManagerConfig {
     pub node_down_grace: Duration,
     /// Create the cluster around this external CA (first start only).
     pub external_ca: Option<ExternalCaInit>,
+    /// Join the cluster of the manager at this cluster address instead of
+    /// creating one (first start only; later starts use it only if this
+    /// manager was never added to the managers).
+    pub join: Option<JoinConfig>,
+    /// Disaster recovery: make this manager, from its own data, the only
+    /// member of a new Raft cluster (see `docs/design/raft.md`).
+    pub force_new_cluster: bool,
+}
+
+/// How a new manager joins an existing cluster.
+#[derive(Clone)]
+pub struct JoinConfig {
+    /// A manager's cluster address.
+    pub addr: String,
+    /// The manager join token (needed on the first start only).
+    pub token: Option<baton_state::Secret>,
+}
+
+impl std::fmt::Debug for JoinConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a manager could not start.
@@ -114,9 +138,28 @@ pub fn https_url(addr: SocketAddr) -> String {
 }
 
 /// Starts a manager; it serves until [`RunningManager::stop`].
+///
+/// In order: this manager's identity on disk (joining a cluster through
+/// its CA on the first start with `join`); its Raft store (a new cluster of
+/// one when this manager creates the cluster); the cluster port, so that
+/// the other managers can reach it before anything needs a quorum; the
+/// request to be added to the managers (a joining manager); the wait until
+/// the store has recovered the committed state; then the identity checked
+/// (renewed if unusable), the user API, and the loops.
 pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    if !identity::has_identity(dir)
+        && let Some(join) = &config.join
+    {
+        let token = join.token.as_ref().ok_or_else(|| {
+            StartError::Io(
+                "joining a cluster needs the manager join token (--token or BATON_JOIN_TOKEN)"
+                    .to_owned(),
+            )
+        })?;
+        identity::join_cluster(dir, &join.addr, token.expose()).await?;
+    }
     // The store is this manager's Raft member; its id is the node id.
     let node_id = identity::load_or_create_node_id(dir)?;
     let member = raft_id(&node_id.0).ok_or_else(|| {
@@ -126,72 +169,109 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             node_id.0
         ))
     })?;
-    let advertised = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| config.listen.to_string());
-    // Raft traffic to other managers goes over the cluster port with this
-    // manager's certificate, once it has one (a lone manager needs none).
-    let raft_transport = Arc::new(GrpcRaftTransport::new());
-    let raft_store = Arc::new(
-        RaftStore::open(
-            RaftStoreConfig::new(baton_store::default_path(dir), member, advertised),
-            raft_transport.clone(),
-        )
-        .await?,
-    );
-    raft_store.initialize_alone().await?;
-    let store: Arc<dyn Store> = raft_store.clone();
-    let signer = Arc::new(Signer::new());
-    let identity = identity::load_or_create(
-        dir,
-        store.as_ref(),
-        &signer,
-        config.cert_validity,
-        config.external_ca.clone(),
-    )
-    .await?;
-    let cluster = store
-        .snapshot()
-        .state
-        .cluster()
-        .cloned()
-        .ok_or_else(|| StartError::Tls("the cluster record is missing".to_owned()))?;
-    let trust = HotTrust::new(&cluster.trust_pem()).map_err(|e| StartError::Tls(e.to_string()))?;
-
-    let manager_stop = CancellationToken::new();
-    let server_stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-
-    let dispatcher =
-        DispatcherService::new(store.clone(), manager_stop.clone(), config.node_down_grace);
-    dispatcher.watch_liveness();
-    tasks.push(tokio::spawn(crate::control::run(
-        store.clone(),
-        manager_stop.clone(),
-    )));
-
-    // This manager's certificate, served by both listeners and renewed in
-    // the background (started below, once both listen) without a restart.
-    let serving_cert = ServingCert::new(&identity.cert_pem, &identity.key_pem)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-
-    // Cluster port.
-    let server_tls =
-        ServerTls::with_trust(trust.clone(), &identity.cluster_id, serving_cert.cluster())
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    let revocations = server_tls.revocations();
+    // Bound first: with port 0 the address others dial (and the Raft
+    // membership records) is only known once bound.
     let cluster_listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Io(format!("cannot listen on {}: {e}", config.listen)))?;
     let cluster_addr = cluster_listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
-    let ca = Arc::new(ManagerCa::new(store.clone(), signer.clone()));
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| cluster_addr.to_string());
+    // Raft traffic to other managers goes over the cluster port with this
+    // manager's certificate.
+    let raft_transport = Arc::new(GrpcRaftTransport::new());
+    let store_config =
+        RaftStoreConfig::new(baton_store::default_path(dir), member, advertised.clone());
+    if config.force_new_cluster {
+        if !identity::has_identity(dir) {
+            return Err(StartError::Io(format!(
+                "--force-new-cluster needs a manager's data dir; {} holds none",
+                dir.display()
+            )));
+        }
+        let forced = RaftStore::force_new_cluster(store_config.clone()).await?;
+        tracing::warn!(
+            kept_up_to = forced.last_applied,
+            discarded_entries = forced.discarded,
+            dropped_managers = ?forced.dropped.iter().map(|id| baton_store::raft::node_id(*id)).collect::<Vec<_>>(),
+            "forced a new cluster of one manager from this data; remove the dropped managers with baton node rm"
+        );
+    }
+    let raft_store = Arc::new(RaftStore::open(store_config, raft_transport.clone()).await?);
+    let store: Arc<dyn Store> = raft_store.clone();
+    let signer = Arc::new(Signer::new());
+    let joined_root = identity::joined_root(dir)?;
+    let is_member = raft_store.is_member().await?;
+    // The certificate and roots the cluster port starts with.
+    let (boot_cert, boot_key, boot_trust, created) = if identity::has_identity(dir) {
+        let read = |name: &str| {
+            let path = dir.join("node").join(name);
+            std::fs::read_to_string(&path).map_err(|e| io("cannot read", &path, e))
+        };
+        let trust = match store.snapshot().state.cluster() {
+            Some(cluster) => cluster.trust_pem(),
+            None => joined_root.clone().ok_or_else(|| {
+                StartError::Tls(format!(
+                    "{} has a certificate but neither the cluster's state nor the root it joined with",
+                    dir.display()
+                ))
+            })?,
+        };
+        (read("cert.pem")?, read("key.pem")?, trust, None)
+    } else {
+        // This manager creates the cluster: a Raft cluster of one, which
+        // leads at once, then the cluster record and its identity.
+        raft_store.initialize_alone().await?;
+        let created = identity::load_or_create(
+            dir,
+            store.as_ref(),
+            &signer,
+            config.cert_validity,
+            config.external_ca.clone(),
+        )
+        .await?;
+        let trust = store
+            .snapshot()
+            .state
+            .cluster()
+            .map(|c| c.trust_pem())
+            .ok_or_else(|| StartError::Tls("the cluster record is missing".to_owned()))?;
+        (created.cert_pem, created.key_pem, trust, created.created)
+    };
+    let trust = HotTrust::new(&boot_trust).map_err(|e| StartError::Tls(e.to_string()))?;
+    // This manager's certificate, served by both listeners and renewed in
+    // the background (started below) without a restart.
+    let serving_cert =
+        ServingCert::new(&boot_cert, &boot_key).map_err(|e| StartError::Tls(e.to_string()))?;
     raft_transport.set_tls(
         ClientTls::with_trust(&trust, serving_cert.cluster())
             .map_err(|e| StartError::Tls(e.to_string()))?,
     );
+    let cluster_id = baton_pki::certificate_der(&boot_cert)
+        .and_then(|der| baton_pki::peer_identity(&der))
+        .map_err(|e| StartError::Tls(format!("this manager's certificate: {e}")))?
+        .cluster_id;
+
+    let manager_stop = CancellationToken::new();
+    let server_stop = CancellationToken::new();
+    // Whatever fails from here stops the listeners already started.
+    let stop_on_failure = server_stop.clone().drop_guard();
+    let mut tasks = Vec::new();
+
+    // Sessions are held by the leader only (see `crate::leadership`).
+    let dispatcher =
+        DispatcherService::new(store.clone(), manager_stop.clone(), config.node_down_grace);
+
+    // Cluster port: up before anything needs a quorum, since the other
+    // managers need it to form one.
+    let server_tls = ServerTls::with_trust(trust.clone(), &cluster_id, serving_cert.cluster())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let revocations = server_tls.revocations();
+    let ca = Arc::new(ManagerCa::new(store.clone(), signer.clone()));
     let rpc_router = baton_rpc::server::router(
         dispatcher.clone(),
         ca,
@@ -210,6 +290,40 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             tracing::error!(error = %e, "cluster port stopped");
         }
     }));
+
+    if !is_member && joined_root.is_some() {
+        let join = config.join.as_ref().ok_or_else(|| {
+            StartError::Io(
+                "this manager joined a cluster but was never added to its managers: start it again with --join ADDR".to_owned(),
+            )
+        })?;
+        crate::raft::ask_to_be_added(&raft_transport, &join.addr, member, &advertised).await?;
+    }
+    raft_store.wait_ready().await?;
+    // The identity, checked against the state now that it is current: a
+    // certificate that cannot be served any more is replaced.
+    let identity = identity::load_or_create(
+        dir,
+        store.as_ref(),
+        &signer,
+        config.cert_validity,
+        config.external_ca.clone(),
+    )
+    .await?;
+    if identity.cert_pem != boot_cert {
+        serving_cert
+            .swap(&identity.cert_pem, &identity.key_pem)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    }
+    let cluster = store
+        .snapshot()
+        .state
+        .cluster()
+        .cloned()
+        .ok_or_else(|| StartError::Tls("the cluster record is missing".to_owned()))?;
+    trust
+        .set(&cluster.trust_pem())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
 
     // User API.
     let api_tls =
@@ -235,9 +349,24 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     )));
 
     let api_url = https_url(api_addr);
-    let admin_config = write_admin_config(dir, &signer, &cluster, &api_url)
+    // Where this manager serves, for agents (pushed the managers' cluster
+    // addresses) and the admin config (every manager's API).
+    let announce = baton_state::Command::SetManagerAddresses {
+        id: identity.node_id.clone(),
+        cluster: advertised.clone(),
+        api: api_url.clone(),
+    };
+    if let Err(e) = store.propose(announce).await {
+        tracing::warn!(error = %e, "could not record this manager's addresses");
+    }
+    let admin_config = write_admin_config(dir, &signer, &store.snapshot().state, &api_url)
         .await
         .map_err(StartError::Io)?;
+    tasks.push(tokio::spawn(crate::leadership::run(
+        raft_store.clone(),
+        dispatcher.clone(),
+        manager_stop.clone(),
+    )));
     // Started last: a start that fails earlier leaves no loop writing files.
     let renew_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(crate::renew::renew_loop(
@@ -261,9 +390,11 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             renew_now,
             data_dir: dir.clone(),
             api_url,
+            raft: raft_store.clone(),
         },
         manager_stop.clone(),
     )));
+    stop_on_failure.disarm();
     tracing::info!(
         cluster_id = %identity.cluster_id,
         node_id = %identity.node_id,
@@ -278,7 +409,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         cluster_addr,
         api_addr,
         admin_config,
-        created: identity.created.clone(),
+        created,
         root_pem: cluster.trust_pem(),
         manager_stop,
         server_stop,

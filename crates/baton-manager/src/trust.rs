@@ -6,10 +6,11 @@
 //!   ([`HotTrust`]): during a root rotation the old and the new root, after
 //!   it the new one only;
 //! - the admin client config `admin.toml`, rewritten with a certificate from
-//!   the root that issues now and the roots to trust whenever those change;
+//!   the root that issues now and the roots to trust whenever those change,
+//!   and every manager's API address whenever the managers change;
 //! - this manager's own certificate: renewed at once when a rotation starts;
 //! - the end of a rotation: once every member holds a certificate from the
-//!   new root, `FinishRootRotation` drops the old one.
+//!   new root, `FinishRootRotation` (proposed by the leader) drops the old one.
 //!
 //! Agents learn the roots through their sessions ([`crate::dispatcher`]).
 
@@ -20,7 +21,7 @@ use baton_api::ClientConfig;
 use baton_pki::Role;
 use baton_rpc::auth::Revocations;
 use baton_rpc::tls::HotTrust;
-use baton_state::{Cluster, Command, NodeId};
+use baton_state::{Command, NodeId, NodeRole, State};
 use baton_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub struct TrustSync {
     pub data_dir: PathBuf,
     /// The API's URL, written into `admin.toml`.
     pub api_url: String,
+    /// The Raft member: only the leader finishes a rotation.
+    pub raft: Arc<baton_store::raft::RaftStore>,
 }
 
 impl std::fmt::Debug for TrustSync {
@@ -56,16 +59,35 @@ impl std::fmt::Debug for TrustSync {
     }
 }
 
+/// Every manager's API URL, `own` first (the manager on this machine),
+/// then the others as the state records them.
+pub fn manager_apis(state: &State, own: &str) -> Vec<String> {
+    let mut apis = vec![own.to_owned()];
+    for member in state.members() {
+        if member.role == NodeRole::Manager
+            && !state.is_revoked(&member.id)
+            && let Some(url) = &member.api_url
+            && !apis.contains(url)
+        {
+            apis.push(url.clone());
+        }
+    }
+    apis
+}
+
 /// Writes `admin.toml`: an admin client certificate (kept across restarts
 /// while the roots stay the same, made anew from the issuing root when
-/// they change) and the API's current address.
+/// they change) and every manager's API address, `own_api` first.
 pub async fn write_admin_config(
     dir: &Path,
     signer: &Signer,
-    cluster: &Cluster,
-    api_url: &str,
+    state: &State,
+    own_api: &str,
 ) -> Result<PathBuf, String> {
     let path = dir.join("admin.toml");
+    let cluster = state
+        .cluster()
+        .ok_or_else(|| "the cluster record is missing".to_owned())?;
     let trust = cluster.trust_pem();
     let existing = ClientConfig::load(&path).ok();
     let (cert, key) = match existing {
@@ -80,7 +102,7 @@ pub async fn write_admin_config(
         }
     };
     let config = ClientConfig {
-        api: api_url.to_owned(),
+        apis: manager_apis(state, own_api),
         ca_cert: trust,
         cert,
         key,
@@ -105,10 +127,10 @@ pub async fn run(sync: TrustSync, stop: CancellationToken) {
             if let Err(e) = sync.trust.set(&trust) {
                 tracing::error!(error = %e, "cannot load the cluster's roots");
             }
-            if admin_for.as_deref() != Some(trust.as_str()) {
-                match write_admin_config(&sync.data_dir, &sync.signer, cluster, &sync.api_url).await
-                {
-                    Ok(_) => admin_for = Some(trust),
+            let written = format!("{trust}{:?}", manager_apis(state, &sync.api_url));
+            if admin_for.as_deref() != Some(written.as_str()) {
+                match write_admin_config(&sync.data_dir, &sync.signer, state, &sync.api_url).await {
+                    Ok(_) => admin_for = Some(written),
                     Err(e) => tracing::error!(error = %e, "cannot rewrite admin.toml"),
                 }
             }
@@ -121,7 +143,7 @@ pub async fn run(sync: TrustSync, stop: CancellationToken) {
                     sync.renew_now.notify_one();
                     renewal_asked_for = Some(rotation.new_root_digest.clone());
                 }
-                if state.rotation_pending().is_empty() {
+                if state.rotation_pending().is_empty() && sync.raft.is_leader() {
                     let digest = rotation.new_root_digest.clone();
                     match sync
                         .store

@@ -559,6 +559,8 @@ async fn start_manager(signer: &Signer, dir: &Path) -> RunningManager {
             auth_key: baton_state::Secret::new(AUTH_KEY.to_owned()),
             root_pem: signer.root.cert_pem().to_owned(),
         }),
+        join: None,
+        force_new_cluster: false,
     })
     .await
     .unwrap_or_else(|e| panic!("manager start: {e}\n{}", signer.log()))

@@ -207,6 +207,11 @@ pub(crate) fn session_message_to_wire(
             roots_pem: update.roots_pem.clone(),
             renew_now: update.renew_now,
         }),
+        SessionMessage::Managers(addrs) => {
+            pb::session_message::Message::Managers(pb::ManagerList {
+                addrs: addrs.clone(),
+            })
+        }
     };
     Ok(pb::SessionMessage {
         message: Some(message),
@@ -239,6 +244,7 @@ pub(crate) fn session_message_from_wire(
             roots_pem: update.roots_pem,
             renew_now: update.renew_now,
         })),
+        pb::session_message::Message::Managers(list) => Ok(SessionMessage::Managers(list.addrs)),
     }
 }
 
@@ -297,8 +303,20 @@ pub(crate) fn rpc_error_to_status(e: &RpcError) -> Status {
         RpcError::NoSession(_) => Status::failed_precondition(e.to_string()),
         RpcError::PermissionDenied(msg) => Status::permission_denied(msg.clone()),
         RpcError::LogStreamClosed(_) => Status::aborted(e.to_string()),
+        RpcError::NotLeader(leader) => {
+            let mut status = Status::unavailable(e.to_string());
+            if let Some(addr) = leader
+                && let Ok(value) = addr.parse()
+            {
+                status.metadata_mut().insert(LEADER_HEADER, value);
+            }
+            status
+        }
     }
 }
+
+/// Metadata key of a [`RpcError::NotLeader`] refusal naming the leader.
+const LEADER_HEADER: &str = "baton-leader";
 
 /// What a dispatcher call's failure means to the agent. `node` and `request`
 /// are the call's own context: statuses carry text, not typed fields. Anything
@@ -311,6 +329,19 @@ pub(crate) fn status_to_rpc_error(status: &Status, node: &NodeId, request: u64) 
         }
         Code::FailedPrecondition => RpcError::NoSession(node.clone()),
         Code::Aborted => RpcError::LogStreamClosed(request),
+        Code::Unavailable
+            if status
+                .message()
+                .starts_with("this manager is not the leader") =>
+        {
+            RpcError::NotLeader(
+                status
+                    .metadata()
+                    .get(LEADER_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            )
+        }
         _ => RpcError::Unavailable(DisplayStatus(status).to_string()),
     }
 }

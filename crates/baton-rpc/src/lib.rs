@@ -149,6 +149,9 @@ pub enum SessionMessage {
     Logs(LogRequest),
     /// The roots to trust from now on.
     Trust(TrustUpdate),
+    /// The cluster addresses of every manager, to reconnect to another one
+    /// when this one goes.
+    Managers(Vec<String>),
 }
 
 /// The roots a node must trust: sent when a session opens and whenever they
@@ -186,6 +189,10 @@ pub enum RpcError {
     /// The log reader went away: stop streaming.
     #[error("log stream {0} closed")]
     LogStreamClosed(u64),
+    /// Only the leading manager holds sessions: this one does not lead. The
+    /// leader's cluster address, when this manager knows it.
+    #[error("this manager is not the leader{}", .0.as_ref().map(|a| format!(" (the leader is at {a})")).unwrap_or_default())]
+    NotLeader(Option<String>),
 }
 
 /// The dispatcher service, as an agent sees it.

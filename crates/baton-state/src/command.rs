@@ -138,6 +138,17 @@ pub enum Command {
         /// The new root's digest (a finish for another rotation is refused).
         new_root_digest: String,
     },
+    /// Records where a manager serves (it says so at every start): its
+    /// cluster address (agents' sessions, other managers) and its user API.
+    /// Refused for a node that is not a manager member.
+    SetManagerAddresses {
+        /// The manager.
+        id: NodeId,
+        /// Cluster address, `host:port`.
+        cluster: String,
+        /// User API URL, `https://host:port`.
+        api: String,
+    },
 }
 
 impl Command {
@@ -160,6 +171,7 @@ impl Command {
             Command::SetCertValidity { .. } => "set_cert_validity",
             Command::StartRootRotation { .. } => "start_root_rotation",
             Command::FinishRootRotation { .. } => "finish_root_rotation",
+            Command::SetManagerAddresses { .. } => "set_manager_addresses",
         }
     }
 }
@@ -343,6 +355,11 @@ pub enum Event {
     RootRotationFinished {
         /// The root's digest.
         root_digest: String,
+    },
+    /// A manager's addresses changed.
+    ManagerAddressesChanged {
+        /// The manager.
+        id: NodeId,
     },
     /// The lifetime of newly issued node certificates changed.
     CertValidityChanged {

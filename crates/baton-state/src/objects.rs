@@ -458,4 +458,10 @@ pub struct Member {
     /// SHA-256 (hex) of the root that issued its current certificate.
     #[serde(default)]
     pub cert_root: String,
+    /// A manager's cluster address (`host:port`), as it last announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_addr: Option<String>,
+    /// A manager's user API URL, as it last announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
 }

@@ -264,6 +264,9 @@ impl State {
             Command::FinishRootRotation { new_root_digest } => {
                 self.finish_root_rotation(&new_root_digest)
             }
+            Command::SetManagerAddresses { id, cluster, api } => {
+                self.set_manager_addresses(&id, cluster, api)
+            }
         }
     }
 

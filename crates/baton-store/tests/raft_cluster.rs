@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use baton_state::Command;
 use baton_store::raft::{
-    RaftRequest, RaftResponse, RaftStore, RaftStoreConfig, RaftTransport, Unreached, node_id,
+    MembershipChange, RaftRequest, RaftResponse, RaftStore, RaftStoreConfig, RaftTransport,
+    Unreached, node_id,
 };
 use baton_store::{Store, StoreError};
 use openraft::rt::WatchReceiver;
@@ -437,5 +438,260 @@ async fn all_members_stopped_and_started_again_keep_the_state() {
     for id in &cluster.ids {
         assert_eq!(job_names(&cluster.member(*id).expect("member")).len(), 31);
     }
+    cluster.shutdown().await;
+}
+
+/// Disaster recovery: two of the three managers are gone for good (stopped,
+/// their files deleted); the survivor, alone, is no majority and takes no
+/// write. `force_new_cluster` on its file makes it a cluster of one that
+/// keeps every acknowledged write, leads alone (across restarts), takes
+/// writes, and lets a new manager join and catch up.
+async fn a_survivor_forces_a_new_cluster(snapshot_every: u64, survivor_leads: bool) {
+    let mut cluster = Cluster::start(3, snapshot_every).await;
+    let leader = cluster.leader().await;
+    let store = cluster.member(leader).expect("leader");
+    let mut acked = Vec::new();
+    let mut last = 0;
+    for i in 0..45 {
+        let name = format!("before-{i}");
+        last = store.propose(job(&name)).await.expect("write").index;
+        acked.push(name);
+    }
+    drop(store);
+    let survivor = if survivor_leads {
+        leader
+    } else {
+        cluster
+            .ids
+            .iter()
+            .copied()
+            .find(|id| *id != leader)
+            .expect("a follower")
+    };
+    // Each acknowledged write is on a majority; let the survivor be one of
+    // it for all of them (a member that never got a write cannot give it
+    // back), and know they are committed.
+    cluster.converge(last).await;
+    let alone = cluster.member(survivor).expect("survivor");
+    if snapshot_every < 45 {
+        alone
+            .raft()
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index() >= snapshot_every),
+                "a snapshot on the survivor",
+            )
+            .await
+            .expect("snapshot");
+    }
+    let old_term = alone.status().term;
+    let mut gone: Vec<u64> = cluster
+        .ids
+        .iter()
+        .copied()
+        .filter(|id| *id != survivor)
+        .collect();
+    for id in &gone {
+        cluster.stop(*id).await;
+        std::fs::remove_file(cluster.path(*id)).expect("destroyed");
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(10), alone.propose(job("lost")))
+        .await
+        .map_or(true, |r| r.is_err());
+    assert!(refused, "a survivor without a quorum accepted a write");
+    drop(alone);
+    cluster.stop(survivor).await;
+
+    let mut config = RaftStoreConfig::new(cluster.path(survivor), survivor, format!("m{survivor}"));
+    config.snapshot_every = snapshot_every;
+    let forced = RaftStore::force_new_cluster(config).await.expect("forced");
+    assert!(forced.last_applied >= last, "{forced:?}");
+    // Only the refused write can be in its log and not committed (a leader
+    // appends it before finding no majority).
+    assert!(forced.discarded <= u64::from(survivor_leads), "{forced:?}");
+    gone.sort_unstable();
+    assert_eq!(forced.dropped, gone);
+    assert!(forced.was_voter);
+    assert!(forced.old_term >= old_term);
+
+    let store = cluster.restart(survivor).await;
+    store.initialize_alone().await.expect("leads alone");
+    let status = store.status();
+    assert_eq!(status.leader, Some(survivor));
+    assert!(status.term > forced.old_term, "{status:?}");
+    assert_eq!(
+        status.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![survivor]
+    );
+    let names = job_names(&store);
+    for name in &acked {
+        assert!(names.contains(name), "lost acknowledged {name}");
+    }
+    assert!(!names.contains("lost"), "a write refused without quorum");
+    store.propose(job("after-force")).await.expect("write");
+    drop(store);
+
+    // Restarted as any manager is: still alone, still the leader.
+    cluster.stop(survivor).await;
+    let store = cluster.restart(survivor).await;
+    store.initialize_alone().await.expect("leads alone again");
+    assert_eq!(store.status().leader, Some(survivor));
+    let names = job_names(&store);
+    assert_eq!(names.len(), acked.len() + 1);
+    assert!(names.contains("after-force"));
+
+    // A new manager joins the new cluster and catches up.
+    let fresh = 4;
+    cluster.ids.push(fresh);
+    let joined = Cluster::open(&cluster.net, &cluster.path(fresh), fresh, snapshot_every).await;
+    store.add_member(fresh, "m4").await.expect("added");
+    let last = store.propose(job("after-join")).await.expect("write").index;
+    joined
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(Some(last), "caught up")
+        .await
+        .expect("caught up");
+    assert_eq!(job_names(&joined), job_names(&store));
+    let voters: Vec<u64> = store
+        .status()
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(voters, vec![survivor, fresh]);
+    joined
+        .propose(job("via-the-new-member"))
+        .await
+        .expect("the new member forwards");
+    drop((store, joined));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_left_alone_forces_a_new_cluster_keeping_every_acknowledged_write() {
+    a_survivor_forces_a_new_cluster(10_000, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_left_alone_forces_a_new_cluster_after_a_snapshot() {
+    a_survivor_forces_a_new_cluster(10, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_asked_of_a_follower_keep_a_majority() {
+    let cluster = Cluster::start(3, 10_000).await;
+    let leader = cluster.leader().await;
+    let follower_id = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let follower = cluster.member(follower_id).expect("follower");
+    // Demote the other follower from this one: forwarded to the leader.
+    let other = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != follower_id)
+        .expect("another follower");
+    follower
+        .change_membership(MembershipChange::Demote { id: other })
+        .await
+        .expect("demote, forwarded");
+    let voters = |store: &RaftStore| {
+        store
+            .status()
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect::<BTreeSet<u64>>()
+    };
+    let leader_store = cluster.member(leader).expect("leader");
+    assert_eq!(voters(&leader_store), BTreeSet::from([leader, follower_id]));
+    // Two voters left: one may go (the other is a majority of itself)...
+    // ...but with three voters and one cut off, demoting a reachable one
+    // would leave two voters of which only one answers: refused.
+    follower
+        .change_membership(MembershipChange::Promote { id: other })
+        .await
+        .expect("promote");
+    cluster.net.isolate(other, true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while leader_store
+        .status()
+        .members
+        .iter()
+        .any(|m| m.id == other && m.reachable)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never saw the cut member as unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = follower
+        .change_membership(MembershipChange::Demote { id: follower_id })
+        .await
+        .expect_err("demoting a voter that the majority needs is refused");
+    assert!(refused.to_string().contains("quorum"), "{refused}");
+    assert_eq!(voters(&leader_store).len(), 3, "nothing changed");
+    cluster.net.isolate(other, false);
+    follower
+        .change_membership(MembershipChange::Demote { id: other })
+        .await
+        .expect("demote again");
+    // The standby still gets every write.
+    let applied = follower.propose(job("after-demote")).await.expect("write");
+    cluster.converge(applied.index).await;
+    assert!(job_names(&cluster.member(other).expect("standby")).contains("after-demote"));
+    // Promote it back: three voters again, and a removal is now allowed.
+    follower
+        .change_membership(MembershipChange::Promote { id: other })
+        .await
+        .expect("promote");
+    assert_eq!(voters(&leader_store).len(), 3);
+    follower
+        .change_membership(MembershipChange::Remove { id: other })
+        .await
+        .expect("remove one of three");
+    assert_eq!(voters(&leader_store), BTreeSet::from([leader, follower_id]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_read_on_a_follower_sees_every_acknowledged_write() {
+    let cluster = Cluster::start(3, 10_000).await;
+    let leader = cluster.leader().await;
+    let leader_store = cluster.member(leader).expect("leader");
+    let follower = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .and_then(|id| cluster.member(id))
+        .expect("a follower");
+    for i in 0..50 {
+        leader_store
+            .propose(job(&format!("j{i}")))
+            .await
+            .expect("write on the leader");
+        follower.linearizable_read().await.expect("read index");
+        assert!(
+            job_names(&follower).contains(&format!("j{i}")),
+            "write {i} acknowledged by the leader is visible on the follower"
+        );
+    }
+    // The leader's view of the cluster, asked from a follower, knows who answers.
+    let status = follower.leader_status().await;
+    assert_eq!(status.leader, Some(leader));
+    assert!(status.members.iter().all(|m| m.reachable), "{status:?}");
+    // Cut off from the others, a member cannot serve a linearizable read.
+    cluster.net.isolate(follower.id(), true);
+    assert!(follower.linearizable_read().await.is_err());
+    cluster.net.isolate(follower.id(), false);
     cluster.shutdown().await;
 }

@@ -45,6 +45,8 @@ fn main() {
             cert_validity: DEFAULT_CERT_VALIDITY,
             node_down_grace: Duration::from_secs(30),
             external_ca: None,
+            join: None,
+            force_new_cluster: false,
         })
         .await
         .expect("manager");

@@ -75,13 +75,28 @@ pub enum NodeCmd {
         output: Format,
     },
     /// Remove a node from the cluster and revoke its certificate. Its tasks
-    /// are replaced elsewhere. A node that is still `ready` needs `--force`.
+    /// are replaced elsewhere. A node that is still `ready`, or a manager
+    /// that is running, needs `--force`. A manager leaves the managers'
+    /// membership first; refused if the managers left would lose quorum.
     Rm {
         /// Node id.
         node: String,
         /// Remove it even though its agent is connected.
         #[arg(long)]
         force: bool,
+    },
+    /// Make a standby manager vote again.
+    Promote {
+        /// Node id of a manager.
+        node: String,
+    },
+    /// Make a manager a standby: it keeps a copy of the state and serves
+    /// the API but no longer votes. Refused if the voters left would lose
+    /// quorum. (A worker becomes a manager by joining as one: `baton
+    /// manager --join` with the manager token.)
+    Demote {
+        /// Node id of a manager.
+        node: String,
     },
     /// Change a node's availability.
     Update {
@@ -199,18 +214,53 @@ pub struct LogsArgs {
     follow: bool,
 }
 
-fn client(config: Option<PathBuf>) -> Result<ApiClient, Failure> {
-    let path = config.ok_or_else(|| {
+/// How the client commands reach the API: options of every subcommand.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Client configuration file (a manager writes DATA_DIR/admin.toml;
+    /// `baton dev` writes DIR/client.toml).
+    #[arg(long, global = true, env = "BATON_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Use this manager's API instead of the addresses in the client config,
+    /// for this command: https://HOST:PORT or HOST:PORT. Several,
+    /// comma-separated, are tried in order.
+    #[arg(
+        long = "addr",
+        global = true,
+        env = "BATON_ADDR",
+        value_name = "URL_OR_HOST:PORT",
+        value_delimiter = ',',
+        value_parser = baton_api::parse_api_addr
+    )]
+    addrs: Vec<String>,
+    /// Reads see every write acknowledged before them, whichever manager
+    /// answers (the leader confirms with a majority); without it a manager
+    /// answers from the state it has applied, which on a follower may lag
+    /// by a few milliseconds.
+    #[arg(long, global = true, env = "BATON_LINEARIZABLE")]
+    linearizable: bool,
+}
+
+fn client(args: ClientArgs) -> Result<ApiClient, Failure> {
+    let path = args.config.ok_or_else(|| {
         Failure::usage(
             "no client config: pass --config FILE or set BATON_CONFIG (baton dev writes DIR/client.toml)",
         )
     })?;
-    let config = ClientConfig::load(&path).map_err(|e| {
+    let mut config = ClientConfig::load(&path).map_err(|e| {
         Failure::usage(format!(
-            "{e} (a client config has api, ca_cert, cert and key: use the admin.toml/client.toml the manager wrote)"
+            "{e} (a client config has apis, ca_cert, cert and key: use the admin.toml/client.toml the manager wrote)"
         ))
     })?;
-    Ok(ApiClient::new(&config)?)
+    if !args.addrs.is_empty() {
+        config.apis = args.addrs;
+    }
+    let client = ApiClient::new(&config)?;
+    Ok(if args.linearizable {
+        client.linearizable()
+    } else {
+        client
+    })
 }
 
 fn read_spec(file: &Path) -> Result<(String, Vec<u8>, SpecFormat), Failure> {
@@ -225,7 +275,7 @@ fn read_spec(file: &Path) -> Result<(String, Vec<u8>, SpecFormat), Failure> {
 }
 
 /// Runs a `job` subcommand.
-pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
+pub async fn job(client_args: ClientArgs, cmd: JobCmd) -> Result<(), Failure> {
     match cmd {
         JobCmd::Validate { file } => {
             let (name, bytes, format) = read_spec(&file)?;
@@ -239,7 +289,7 @@ pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
             // Validate locally first: the same rules as the server, with no round trip.
             baton_spec::parse_job(&name, &bytes, format)
                 .map_err(|e| Failure::usage(e.to_string()))?;
-            let api = client(config)?;
+            let api = client(client_args)?;
             let resp = api
                 .submit_job(&name, bytes, format == SpecFormat::Yaml)
                 .await?;
@@ -258,7 +308,7 @@ pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
             wait_for_job(&api, &resp.job.name).await
         }
         JobCmd::Ls { output } => {
-            let jobs = client(config)?.list_jobs().await?;
+            let jobs = client(client_args)?.list_jobs().await?;
             if output == Format::Json {
                 print_json(&jobs);
                 return Ok(());
@@ -281,7 +331,7 @@ pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
             Ok(())
         }
         JobCmd::Status { name, output } => {
-            let api = client(config)?;
+            let api = client(client_args)?;
             let job = api.get_job(&name).await?;
             let tasks = api.list_tasks(Some(&name)).await?;
             if output == Format::Json {
@@ -292,7 +342,7 @@ pub async fn job(config: Option<PathBuf>, cmd: JobCmd) -> Result<(), Failure> {
             Ok(())
         }
         JobCmd::Stop { name } => {
-            let job = client(config)?.stop_job(&name).await?;
+            let job = client(client_args)?.stop_job(&name).await?;
             println!("job {} stopping (version {})", job.name, job.version);
             Ok(())
         }
@@ -423,10 +473,10 @@ fn print_tasks(tasks: &[TaskInfo]) {
 }
 
 /// Runs a `task` subcommand.
-pub async fn task(config: Option<PathBuf>, cmd: TaskCmd) -> Result<(), Failure> {
+pub async fn task(client_args: ClientArgs, cmd: TaskCmd) -> Result<(), Failure> {
     match cmd {
         TaskCmd::Ls { job, output } => {
-            let tasks = client(config)?.list_tasks(job.as_deref()).await?;
+            let tasks = client(client_args)?.list_tasks(job.as_deref()).await?;
             if output == Format::Json {
                 print_json(&tasks);
             } else {
@@ -438,8 +488,8 @@ pub async fn task(config: Option<PathBuf>, cmd: TaskCmd) -> Result<(), Failure> 
 }
 
 /// Runs `logs`.
-pub async fn logs(config: Option<PathBuf>, args: LogsArgs) -> Result<(), Failure> {
-    let api = client(config)?;
+pub async fn logs(client_args: ClientArgs, args: LogsArgs) -> Result<(), Failure> {
+    let api = client(client_args)?;
     let mut stream = Box::pin(api.logs(&args.task, args.follow).await?);
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.next().await {
@@ -455,14 +505,14 @@ pub async fn logs(config: Option<PathBuf>, args: LogsArgs) -> Result<(), Failure
 }
 
 /// Runs a `cluster` subcommand.
-pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Failure> {
+pub async fn cluster(client_args: ClientArgs, cmd: ClusterCmd) -> Result<(), Failure> {
     match cmd {
         ClusterCmd::JoinToken {
             role,
             rotate,
             quiet,
         } => {
-            let api = client(config)?;
+            let api = client(client_args)?;
             let info = if rotate {
                 api.rotate_join_token(&role).await?
             } else {
@@ -493,7 +543,7 @@ pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Fai
             Ok(())
         }
         ClusterCmd::Info { output } => {
-            let info = client(config)?.cluster_info().await?;
+            let info = client(client_args)?.cluster_info().await?;
             if output == Format::Json {
                 print_json(&info);
             } else {
@@ -502,7 +552,7 @@ pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Fai
             Ok(())
         }
         ClusterCmd::Ca { rotate, output } => {
-            let api = client(config)?;
+            let api = client(client_args)?;
             let info = if rotate {
                 api.rotate_root_ca().await?
             } else {
@@ -530,7 +580,7 @@ pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Fai
             let settings = ClusterSettingsRequest {
                 cert_expiry_secs: Some(cert_expiry.as_secs()),
             };
-            let info = client(config)?.update_cluster(&settings).await?;
+            let info = client(client_args)?.update_cluster(&settings).await?;
             println!(
                 "certificate expiry set to {}: new certificates use it, nodes pick it up at their next renewal",
                 baton_spec::format_duration(Duration::from_secs(info.cert_expiry_secs))
@@ -541,25 +591,38 @@ pub async fn cluster(config: Option<PathBuf>, cmd: ClusterCmd) -> Result<(), Fai
 }
 
 /// Runs a `node` subcommand.
-pub async fn node(config: Option<PathBuf>, cmd: NodeCmd) -> Result<(), Failure> {
+pub async fn node(client_args: ClientArgs, cmd: NodeCmd) -> Result<(), Failure> {
     match cmd {
         NodeCmd::Rm { node, force } => {
-            let removed = client(config)?.remove_node(&node, force).await?;
+            let removed = client(client_args)?.remove_node(&node, force).await?;
             println!(
                 "node {} removed; its certificate is refused from now on",
                 removed.id
             );
             Ok(())
         }
+        NodeCmd::Promote { node } => {
+            let manager = client(client_args)?.promote_node(&node).await?;
+            println!("manager {} is now a {}", manager.id, manager.raft_role);
+            Ok(())
+        }
+        NodeCmd::Demote { node } => {
+            let manager = client(client_args)?.demote_node(&node).await?;
+            println!(
+                "manager {} is now a {} (it does not vote)",
+                manager.id, manager.raft_role
+            );
+            Ok(())
+        }
         NodeCmd::Update { node, availability } => {
-            let node = client(config)?
+            let node = client(client_args)?
                 .set_node_availability(&node, &availability)
                 .await?;
             println!("node {} is now {}", node.id, node.availability);
             Ok(())
         }
         NodeCmd::Ls { output } => {
-            let nodes = client(config)?.list_nodes().await?;
+            let nodes = client(client_args)?.list_nodes().await?;
             if output == Format::Json {
                 print_json(&nodes);
                 return Ok(());
@@ -620,6 +683,8 @@ mod tests {
 
     #[derive(Debug, Parser)]
     struct Cli {
+        #[command(flatten)]
+        client: ClientArgs,
         #[command(subcommand)]
         cmd: Cmd,
     }
@@ -664,5 +729,27 @@ mod tests {
             cli.cmd,
             Cmd::Node(NodeCmd::Rm { ref node, force: true }) if node == "n1"
         ));
+    }
+
+    #[test]
+    fn addr_overrides_the_config_and_defaults_to_https() {
+        let cli = Cli::try_parse_from([
+            "baton",
+            "node",
+            "ls",
+            "--addr",
+            "10.0.0.1:7443,https://m2.example:7443/",
+        ])
+        .expect("parse");
+        assert_eq!(
+            cli.client.addrs,
+            ["https://10.0.0.1:7443", "https://m2.example:7443"]
+        );
+        let err = Cli::try_parse_from(["baton", "--addr", "http://10.0.0.1:7443", "node", "ls"])
+            .expect_err("plain http");
+        assert!(err.to_string().contains("not an https:// URL"), "{err}");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--addr <URL_OR_HOST:PORT>"), "{help}");
+        assert!(help.contains("BATON_ADDR"), "{help}");
     }
 }

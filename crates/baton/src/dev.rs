@@ -50,6 +50,8 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
         cert_validity: DEFAULT_CERT_VALIDITY,
         node_down_grace: baton_manager::dispatcher::NODE_DOWN_GRACE,
         external_ca: None,
+        join: None,
+        force_new_cluster: false,
     })
     .await?;
 

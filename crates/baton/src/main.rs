@@ -8,7 +8,6 @@ mod dev;
 mod node;
 mod output;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,9 +16,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about)]
 struct Args {
-    /// Client configuration file (written by `baton dev` as DIR/client.toml).
-    #[arg(long, global = true, env = "BATON_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    client: cli::ClientArgs,
 
     #[command(subcommand)]
     command: Cmd,
@@ -107,11 +105,11 @@ fn main() -> ExitCode {
             Cmd::Dev(dev_args) => dev::run(dev_args).await,
             Cmd::Manager(manager_args) => node::run_manager(manager_args).await,
             Cmd::Agent(agent_args) => node::run_agent(agent_args).await,
-            Cmd::Job(cmd) => cli::job(args.config, cmd).await,
-            Cmd::Task(cmd) => cli::task(args.config, cmd).await,
-            Cmd::Logs(logs) => cli::logs(args.config, logs).await,
-            Cmd::Node(cmd) => cli::node(args.config, cmd).await,
-            Cmd::Cluster(cmd) => cli::cluster(args.config, cmd).await,
+            Cmd::Job(cmd) => cli::job(args.client, cmd).await,
+            Cmd::Task(cmd) => cli::task(args.client, cmd).await,
+            Cmd::Logs(logs) => cli::logs(args.client, logs).await,
+            Cmd::Node(cmd) => cli::node(args.client, cmd).await,
+            Cmd::Cluster(cmd) => cli::cluster(args.client, cmd).await,
         }
     });
     // Log streams and the like may hold blocking reads: don't wait for them.

@@ -53,6 +53,27 @@ pub struct ManagerArgs {
     /// (cfssl "standard" auth key, hex).
     #[arg(long, value_name = "FILE", requires = "external_ca")]
     pub external_ca_key_file: Option<PathBuf>,
+    /// Join the cluster of the manager at this cluster address as another
+    /// manager (with the manager join token) instead of creating a cluster.
+    #[arg(long, value_name = "ADDR", conflicts_with = "external_ca")]
+    pub join: Option<String>,
+    /// With --join: the manager join token, needed on the first start only.
+    /// Prefer BATON_JOIN_TOKEN: a command-line argument is visible to `ps`.
+    #[arg(
+        long,
+        env = "BATON_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        requires = "join"
+    )]
+    pub token: Option<String>,
+    /// Disaster recovery when a majority of the managers is lost for good:
+    /// restart this manager, from its own data, as the only member of a new
+    /// cluster. Writes it had not applied are lost; the other managers must
+    /// never be started again with their old data. Start the others anew
+    /// with --join, and `baton node rm` the lost ones.
+    #[arg(long, conflicts_with = "join")]
+    pub force_new_cluster: bool,
     /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
     #[arg(long, env = "BATON_LOG", default_value = "info")]
     pub log: String,
@@ -168,6 +189,11 @@ pub async fn run_manager(args: ManagerArgs) -> Result<(), Failure> {
         cert_validity: args.cert_expiry,
         node_down_grace: args.node_down_grace,
         external_ca,
+        join: args.join.map(|addr| runtime::JoinConfig {
+            addr,
+            token: args.token.map(baton_state::Secret::new),
+        }),
+        force_new_cluster: args.force_new_cluster,
     })
     .await?;
     if let Some(tokens) = &manager.created {
@@ -217,33 +243,46 @@ pub async fn start_agent(
     let tls = identity
         .client_tls()
         .map_err(|e| Failure::op(format!("tls: {e}")))?;
-    let channel = baton_rpc::transport::connect_lazy(manager_addr, &tls)
+    // Every manager this node knows, the join address always among them; the
+    // session goes to the leader, found through them.
+    let managers = baton_agent::ManagerList::load(&data_dir, manager_addr);
+    let connector = baton_agent::managers::grpc_connector(tls);
+    // A malformed --join fails here rather than in an endless retry.
+    connector(manager_addr)
         .map_err(|e| Failure::op(format!("cannot reach {manager_addr}: {e}")))?;
-    let dispatcher: Arc<dyn Dispatcher> =
-        Arc::new(baton_rpc::client::GrpcDispatcher::new(channel.clone()));
+    let dispatcher: Arc<dyn Dispatcher> = Arc::new(baton_agent::FailoverDispatcher::new(
+        managers.clone(),
+        connector,
+    ));
     let stop = CancellationToken::new();
     tokio::spawn(baton_agent::identity::renew_loop(
         identity.clone(),
-        manager_addr.to_owned(),
+        managers.clone(),
         stop.clone(),
     ));
     let mut config = baton_agent::AgentConfig::new(data_dir, hostname(), enable_raw);
     config.capacity = capacity;
     let node_id = identity.node_id.clone();
-    // Roots pushed by the cluster (a root CA rotation) go to the identity.
-    let (trust_tx, mut trust_rx) = tokio::sync::mpsc::unbounded_channel();
-    let trust_identity = identity.clone();
+    // What the cluster pushes for the node: roots (a root CA rotation) go to
+    // the identity, the managers to the list.
+    let (updates_tx, mut updates_rx) = tokio::sync::mpsc::unbounded_channel();
+    let update_identity = identity.clone();
     tokio::spawn(async move {
-        while let Some(update) = trust_rx.recv().await {
-            if let Err(e) = trust_identity.apply_trust(&update) {
-                tracing::error!(error = %e, "cannot take the cluster's new roots");
+        while let Some(update) = updates_rx.recv().await {
+            match update {
+                baton_agent::ClusterUpdate::Trust(update) => {
+                    if let Err(e) = update_identity.apply_trust(&update) {
+                        tracing::error!(error = %e, "cannot take the cluster's new roots");
+                    }
+                }
+                baton_agent::ClusterUpdate::Managers(addrs) => managers.update(addrs),
             }
         }
     });
     let task = tokio::spawn(baton_agent::Agent::run(
         config,
         dispatcher,
-        Some(trust_tx),
+        Some(updates_tx),
         stop.clone(),
     ));
     Ok(RunningAgent {

@@ -2,7 +2,13 @@
 //! [`baton_rpc::renewal::run_renewals`] (shared with managers); this module
 //! makes each renewal: a fresh key pair and CSR, `Renew` over a new mTLS
 //! connection, checks of what comes back, files, then the hot swap.
+//!
+//! Any manager can renew. Each attempt goes to the current manager of the
+//! agent's [`ManagerList`]; when it cannot be reached the next one becomes
+//! current and is tried at once, each at most once per attempt. A whole round
+//! that fails counts as one failed attempt, retried on the shared back-off.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use baton_pki::CertValidity;
@@ -16,14 +22,15 @@ use zeroize::Zeroizing;
 
 use super::verify::{check_certificate, public_key_of};
 use super::{IdentityError, NodeIdentity};
+use crate::managers::ManagerList;
 
 pub use baton_rpc::renewal::{RENEW_RETRY_MAX, RENEW_RETRY_MIN, retry_delay};
 
 /// One renewal attempt (dial, handshake, signing) gives up after this long.
 pub const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Renews `identity`'s certificate through the manager at `manager_addr`
-/// until `shutdown` is cancelled. Never returns an error and never panics:
+/// Renews `identity`'s certificate through the managers of `managers` until
+/// `shutdown` is cancelled. Never returns an error and never panics:
 /// failures are logged and retried (see the module doc).
 ///
 /// Each renewal: a new key pair and CSR, `Renew` over a new mTLS connection
@@ -31,18 +38,45 @@ pub const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
 /// root, the same node id, role and cluster, a new public key, valid now),
 /// the files written, then [`baton_rpc::tls::HotCert::swap`]. Connections
 /// already open (the dispatcher session) are not touched.
-pub async fn renew_loop(identity: NodeIdentity, manager_addr: String, shutdown: CancellationToken) {
+pub async fn renew_loop(
+    identity: NodeIdentity,
+    managers: ManagerList,
+    shutdown: CancellationToken,
+) {
     let span = tracing::info_span!("renew", node_id = %identity.node_id);
     let cert = identity.cert.clone();
     let now = identity.renew_now.clone();
     run_renewals(
         move || cert.leaf(),
-        || renew_once(&identity, &manager_addr),
+        || renew_anywhere(&identity, &managers),
         now,
         shutdown,
     )
     .instrument(span)
     .await;
+}
+
+/// One renewal through the first manager of `managers` that can be reached,
+/// starting at the current one; the error of the last one tried if none can.
+async fn renew_anywhere(
+    identity: &NodeIdentity,
+    managers: &ManagerList,
+) -> Result<CertValidity, IdentityError> {
+    let mut tried = BTreeSet::new();
+    loop {
+        let addr = managers.current();
+        tried.insert(addr.clone());
+        let err = match renew_once(identity, &addr).await {
+            Err(err) if err.is_retryable() => err,
+            // Renewed, or refused: another manager would say the same.
+            done => return done,
+        };
+        managers.skip(&addr);
+        if tried.contains(&managers.current()) {
+            return Err(err);
+        }
+        tracing::debug!(manager = %addr, error = %err, "renewal: manager unavailable; trying the next");
+    }
 }
 
 /// One renewal; on success the new certificate is on disk and in use.

@@ -16,6 +16,7 @@ use baton_pki::JoinToken;
 use baton_rpc::LogEvent;
 use baton_spec::SpecFormat;
 use baton_state::{Command, Event, NodeAvailability, NodeId, NodeRole, NodeState, TaskId};
+use baton_store::raft::MembershipChange;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -242,6 +243,26 @@ pub async fn task_logs(
     Path(id): Path<String>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiFailure> {
+    if !app.raft.is_leader() {
+        // Agents hold their sessions with the leader, so logs come from it.
+        let leader_api = app.raft.leader().and_then(|(leader, _)| {
+            let snapshot = app.store.snapshot();
+            snapshot
+                .state
+                .member(&NodeId(baton_store::raft::node_id(leader)))
+                .and_then(|m| m.api_url.clone())
+        });
+        return Err(ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            match leader_api {
+                Some(url) => format!(
+                    "logs are streamed by the leading manager: ask it with baton --addr {url}"
+                ),
+                None => "logs are streamed by the leading manager, and none leads now".to_owned(),
+            },
+        ));
+    }
     let mut events = app
         .dispatcher
         .request_logs(&TaskId(id), params.follow)
@@ -352,18 +373,20 @@ pub struct RemoveParams {
 }
 
 /// Remove a node from the cluster: its tasks are replaced elsewhere and its
-/// certificate is refused from then on (the id is revoked). A `ready` node
-/// needs `force=true`; managers cannot be removed yet.
+/// certificate is refused from then on (the id is revoked). A `ready` node,
+/// or a manager that answers, needs `force=true`. A manager also leaves the
+/// managers' Raft membership first; that is refused when the managers left
+/// could not form a majority.
 #[utoipa::path(post, path = "/v1/nodes/{id}/remove", tag = "nodes", params(("id" = String, Path), RemoveParams),
     responses((status = 200, body = RemovedNode), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "the node is ready (use force) or a manager")))]
+        (status = 409, body = ErrorBody, description = "the node is ready or a running manager (use force), or removing it would lose quorum")))]
 pub async fn remove_node(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(params): Query<RemoveParams>,
 ) -> Result<Json<RemovedNode>, ApiFailure> {
     let node_id = NodeId(id.clone());
-    {
+    let manager = {
         let snapshot = app.store.snapshot();
         let state = &snapshot.state;
         let member = state.member(&node_id);
@@ -371,16 +394,30 @@ pub async fn remove_node(
         if member.is_none() && node.is_none() {
             return Err(ApiFailure::not_found(format!("node {id} not found")));
         }
-        if member.is_some_and(|m| m.role == NodeRole::Manager) {
-            return Err(ApiFailure::conflict(format!(
-                "node {id} is a manager: removing managers comes with manager membership"
-            )));
-        }
         if !params.force && node.is_some_and(|n| n.state == NodeState::Ready) {
             return Err(ApiFailure::conflict(format!(
                 "node {id} is ready: stop its agent first, or remove it with --force"
             )));
         }
+        member.is_some_and(|m| m.role == NodeRole::Manager)
+    };
+    if manager {
+        let raft_id = manager_raft_id(&id)?;
+        let status = app.raft.leader_status().await;
+        if !params.force
+            && status
+                .members
+                .iter()
+                .any(|m| m.id == raft_id && m.reachable)
+        {
+            return Err(ApiFailure::conflict(format!(
+                "manager {id} is running: stop it first, or remove it with --force"
+            )));
+        }
+        app.raft
+            .change_membership(MembershipChange::Remove { id: raft_id })
+            .await
+            .map_err(membership_failure)?;
     }
     app.store
         .propose(Command::RemoveNode {
@@ -388,8 +425,118 @@ pub async fn remove_node(
             now: now(),
         })
         .await?;
-    tracing::info!(node_id = %id, force = params.force, "node removed");
+    tracing::info!(node_id = %id, force = params.force, manager, "node removed");
     Ok(Json(RemovedNode { id }))
+}
+
+fn manager_raft_id(id: &str) -> Result<u64, ApiFailure> {
+    baton_store::raft::raft_id(id)
+        .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))
+}
+
+/// A membership change the managers refused (quorum) or could not make now.
+fn membership_failure(e: baton_store::StoreError) -> ApiFailure {
+    match e {
+        baton_store::StoreError::Unavailable(reason)
+            if reason.contains("quorum") || reason.contains("no voting manager") =>
+        {
+            ApiFailure::conflict(reason)
+        }
+        other => other.into(),
+    }
+}
+
+/// A manager's membership and who it is, or why the request does not apply.
+fn manager_member(app: &AppState, id: &str) -> Result<u64, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let member = snapshot
+        .state
+        .member(&NodeId(id.to_owned()))
+        .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))?;
+    if member.role != NodeRole::Manager {
+        return Err(ApiFailure::conflict(format!(
+            "node {id} is a worker: a machine becomes a manager by joining as one (on it: baton manager --join ADDR with the manager token, from baton cluster join-token manager)"
+        )));
+    }
+    let raft_id = manager_raft_id(id)?;
+    if !app.raft.status().members.iter().any(|m| m.id == raft_id) {
+        return Err(ApiFailure::conflict(format!(
+            "manager {id} is not in the managers' membership (it has not finished joining, or was removed)"
+        )));
+    }
+    Ok(raft_id)
+}
+
+/// Make a standby manager vote again (a no-op for a voter).
+#[utoipa::path(post, path = "/v1/nodes/{id}/promote", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 200, body = ManagerInfo), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the node is a worker or not in the membership")))]
+pub async fn promote_node(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ManagerInfo>, ApiFailure> {
+    let raft_id = manager_member(&app, &id)?;
+    app.raft
+        .change_membership(MembershipChange::Promote { id: raft_id })
+        .await
+        .map_err(membership_failure)?;
+    tracing::info!(node_id = %id, "manager promoted to voter");
+    manager_info_of(&app, raft_id).await
+}
+
+/// Make a manager a standby: it keeps a copy of the state and serves the
+/// API, but no longer votes. Refused when the voters left could not form a
+/// majority, or for the last voter.
+#[utoipa::path(post, path = "/v1/nodes/{id}/demote", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 200, body = ManagerInfo), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "a worker, not in the membership, or it would lose quorum")))]
+pub async fn demote_node(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ManagerInfo>, ApiFailure> {
+    let raft_id = manager_member(&app, &id)?;
+    app.raft
+        .change_membership(MembershipChange::Demote { id: raft_id })
+        .await
+        .map_err(membership_failure)?;
+    tracing::info!(node_id = %id, "manager demoted to standby");
+    manager_info_of(&app, raft_id).await
+}
+
+async fn manager_info_of(app: &AppState, raft_id: u64) -> Result<Json<ManagerInfo>, ApiFailure> {
+    managers(app, &app.raft.leader_status().await)
+        .into_iter()
+        .find(|m| m.id == baton_store::raft::node_id(raft_id))
+        .map(Json)
+        .ok_or_else(|| ApiFailure::internal("the manager left the membership meanwhile"))
+}
+
+/// Every manager as this one knows it.
+fn managers(app: &AppState, raft: &baton_store::raft::RaftStatus) -> Vec<ManagerInfo> {
+    let snapshot = app.store.snapshot();
+    raft.members
+        .iter()
+        .map(|m| {
+            let id = baton_store::raft::node_id(m.id);
+            ManagerInfo {
+                api: snapshot
+                    .state
+                    .member(&NodeId(id.clone()))
+                    .and_then(|member| member.api_url.clone()),
+                id,
+                addr: m.addr.clone(),
+                raft_role: if raft.leader == Some(m.id) {
+                    "leader"
+                } else if m.voter {
+                    "follower"
+                } else {
+                    "standby"
+                }
+                .to_owned(),
+                reachable: m.reachable,
+            }
+        })
+        .collect()
 }
 
 /// Serialises token rotations in this process, so that two concurrent ones
@@ -491,11 +638,11 @@ fn initialised(state: &baton_state::State) -> Result<&baton_state::Cluster, ApiF
     })
 }
 
-fn cluster_info(app: &AppState) -> Result<ClusterInfo, ApiFailure> {
+async fn cluster_info(app: &AppState) -> Result<ClusterInfo, ApiFailure> {
+    let raft = app.raft.leader_status().await;
     let snapshot = app.store.snapshot();
     let state = &snapshot.state;
     let cluster = initialised(state)?;
-    let raft = app.raft.status();
     Ok(ClusterInfo {
         id: cluster.id.clone(),
         root_ca_digest: cluster.root_digest.clone(),
@@ -510,23 +657,7 @@ fn cluster_info(app: &AppState) -> Result<ClusterInfo, ApiFailure> {
             started_at: r.started_at.0,
             pending_nodes: state.rotation_pending().into_iter().map(|n| n.0).collect(),
         }),
-        managers: raft
-            .members
-            .iter()
-            .map(|m| ManagerInfo {
-                id: baton_store::raft::node_id(m.id),
-                addr: m.addr.clone(),
-                raft_role: if raft.leader == Some(m.id) {
-                    "leader"
-                } else if m.voter {
-                    "follower"
-                } else {
-                    "learner"
-                }
-                .to_owned(),
-                reachable: m.reachable,
-            })
-            .collect(),
+        managers: managers(app, &raft),
         raft_term: raft.term,
         raft_applied: raft.last_applied,
     })
@@ -580,7 +711,7 @@ pub async fn rotate_root_ca(
         })
         .await?;
     tracing::info!(new_root = %new_root_digest, "root CA rotation started");
-    Ok(Json(cluster_info(&app)?))
+    Ok(Json(cluster_info(&app).await?))
 }
 
 /// The cluster's identity (id, root CA digest) and settings.
@@ -589,7 +720,7 @@ pub async fn rotate_root_ca(
 pub async fn get_cluster(
     State(app): State<Arc<AppState>>,
 ) -> Result<Json<ClusterInfo>, ApiFailure> {
-    Ok(Json(cluster_info(&app)?))
+    Ok(Json(cluster_info(&app).await?))
 }
 
 /// Change cluster-wide settings. `cert_expiry_secs` sets the lifetime of
@@ -621,5 +752,5 @@ pub async fn update_cluster_settings(
             .await?;
         tracing::info!(cert_expiry_secs = secs, "certificate expiry set");
     }
-    Ok(Json(cluster_info(&app)?))
+    Ok(Json(cluster_info(&app).await?))
 }

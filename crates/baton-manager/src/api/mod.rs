@@ -242,6 +242,36 @@ impl Modify for ClientCertAuth {
 )]
 struct ApiDoc;
 
+/// Request header asking for a linearizable read: `baton-read: linearizable`.
+pub const READ_HEADER: &str = baton_api::READ_HEADER;
+
+/// A read carrying [`READ_HEADER`] waits until this manager has applied
+/// everything committed before it arrived (the leader confirms its
+/// leadership with a majority); other reads are served from the applied
+/// state as it is. Writes are linearizable anyway (committed by a majority).
+async fn read_consistency(
+    axum::extract::State(app): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let wanted = request
+        .headers()
+        .get(READ_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"linearizable"));
+    if wanted
+        && request.method() == axum::http::Method::GET
+        && let Err(e) = app.raft.linearizable_read().await
+    {
+        return ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The API router, with authentication on every route.
 pub fn router(app: Arc<AppState>) -> Router {
     let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -255,6 +285,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::list_nodes))
         .routes(routes!(handlers::set_node_availability))
         .routes(routes!(handlers::remove_node))
+        .routes(routes!(handlers::promote_node))
+        .routes(routes!(handlers::demote_node))
         .routes(routes!(handlers::get_join_token))
         .routes(routes!(handlers::rotate_join_token))
         .routes(routes!(handlers::get_cluster))
@@ -271,6 +303,10 @@ pub fn router(app: Arc<AppState>) -> Router {
             }),
         )
         .fallback(|| async { ApiFailure::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            read_consistency,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -39,10 +39,16 @@ impl Drop for Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The manager's Raft id is its node id, as in a real manager.
+    let node_id = identity::load_or_create_node_id(dir.path()).expect("node id");
     let raft = Arc::new(
-        RaftStore::open_solo_at(&dir.path().join("state.redb"))
-            .await
-            .expect("store"),
+        RaftStore::open_solo(baton_store::raft::RaftStoreConfig::new(
+            dir.path().join("state.redb"),
+            baton_store::raft::raft_id(&node_id.0).expect("raft id"),
+            "127.0.0.1:0",
+        ))
+        .await
+        .expect("store"),
     );
     let store: Arc<dyn Store> = raft.clone();
     let identity = identity::load_or_create(
@@ -89,7 +95,7 @@ fn client_config(ca: &ClusterCa, api: &str, name: &str, role: Role) -> ClientCon
     let (key, cert) =
         baton_pki::generate_key_and_cert(ca, name, role, unix_now(), HOUR).expect("cert");
     ClientConfig {
-        api: api.to_owned(),
+        apis: vec![api.to_owned()],
         ca_cert: ca.cert_pem().to_owned(),
         cert,
         key,
@@ -176,7 +182,7 @@ async fn only_an_admin_certificate_of_this_cluster_gets_through() {
     let foreign = ApiClient::new(&foreign).expect("client");
     assert!(matches!(
         foreign.health().await,
-        Err(ApiError::Transport { .. })
+        Err(ApiError::Unreachable { .. })
     ));
 }
 
@@ -189,8 +195,8 @@ async fn the_client_refuses_a_server_that_is_not_a_manager() {
     let url = serve_tls(&fx, &cert, &key).await;
     let admin = ApiClient::new(&client_config(ca, &url, "admin", Role::Admin)).expect("client");
     match admin.health().await {
-        Err(ApiError::Transport { message, .. }) => {
-            assert!(message.contains("not manager"), "{message}")
+        Err(e @ ApiError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("not manager"), "{e}")
         }
         other => panic!("expected a refused handshake, got {other:?}"),
     }
@@ -434,7 +440,7 @@ async fn join_worker(fx: &Fixture, id: &str) {
 }
 
 #[tokio::test]
-async fn removing_nodes_needs_force_when_ready_and_refuses_managers() {
+async fn removing_nodes_needs_force_when_ready_and_never_the_last_manager() {
     let fx = fixture().await;
     join_worker(&fx, "w1").await;
     join_worker(&fx, "w2").await;
@@ -491,8 +497,12 @@ async fn removing_nodes_needs_force_when_ready_and_refuses_managers() {
     assert!(
         body["message"]
             .as_str()
-            .is_some_and(|m| m.contains("removing managers comes with manager membership")),
+            .is_some_and(|m| m.contains("would leave no voting manager")),
         "{body}"
+    );
+    assert!(
+        !fx.store.snapshot().state.is_revoked(&fx.identity.node_id),
+        "a refused removal changes nothing"
     );
     let (status, _) = call(&fx, Method::POST, "/v1/nodes/nope/remove", admin(&fx)).await;
     assert_eq!(status, 404);

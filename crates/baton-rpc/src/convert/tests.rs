@@ -40,6 +40,11 @@ fn session_messages_round_trip() {
             task: TaskId("web.1.abc".into()),
             follow: true,
         }),
+        SessionMessage::Trust(TrustUpdate {
+            roots_pem: "-----BEGIN CERTIFICATE-----".into(),
+            renew_now: true,
+        }),
+        SessionMessage::Managers(vec!["10.0.0.1:7451".into(), "10.0.0.2:7451".into()]),
     ];
     for msg in msgs {
         let wire = session_message_to_wire(&msg).expect("to wire");
@@ -124,11 +129,18 @@ fn statuses_map_back_to_rpc_errors() {
         RpcError::NoSession(node.clone()),
         RpcError::PermissionDenied("no".into()),
         RpcError::LogStreamClosed(4),
+        RpcError::NotLeader(None),
     ];
     for e in cases {
         let back = status_to_rpc_error(&rpc_error_to_status(&e), &node, 4);
         assert_eq!(std::mem::discriminant(&back), std::mem::discriminant(&e));
     }
+    // A follower's refusal names the leader, so the agent goes straight there.
+    let named = RpcError::NotLeader(Some("10.0.0.2:7451".into()));
+    assert_eq!(
+        status_to_rpc_error(&rpc_error_to_status(&named), &node, 0),
+        named
+    );
     assert!(matches!(
         status_to_rpc_error(&Status::internal("boom"), &node, 0),
         RpcError::Unavailable(_)

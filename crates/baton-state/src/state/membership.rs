@@ -165,6 +165,8 @@ impl State {
                 admitted_at: now,
                 cert_not_after,
                 cert_root,
+                cluster_addr: None,
+                api_url: None,
             },
         );
         Ok(vec![Event::NodeAdmitted { id, role }])
@@ -183,6 +185,27 @@ impl State {
         member.cert_not_after = cert_not_after;
         member.cert_root = cert_root;
         Ok(vec![Event::NodeCertRenewed { id: id.clone() }])
+    }
+
+    pub(super) fn set_manager_addresses(
+        &mut self,
+        id: &NodeId,
+        cluster: String,
+        api: String,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let member = self
+            .members
+            .get_mut(id)
+            .filter(|m| m.role == NodeRole::Manager)
+            .ok_or_else(|| ApplyError::NotAMember { id: id.clone() })?;
+        if member.cluster_addr.as_deref() == Some(cluster.as_str())
+            && member.api_url.as_deref() == Some(api.as_str())
+        {
+            return Ok(Vec::new());
+        }
+        member.cluster_addr = Some(cluster);
+        member.api_url = Some(api);
+        Ok(vec![Event::ManagerAddressesChanged { id: id.clone() }])
     }
 
     pub(super) fn remove_node(
@@ -577,6 +600,48 @@ mod tests {
             })
         );
         assert!(state.node(&NodeId("n1".to_owned())).is_none());
+    }
+
+    #[test]
+    fn only_managers_announce_addresses_and_an_unchanged_announce_changes_nothing() {
+        let mut state = State::default();
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        admit(&mut state, "w1").expect("admit worker");
+        state
+            .apply(Command::AdmitNode {
+                id: NodeId("m1".to_owned()),
+                role: NodeRole::Manager,
+                cert_not_after: Timestamp(10),
+                cert_root: String::new(),
+                now: Timestamp(1),
+            })
+            .expect("admit manager");
+        let announce = |id: &str, api: &str| Command::SetManagerAddresses {
+            id: NodeId(id.to_owned()),
+            cluster: "10.0.0.1:7451".to_owned(),
+            api: api.to_owned(),
+        };
+        assert_eq!(
+            state.apply(announce("w1", "https://10.0.0.1:7450")),
+            Err(ApplyError::NotAMember {
+                id: NodeId("w1".to_owned())
+            })
+        );
+        assert_eq!(
+            state.apply(announce("m1", "https://10.0.0.1:7450")),
+            Ok(vec![Event::ManagerAddressesChanged {
+                id: NodeId("m1".to_owned())
+            }])
+        );
+        assert_eq!(
+            state.apply(announce("m1", "https://10.0.0.1:7450")),
+            Ok(vec![])
+        );
+        let m1 = state.member(&NodeId("m1".to_owned())).expect("member");
+        assert_eq!(m1.api_url.as_deref(), Some("https://10.0.0.1:7450"));
+        assert_eq!(m1.cluster_addr.as_deref(), Some("10.0.0.1:7451"));
     }
 
     #[test]

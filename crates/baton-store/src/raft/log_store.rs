@@ -26,19 +26,19 @@ pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("r
 /// Raft metadata: `vote`, `committed`, `purged` -> JSON.
 pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const PURGED: &str = "purged";
+pub(crate) const VOTE: &str = "vote";
+pub(crate) const COMMITTED: &str = "committed";
+pub(crate) const PURGED: &str = "purged";
 
 pub(crate) fn io_err(context: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{context}: {e}"))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
     serde_json::to_vec(value).map_err(|e| io_err("encoding", e))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
     serde_json::from_slice(bytes).map_err(|e| io_err("decoding", e))
 }
 

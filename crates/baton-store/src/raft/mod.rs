@@ -7,7 +7,10 @@
 //! committed and applied, so an acknowledged write is on a majority's disk.
 //! Readers get the in-memory state published after every applied batch.
 
+mod force;
+mod leadership;
 mod log_store;
+mod membership;
 mod solo;
 mod state_machine;
 mod transport;
@@ -27,11 +30,14 @@ use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 use redb::Database;
 use tokio::sync::watch;
 
+pub use force::ForcedCluster;
+pub use leadership::ClusterWatch;
 pub use log_store::LogStore;
 pub use solo::NoPeers;
 pub use state_machine::StateMachine;
 pub use transport::{
-    ProposeError, RaftRequest, RaftResponse, RaftTransport, TransportNetwork, Unreached,
+    MembershipChange, ProposeError, RaftRequest, RaftResponse, RaftTransport, TransportNetwork,
+    Unreached,
 };
 pub use types::{Outcome, Proposal, TypeConfig, node_id, raft_id};
 
@@ -45,6 +51,13 @@ const NO_LEADER: &str = "no leader at the moment";
 
 /// How long a proposal waits for an election to end.
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
+
+/// A member the leader heard from within this long is reachable (it
+/// heartbeats every 100 ms).
+const REACHABLE: Duration = Duration::from_secs(1);
+
+/// How long a proposal waits to be committed (a majority may be gone).
+const COMMIT_WAIT: Duration = Duration::from_secs(15);
 
 /// The Raft handle of this configuration.
 pub type BatonRaft = Raft<TypeConfig, StateMachine>;
@@ -121,7 +134,7 @@ fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, StoreError> {
 }
 
 /// One member as another sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     /// Raft id.
     pub id: u64,
@@ -134,7 +147,7 @@ pub struct MemberStatus {
 }
 
 /// What a member knows of the Raft cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RaftStatus {
     /// This member.
     pub id: u64,
@@ -250,6 +263,29 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Disaster recovery (`baton manager --force-new-cluster`), for when a
+    /// quorum of managers is lost for good: rewrites this member's closed
+    /// database (`config.path`; call before [`RaftStore::open`]) into a
+    /// cluster of one, this member (`config.id` at `config.addr`), keeping
+    /// everything it has applied.
+    ///
+    /// The state (the stored snapshot plus the committed log) becomes a new
+    /// snapshot whose membership is this member alone; the log is purged,
+    /// and entries after the last applied one (not known to be committed
+    /// here) are discarded; the vote moves to a newer term. All in one
+    /// transaction: a crash leaves the old data or the new. Then
+    /// [`RaftStore::open`] and [`RaftStore::initialize_alone`] make it the
+    /// leader of its new cluster, which others can join
+    /// ([`RaftStore::add_member`]). The managers that are gone must not
+    /// come back with their old data.
+    ///
+    /// Fails, changing nothing, if there is no database at the path, if it
+    /// is open (a manager runs on it), if this member has applied nothing,
+    /// or if a committed log entry is missing.
+    pub async fn force_new_cluster(config: RaftStoreConfig) -> Result<ForcedCluster, StoreError> {
+        force::force_new_cluster(config).await
+    }
+
     /// Opens the store of a member that is, and stays, alone (no transport).
     pub async fn open_solo(config: RaftStoreConfig) -> Result<RaftStore, StoreError> {
         let store = RaftStore::open(config, Arc::new(NoPeers)).await?;
@@ -339,6 +375,13 @@ impl RaftStore {
                     Err(e) => Err(ProposeError::Unavailable(e.to_string())),
                 })
             }
+            RaftRequest::Status => RaftResponse::Status(self.status()),
+            RaftRequest::ReadIndex => RaftResponse::ReadIndex(self.read_index_here().await),
+            RaftRequest::Membership(change) => RaftResponse::Membership(
+                self.change_membership(change)
+                    .await
+                    .map_err(|e| ProposeError::Unavailable(e.to_string())),
+            ),
         }
     }
 
@@ -360,34 +403,23 @@ impl RaftStore {
         Ok(())
     }
 
-    /// Removes member `id` from the cluster. Refused if the voters left
-    /// could not form a majority of the current ones (quorum would be lost)
-    /// or if it would leave no voter.
+    /// Removes member `id` from the cluster (a voter or a standby).
+    /// Refused if the voters left could not form a majority of themselves
+    /// (quorum would be lost) or if it would leave no voter. Call on the
+    /// leader ([`RaftStore::change_membership`] forwards).
     pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
         let status = self.status();
-        let voters: BTreeSet<u64> = status
-            .members
-            .iter()
-            .filter(|m| m.voter)
-            .map(|m| m.id)
-            .collect();
-        if voters.contains(&id) {
-            let left = voters.len() - 1;
-            let reachable = status
-                .members
-                .iter()
-                .filter(|m| m.voter && m.id != id && m.reachable)
-                .count();
-            if left == 0 || reachable < left / 2 + 1 {
-                return Err(StoreError::Unavailable(format!(
-                    "removing manager {} would lose quorum: {reachable} of the {left} managers left are reachable, {} needed",
-                    node_id(id),
-                    left / 2 + 1
-                )));
-            }
+        if let Some(why) = membership::quorum_loss(&status, id, "removing") {
+            return Err(StoreError::Unavailable(why));
         }
+        let voter = status.members.iter().any(|m| m.id == id && m.voter);
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
         self.raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .change_membership(change, false)
             .await
             .map_err(membership_error)?;
         tracing::info!(member = %node_id(id), "manager removed from the raft cluster");
@@ -400,18 +432,20 @@ impl RaftStore {
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let leader = metrics.current_leader;
-        let replication = metrics.replication.clone().unwrap_or_default();
+        let heartbeats = metrics.heartbeat.clone().unwrap_or_default();
         let members = membership
             .nodes()
             .map(|(id, node)| MemberStatus {
                 id: *id,
                 addr: node.addr.clone(),
                 voter: voters.contains(id),
-                // The leader knows who acknowledged it; another member only
-                // knows itself and the leader it hears from.
+                // The leader knows who acknowledged it lately; another
+                // member only knows itself and the leader it hears from.
                 reachable: *id == self.id
                     || Some(*id) == leader
-                    || replication.get(id).is_some_and(Option::is_some),
+                    || heartbeats.get(id).is_some_and(|acked| {
+                        acked.is_some_and(|at| openraft::Instant::elapsed(&*at) < REACHABLE)
+                    }),
             })
             .collect();
         RaftStatus {
@@ -465,6 +499,29 @@ impl RaftStore {
 #[async_trait::async_trait]
 impl Store for RaftStore {
     async fn propose(&self, cmd: Command) -> Result<Applied, StoreError> {
+        // Without a majority a proposal would wait forever: give up, saying
+        // that its outcome is unknown (it may still commit, if a majority
+        // comes back while it is in the leader's log).
+        match tokio::time::timeout(COMMIT_WAIT, self.propose_waiting_for_leader(cmd)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "not committed within {}s: a majority of the managers may be unreachable (the write may still take effect if they come back)",
+                COMMIT_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+}
+
+impl RaftStore {
+    async fn propose_waiting_for_leader(&self, cmd: Command) -> Result<Applied, StoreError> {
         // During an election no member leads: wait for one (nothing was
         // sent, so trying again cannot apply the command twice).
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
@@ -484,14 +541,6 @@ impl Store for RaftStore {
                 other => return other,
             }
         }
-    }
-
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshots.borrow().clone()
-    }
-
-    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshots.clone()
     }
 }
 

@@ -21,25 +21,59 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::log_store::io_err;
-use super::types::{LogId, Outcome, SnapshotMeta, StoredMembership, TypeConfig};
+use super::types::{Entry, LogId, Outcome, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::Snapshot;
 
 /// The stored snapshot: `current` -> JSON of [`StoredSnapshot`].
-const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
-const CURRENT: &str = "current";
+pub(crate) const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("raft_snapshot");
+pub(crate) const CURRENT: &str = "current";
 
 /// A snapshot as stored and as sent to another member.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
     /// JSON of the state.
-    data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
-struct Applied {
-    state: State,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
+/// The state machine's contents: the state, the last entry applied to it
+/// and the last membership among the entries applied.
+pub(crate) struct Applied {
+    pub(crate) state: State,
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+}
+
+impl Applied {
+    /// The contents as of a stored snapshot (empty without one).
+    pub(crate) fn restore(stored: Option<StoredSnapshot>) -> Result<Applied, io::Error> {
+        Ok(match stored {
+            Some(stored) => Applied {
+                state: decode_state(&stored.data)?,
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership,
+            },
+            None => Applied {
+                state: State::default(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+        })
+    }
+
+    /// Applies one committed entry.
+    pub(crate) fn apply(&mut self, entry: Entry) -> Outcome {
+        self.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Outcome(Ok(Vec::new())),
+            EntryPayload::Normal(proposal) => Outcome(self.state.apply(proposal.0)),
+            EntryPayload::Membership(membership) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                Outcome(Ok(Vec::new()))
+            }
+        }
+    }
 }
 
 /// The state machine. Clones share it (the snapshot builder is a clone).
@@ -56,6 +90,11 @@ impl Debug for StateMachine {
     }
 }
 
+/// Decodes a stored snapshot.
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<StoredSnapshot, io::Error> {
+    serde_json::from_slice(bytes).map_err(|e| io_err("decoding the snapshot", e))
+}
+
 fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
     let read = db.begin_read().map_err(|e| io_err("read", e))?;
     let table = match read.open_table(RAFT_SNAPSHOT) {
@@ -67,10 +106,7 @@ fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
         .get(CURRENT)
         .map_err(|e| io_err("read raft_snapshot", e))?
     {
-        Some(bytes) => Ok(Some(
-            serde_json::from_slice(bytes.value())
-                .map_err(|e| io_err("decoding the snapshot", e))?,
-        )),
+        Some(bytes) => Ok(Some(decode_snapshot(bytes.value())?)),
         None => Ok(None),
     }
 }
@@ -96,18 +132,7 @@ fn decode_state(data: &[u8]) -> Result<State, io::Error> {
 impl StateMachine {
     /// The state machine over `db`, starting from its stored snapshot.
     pub fn open(db: Arc<Database>) -> Result<StateMachine, io::Error> {
-        let applied = match load_snapshot(&db)? {
-            Some(stored) => Applied {
-                state: decode_state(&stored.data)?,
-                last_applied: stored.meta.last_log_id,
-                membership: stored.meta.last_membership,
-            },
-            None => Applied {
-                state: State::default(),
-                last_applied: None,
-                membership: StoredMembership::default(),
-            },
-        };
+        let applied = Applied::restore(load_snapshot(&db)?)?;
         let first = Snapshot {
             index: applied.last_applied.map_or(0, |id| id.index()),
             state: applied.state.clone(),
@@ -189,16 +214,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut responses = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
-            let mut applied = self.lock();
-            applied.last_applied = Some(entry.log_id);
-            let outcome = match entry.payload {
-                EntryPayload::Blank => Outcome(Ok(Vec::new())),
-                EntryPayload::Normal(proposal) => Outcome(applied.state.apply(proposal.0)),
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Outcome(Ok(Vec::new()))
-                }
-            };
+            let outcome = self.lock().apply(entry);
             if let Some(responder) = responder {
                 responses.push((responder, outcome));
             }

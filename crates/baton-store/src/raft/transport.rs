@@ -45,6 +45,43 @@ pub enum RaftRequest {
     },
     /// A command proposed on a follower, for the leader to commit.
     Propose(Command),
+    /// A change of the managers asked of a follower, for the leader to make.
+    Membership(MembershipChange),
+    /// What the receiver knows of the cluster (asked of the leader, which
+    /// knows who answers it).
+    Status,
+    /// The leader's read index: the log index a linearizable read must see
+    /// applied (the leader confirmed it still leads).
+    ReadIndex,
+}
+
+/// A change of who the managers are (see [`super::RaftStore::change_membership`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a member: a learner until it has caught up, then a voter. Adding
+    /// a voter again changes nothing.
+    Add {
+        /// Its Raft id.
+        id: u64,
+        /// Its cluster address.
+        addr: String,
+    },
+    /// Remove a member (voter or not).
+    Remove {
+        /// Its Raft id.
+        id: u64,
+    },
+    /// Make a voter a standby: it keeps a copy of the state and serves it,
+    /// but does not vote.
+    Demote {
+        /// Its Raft id.
+        id: u64,
+    },
+    /// Make a standby a voter again.
+    Promote {
+        /// Its Raft id.
+        id: u64,
+    },
 }
 
 /// Why a forwarded proposal did not commit.
@@ -72,6 +109,12 @@ pub enum RaftResponse {
     Snapshot(SnapshotResponse<TypeConfig>),
     /// To `Propose`: the log index and events.
     Proposed(Result<(u64, Vec<Event>), ProposeError>),
+    /// To `Membership`.
+    Membership(Result<(), ProposeError>),
+    /// To `Status`.
+    Status(super::RaftStatus),
+    /// To `ReadIndex`.
+    ReadIndex(Result<u64, ProposeError>),
     /// The receiver's Raft has stopped.
     Stopped(String),
 }

@@ -1,10 +1,13 @@
 //! The API's authentication (client certificates from the cluster CA) and
 //! discovery endpoints.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use baton_api::{ApiClient, ApiError, ClientConfig};
 use baton_pki::Role;
 
-use crate::harness::Dev;
+use crate::harness::{Dev, baton_bin, run_cli, text};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -105,17 +108,18 @@ fn client_config_is_private_and_api_is_tls_only() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     let config = ClientConfig::load(&dev.config()).expect("client config");
+    assert_eq!(config.apis.len(), 1, "{:?}", config.apis);
     assert!(
-        config.api.starts_with("https://127.0.0.1:"),
-        "{}",
-        config.api
+        config.apis[0].starts_with("https://127.0.0.1:"),
+        "{:?}",
+        config.apis
     );
     assert!(config.key.contains("PRIVATE KEY"));
     assert!(!format!("{config:?}").contains("PRIVATE KEY"));
     assert!(dev.ready_line.starts_with("baton dev ready"));
     // Plain HTTP to the API port gets no HTTP answer: the listener speaks TLS only.
     use std::io::{Read, Write};
-    let addr = config.api.trim_start_matches("https://").to_owned();
+    let addr = config.apis[0].trim_start_matches("https://").to_owned();
     let mut tcp = std::net::TcpStream::connect(&addr).expect("connect");
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .expect("timeout");
@@ -180,4 +184,117 @@ fn openapi_describes_the_api_and_nodes_are_listed() {
         doc["components"]["securitySchemes"]["mtls"]["type"],
         "mutualTLS"
     );
+}
+
+/// An address on loopback where connections are refused: a port that was
+/// just free.
+fn refused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("https://{addr}")
+}
+
+/// An address on loopback that accepts connections and closes them at once,
+/// so the TLS handshake fails; with the number of connections it accepted.
+fn hang_up_url() -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    // Lives until the test binary exits: it only ever blocks in accept.
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (format!("https://{addr}"), accepted)
+}
+
+#[test]
+fn the_client_moves_past_managers_that_do_not_answer() {
+    let (dev, tmp) = Dev::start();
+    let config = ClientConfig::load(&dev.config()).expect("client config");
+    let live = config.apis[0].clone();
+    let refused = refused_url();
+    let (hang_up, accepted) = hang_up_url();
+    let with_apis = |apis: &[&str]| ClientConfig {
+        apis: apis.iter().map(|a| (*a).to_owned()).collect(),
+        ..config.clone()
+    };
+    let rt = runtime();
+
+    // Refused, then a failed handshake, then the manager: it answers, and the
+    // client sticks to it, so later calls do not knock on the others again.
+    let client = ApiClient::new(&with_apis(&[&refused, &hang_up, &live])).expect("client");
+    assert_eq!(rt.block_on(client.health()).expect("health").status, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    for _ in 0..3 {
+        rt.block_on(client.list_nodes()).expect("nodes");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // A write that reached no manager is safe to send to the next one; an
+    // error status is an answer, shown as is.
+    let client = ApiClient::new(&with_apis(&[&hang_up, &live])).expect("client");
+    match rt.block_on(client.stop_job("nope")) {
+        Err(ApiError::Status { status: 404, .. }) => {}
+        other => panic!("expected the manager's 404, got {other:?}"),
+    }
+
+    // None answers: one error naming each address with its cause.
+    let client = ApiClient::new(&with_apis(&[&refused, &hang_up])).expect("client");
+    let err = rt.block_on(client.health()).expect_err("nobody answers");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("no manager answered: {refused}: ")),
+        "{message}"
+    );
+    assert!(message.contains(&format!("; {hang_up}: ")), "{message}");
+    assert!(message.contains("refused"), "{message}");
+
+    // The CLI reads the list from the file, and an old file with one `api`.
+    let two = tmp.path().join("two.toml");
+    std::fs::write(&two, with_apis(&[&refused, &live]).to_toml()).expect("write");
+    let out = run_cli(&two, &["node", "ls"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let old = tmp.path().join("old.toml");
+    let new_form = with_apis(&[&live]).to_toml();
+    let old_form = new_form.replace(
+        &format!("apis = [\"{live}\"]"),
+        &format!("api = \"{live}\""),
+    );
+    assert_ne!(old_form, new_form);
+    std::fs::write(&old, old_form).expect("write");
+    let out = run_cli(&old, &["node", "ls"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // --addr (HOST:PORT or a URL) and BATON_ADDR replace the file's list.
+    let refused_host_port = refused.trim_start_matches("https://");
+    let out = run_cli(&dev.config(), &["--addr", refused_host_port, "node", "ls"]);
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!("error: no manager answered: {refused}: ")),
+        "{stderr}"
+    );
+    let out = run_cli(
+        &two,
+        &["node", "ls", "--addr", &format!("{refused},{live}")],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = std::process::Command::new(baton_bin())
+        .arg("--config")
+        .arg(dev.config())
+        .args(["node", "ls"])
+        .env("BATON_ADDR", refused_host_port)
+        .output()
+        .expect("run baton");
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    let out = run_cli(
+        &dev.config(),
+        &["--addr", "http://127.0.0.1:1", "node", "ls"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
 }

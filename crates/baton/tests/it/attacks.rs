@@ -209,8 +209,7 @@ impl Cluster {
     }
 
     fn api_addr(&self) -> String {
-        self.admin_config()
-            .api
+        self.admin_config().apis[0]
             .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_owned()
@@ -805,7 +804,11 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
             loop {
                 match session.messages.recv().await {
                     Some(SessionMessage::Assignments(set)) => return set,
-                    Some(SessionMessage::Logs(_) | SessionMessage::Trust(_)) => {}
+                    Some(
+                        SessionMessage::Logs(_)
+                        | SessionMessage::Trust(_)
+                        | SessionMessage::Managers(_),
+                    ) => {}
                     None => panic!("the session ended before its assignments"),
                 }
             }

@@ -193,6 +193,7 @@ pub fn run_cli(config: &Path, args: &[&str]) -> Output {
         .arg(config)
         .args(args)
         .env_remove("BATON_CONFIG")
+        .env_remove("BATON_ADDR")
         .output()
         .expect("run baton")
 }

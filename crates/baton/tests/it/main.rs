@@ -8,6 +8,7 @@ mod api;
 mod attacks;
 mod cluster;
 mod crash;
+mod ha;
 mod jobs;
 mod rotation;
 mod validation;
