@@ -196,7 +196,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         let forced = RaftStore::force_new_cluster(store_config.clone()).await?;
         tracing::warn!(
             kept_up_to = forced.last_applied,
-            discarded_entries = forced.discarded,
+            kept_beyond_commit = forced.beyond_commit,
             dropped_managers = ?forced.dropped.iter().map(|id| baton_store::raft::node_id(*id)).collect::<Vec<_>>(),
             "forced a new cluster of one manager from this data; remove the dropped managers with baton node rm"
         );

@@ -444,8 +444,9 @@ async fn all_members_stopped_and_started_again_keep_the_state() {
 /// Disaster recovery: two of the three managers are gone for good (stopped,
 /// their files deleted); the survivor, alone, is no majority and takes no
 /// write. `force_new_cluster` on its file makes it a cluster of one that
-/// keeps every acknowledged write, leads alone (across restarts), takes
-/// writes, and lets a new manager join and catch up.
+/// keeps every entry of its log, hence every acknowledged write, leads alone
+/// (across restarts), takes writes, and lets a new manager join and catch
+/// up.
 async fn a_survivor_forces_a_new_cluster(snapshot_every: u64, survivor_leads: bool) {
     let mut cluster = Cluster::start(3, snapshot_every).await;
     let leader = cluster.leader().await;
@@ -505,10 +506,16 @@ async fn a_survivor_forces_a_new_cluster(snapshot_every: u64, survivor_leads: bo
     let mut config = RaftStoreConfig::new(cluster.path(survivor), survivor, format!("m{survivor}"));
     config.snapshot_every = snapshot_every;
     let forced = RaftStore::force_new_cluster(config).await.expect("forced");
-    assert!(forced.last_applied >= last, "{forced:?}");
-    // Only the refused write can be in its log and not committed (a leader
-    // appends it before finding no majority).
-    assert!(forced.discarded <= u64::from(survivor_leads), "{forced:?}");
+    // A leader appended the refused write to its log before finding no
+    // majority: not committed, yet kept and applied, as every entry of the
+    // survivor's log is (as etcd does). A follower forwarded it to a leader
+    // that was gone: it never reached its log.
+    if survivor_leads {
+        assert!(forced.last_applied > last, "{forced:?}");
+        assert!(forced.beyond_commit >= 1, "{forced:?}");
+    } else {
+        assert!(forced.last_applied >= last, "{forced:?}");
+    }
     gone.sort_unstable();
     assert_eq!(forced.dropped, gone);
     assert!(forced.was_voter);
@@ -527,7 +534,17 @@ async fn a_survivor_forces_a_new_cluster(snapshot_every: u64, survivor_leads: bo
     for name in &acked {
         assert!(names.contains(name), "lost acknowledged {name}");
     }
-    assert!(!names.contains("lost"), "a write refused without quorum");
+    // The write the lone leader refused (its client got an error) is there
+    // after the force: the accepted, etcd-like cost of keeping every entry
+    // that reached the survivor's disk, so that none the lost majority
+    // committed and acknowledged is lost.
+    assert_eq!(
+        names.contains("lost"),
+        survivor_leads,
+        "the refused write is kept exactly when it reached the survivor's log"
+    );
+    let kept = acked.len() + usize::from(survivor_leads);
+    assert_eq!(names.len(), kept);
     store.propose(job("after-force")).await.expect("write");
     drop(store);
 
@@ -537,7 +554,7 @@ async fn a_survivor_forces_a_new_cluster(snapshot_every: u64, survivor_leads: bo
     store.initialize_alone().await.expect("leads alone again");
     assert_eq!(store.status().leader, Some(survivor));
     let names = job_names(&store);
-    assert_eq!(names.len(), acked.len() + 1);
+    assert_eq!(names.len(), kept + 1);
     assert!(names.contains("after-force"));
 
     // A new manager joins the new cluster and catches up.

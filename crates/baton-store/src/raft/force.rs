@@ -6,13 +6,20 @@
 //! redb write transaction, so a crash in the middle leaves the old data or
 //! the new, never a mix:
 //!
-//! - The state is rebuilt as opening does (the stored snapshot, then the log
-//!   up to the committed id) and stored as a new snapshot whose membership is
-//!   this member alone, as of the last applied entry.
-//! - The whole log is purged up to that entry. Entries after it were not
-//!   known to be committed here: they are discarded (as etcd and swarmkit
-//!   do), and counted. Some may have been committed by the members that are
-//!   gone before this member heard so: such writes are lost.
+//! - Every entry in the survivor's log counts as committed, as etcd does:
+//!   the state is the stored snapshot, then every log entry after it, in
+//!   order, whether or not the stored committed id covers it. That marker is
+//!   written without an fsync of its own, so it can lag behind what was
+//!   committed and acknowledged; and the lost majority may have committed
+//!   (and acknowledged) entries this member never heard were committed.
+//!   Keeping them all loses no acknowledged write that reached this disk. It
+//!   may keep one that was never acknowledged (a write the client was told
+//!   failed, or whose outcome it was told is unknown): accepted, in disaster
+//!   recovery. The entries above the marker are counted.
+//! - That state is stored as a new snapshot whose membership is this member
+//!   alone, as of the last log entry, and the whole log is purged up to it:
+//!   nothing in the log is discarded. A log with a hole after the snapshot
+//!   (an entry missing, which Raft never leaves) is refused.
 //! - The vote moves to a term above any this member saw, uncommitted and for
 //!   itself: the member starts as a follower (never as the old term's
 //!   leader), and, being the only voter, elects itself at once in a newer
@@ -28,7 +35,6 @@
 //! [`RaftStore::add_member`]: super::RaftStore::add_member
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 
 use openraft::Membership;
 use openraft::impls::BasicNode;
@@ -43,12 +49,13 @@ use crate::StoreError;
 /// What [`super::RaftStore::force_new_cluster`] kept and dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForcedCluster {
-    /// The last applied log index: the new cluster's state is the state
-    /// after it, and its log starts right after it.
+    /// The index of the last log entry, now applied: the new cluster's state
+    /// is the state after it, and its log starts right after it.
     pub last_applied: u64,
-    /// Log entries after it, not known to be committed here, that were
-    /// discarded.
-    pub discarded: u64,
+    /// How many of the applied log entries the stored committed id did not
+    /// cover: entries kept although not known committed here (each may or
+    /// may not have been acknowledged). Nothing in the log is discarded.
+    pub beyond_commit: u64,
     /// The other members of the old cluster (voters and learners), no longer
     /// members.
     pub dropped: Vec<u64>,
@@ -92,7 +99,7 @@ fn force(config: &RaftStoreConfig) -> Result<ForcedCluster, StoreError> {
     tracing::warn!(
         member = %node_id(config.id),
         last_applied = forced.last_applied,
-        discarded = forced.discarded,
+        beyond_commit = forced.beyond_commit,
         dropped = ?forced.dropped.iter().map(|id| node_id(*id)).collect::<Vec<_>>(),
         old_term = forced.old_term,
         "forced a new cluster of one from this member's data"
@@ -125,7 +132,7 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
         .open_table(RAFT_SNAPSHOT)
         .map_err(failed("open raft_snapshot"))?;
 
-    // The state as opening rebuilds it: the snapshot, then the committed log.
+    // The snapshot, then every entry after it, committed here or not.
     let stored = match snapshots
         .get(CURRENT)
         .map_err(failed("read raft_snapshot"))?
@@ -136,27 +143,29 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
     let mut applied = Applied::restore(stored).map_err(failed("snapshot"))?;
     let committed: Option<LogId> = read::<Option<LogId>>(&meta, COMMITTED)?.flatten();
     let vote: Option<Vote> = read(&meta, VOTE)?;
-    if committed > applied.last_applied {
-        let (from, to) = (
-            applied.last_applied.map_or(0, |id| id.index() + 1),
-            committed.map_or(0, |id| id.index()),
-        );
-        let entries = log.range(from..=to).map_err(failed("read raft_log"))?;
-        let mut next = from;
-        for item in entries {
-            let (index, bytes) = item.map_err(failed("read raft_log"))?;
-            if index.value() != next {
-                break;
-            }
-            let entry: Entry = decode(bytes.value()).map_err(failed("log entry"))?;
-            applied.apply(entry);
-            next += 1;
-        }
-        if next <= to {
+    let from = applied.last_applied.map_or(0, |id| id.index() + 1);
+    let mut next = from;
+    let mut beyond_commit = 0;
+    for item in log.range(from..).map_err(failed("read raft_log"))? {
+        let (index, bytes) = item.map_err(failed("read raft_log"))?;
+        if index.value() != next {
             return Err(StoreError::Fatal(format!(
-                "force-new-cluster: committed log entry {next} is missing (committed up to {to})"
+                "force-new-cluster: log entry {next} is missing (the log goes on at {})",
+                index.value()
             )));
         }
+        let entry: Entry = decode(bytes.value()).map_err(failed("log entry"))?;
+        if committed.is_none_or(|c| entry.log_id.index() > c.index()) {
+            beyond_commit += 1;
+        }
+        applied.apply(entry);
+        next += 1;
+    }
+    if let Some(committed) = committed.filter(|c| c.index() >= next) {
+        return Err(StoreError::Fatal(format!(
+            "force-new-cluster: committed log entry {next} is missing (committed up to {})",
+            committed.index()
+        )));
     }
     let Some(last) = applied.last_applied else {
         return Err(StoreError::Fatal(
@@ -172,15 +181,11 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
         .filter(|id| *id != config.id)
         .collect();
     let was_voter = old.voter_ids().any(|id| id == config.id);
-    let discarded = log
-        .range((Bound::Excluded(last.index()), Bound::Unbounded))
-        .map_err(failed("read raft_log"))?
-        .count() as u64;
     let old_term = vote
         .map_or(0, |vote| vote.leader_id.term)
         .max(last.leader_id.term);
 
-    // This member alone, as of the last applied entry.
+    // This member alone, as of the last log entry.
     let alone = Membership::new(
         vec![BTreeSet::from([config.id])],
         BTreeMap::from([(
@@ -221,7 +226,7 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
 
     Ok(ForcedCluster {
         last_applied: last.index(),
-        discarded,
+        beyond_commit,
         dropped,
         was_voter,
         old_term,

@@ -1,16 +1,22 @@
 //! The Raft log, the vote and the committed id in the embedded database.
 //!
-//! Every write is one redb transaction with an fsync (redb's default
-//! durability), made on the blocking pool so the async runtime never waits
-//! on the disk. openraft hands a whole batch of entries to one `append`, so
-//! concurrent proposals share a transaction and an fsync (group commit). An
-//! entry's flush is reported only after its transaction committed: Raft
-//! never counts an entry toward a quorum before it is on disk.
+//! Every write goes, in order, to one writer thread, so the async runtime
+//! never waits on the disk and writes reach the file in the order Raft made
+//! them. `append` returns as soon as its entries are in memory (readable, as
+//! openraft requires) and reports them flushed only once their transaction
+//! committed with an fsync: a leader sends new entries to the followers
+//! while they are still being written locally, so its own fsync and theirs
+//! overlap, and Raft never counts an entry toward a quorum before it is on
+//! disk. Appends queued while a transaction is being written share the next
+//! one (group commit, on top of openraft's own batching). The vote is
+//! written durably; the committed id lazily (see `save_committed`).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
@@ -66,8 +72,15 @@ fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>,
 }
 
 /// Writes one metadata value durably.
-fn write_meta(db: &Database, key: &str, bytes: &[u8]) -> Result<(), io::Error> {
-    let txn = db.begin_write().map_err(|e| io_err("write", e))?;
+fn write_meta(
+    db: &Database,
+    key: &str,
+    bytes: &[u8],
+    durability: redb::Durability,
+) -> Result<(), io::Error> {
+    let mut txn = db.begin_write().map_err(|e| io_err("write", e))?;
+    txn.set_durability(durability)
+        .map_err(|e| io_err("write", e))?;
     {
         let mut table = txn
             .open_table(RAFT_META)
@@ -79,10 +92,34 @@ fn write_meta(db: &Database, key: &str, bytes: &[u8]) -> Result<(), io::Error> {
     txn.commit().map_err(|e| io_err("commit", e))
 }
 
-/// The log storage: a handle on the shared database. Clones share it.
+/// A write other than an append, run on the writer thread.
+type WriteOp = Box<dyn FnOnce(&Database) -> Result<(), io::Error> + Send>;
+
+/// A write for the writer thread.
+enum Write {
+    /// Entries (index, JSON); `flushed` is told once they are on disk.
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        flushed: IOFlushed<TypeConfig>,
+    },
+    /// Any other write, answered when done.
+    Other {
+        op: WriteOp,
+        done: tokio::sync::oneshot::Sender<Result<(), io::Error>>,
+    },
+}
+
+/// Entries appended but perhaps not yet on disk, by index: what readers
+/// see in addition to the file until the writer has committed them.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+/// The log storage: a handle on the shared database and its writer thread.
+/// Clones share both; the thread ends when the last clone is gone.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Pending,
+    writer: std_mpsc::Sender<Write>,
 }
 
 impl Debug for LogStore {
@@ -91,25 +128,135 @@ impl Debug for LogStore {
     }
 }
 
+/// Writes one batch of appends in one transaction with an fsync.
+fn write_entries(db: &Database, batch: &[(LogId, Vec<u8>)]) -> Result<(), io::Error> {
+    let txn = db.begin_write().map_err(|e| io_err("write", e))?;
+    {
+        let mut table = txn
+            .open_table(RAFT_LOG)
+            .map_err(|e| io_err("open raft_log", e))?;
+        for (log_id, bytes) in batch {
+            table
+                .insert(log_id.index(), bytes.as_slice())
+                .map_err(|e| io_err("append", e))?;
+        }
+    }
+    txn.commit().map_err(|e| io_err("commit", e))
+}
+
+/// The writer thread: takes writes in order; appends waiting behind one
+/// another go in one transaction.
+fn writer_loop(db: Arc<Database>, pending: Pending, writes: std_mpsc::Receiver<Write>) {
+    let mut next = writes.recv().ok();
+    while let Some(write) = next.take() {
+        match write {
+            Write::Append { entries, flushed } => {
+                let mut batch = entries;
+                let mut callbacks = vec![flushed];
+                loop {
+                    match writes.try_recv() {
+                        Ok(Write::Append { entries, flushed }) => {
+                            batch.extend(entries);
+                            callbacks.push(flushed);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = write_entries(&db, &batch);
+                if result.is_ok() {
+                    // On disk now: readers find them in the file.
+                    let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (log_id, _) in &batch {
+                        if pending
+                            .get(&log_id.index())
+                            .is_some_and(|e| e.log_id() == *log_id)
+                        {
+                            pending.remove(&log_id.index());
+                        }
+                    }
+                }
+                for callback in callbacks {
+                    callback.io_completed(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    });
+                }
+            }
+            Write::Other { op, done } => {
+                let _ = done.send(op(&db));
+            }
+        }
+        if next.is_none() {
+            next = writes.recv().ok();
+        }
+    }
+}
+
 impl LogStore {
-    /// The log in `db`.
+    /// The log storage over `db`; starts its writer thread.
     pub fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+        let pending = Pending::default();
+        let (writer, writes) = std_mpsc::channel();
+        let (thread_db, thread_pending) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".to_owned())
+            .spawn(move || writer_loop(thread_db, thread_pending, writes))
+            .expect("spawning the raft log writer thread");
+        LogStore {
+            db,
+            pending,
+            writer,
+        }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `op` on the writer thread, after every write queued before it.
+    async fn write(
+        &self,
+        op: impl FnOnce(&Database) -> Result<(), io::Error> + Send + 'static,
+    ) -> Result<(), io::Error> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Write::Other {
+                op: Box::new(op),
+                done,
+            })
+            .map_err(|_| io_err("storage", "the log writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| io_err("storage", "the log writer has stopped"))?
     }
 
     fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, io::Error> {
+        // Pending entries first: one the writer commits and drops meanwhile
+        // is then in the file when it is read below.
+        let pending: BTreeMap<u64, Entry> = self
+            .lock_pending()
+            .range(range)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
         let read = self.db.begin_read().map_err(|e| io_err("read", e))?;
-        let table = match read.open_table(RAFT_LOG) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        match read.open_table(RAFT_LOG) {
+            Ok(table) => {
+                for item in table.range(range).map_err(|e| io_err("read raft_log", e))? {
+                    let (index, bytes) = item.map_err(|e| io_err("read raft_log", e))?;
+                    out.insert(index.value(), decode(bytes.value())?);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(io_err("open raft_log", e)),
-        };
-        let mut out = Vec::new();
-        for item in table.range(range).map_err(|e| io_err("read raft_log", e))? {
-            let (_, bytes) = item.map_err(|e| io_err("read raft_log", e))?;
-            out.push(decode(bytes.value())?);
         }
-        Ok(out)
+        // What is pending is newer than what the file holds at that index.
+        out.extend(pending);
+        Ok(out.into_values().collect())
     }
 }
 
@@ -137,6 +284,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let pending_last = self
+            .lock_pending()
+            .values()
+            .next_back()
+            .map(RaftEntry::log_id);
         let db = self.db.clone();
         blocking(move || {
             let purged: Option<LogId> = read_meta(&db, PURGED)?;
@@ -151,7 +303,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             Ok(LogState {
                 last_purged_log_id: purged,
-                last_log_id: last.or(purged),
+                last_log_id: pending_last.max(last).or(purged),
             })
         })
         .await
@@ -162,15 +314,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let (db, bytes) = (self.db.clone(), encode(vote)?);
-        blocking(move || write_meta(&db, VOTE, &bytes)).await
+        let bytes = encode(vote)?;
+        // A vote must survive a crash: a member must never vote twice in a term.
+        self.write(move |db| write_meta(db, VOTE, &bytes, redb::Durability::Immediate))
+            .await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Kept so that a restarted member re-applies what was committed: the
         // state machine lives in memory, rebuilt from the last snapshot.
-        let (db, bytes) = (self.db.clone(), encode(&committed)?);
-        blocking(move || write_meta(&db, COMMITTED, &bytes)).await
+        // Without an fsync of its own (it reaches the disk with the next
+        // append): a marker lost in a crash only means that, at start, the
+        // member applies less at first and the rest once the leader has
+        // re-established the commit (`RaftStore::wait_ready`), before it
+        // serves anything. Acknowledged writes rest on the log's fsync.
+        let bytes = encode(&committed)?;
+        self.write(move |db| write_meta(db, COMMITTED, &bytes, redb::Durability::None))
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -187,42 +347,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded = entries
-            .into_iter()
-            .map(|entry| Ok((entry.index(), encode(&entry)?)))
+            .iter()
+            .map(|entry| Ok((entry.log_id(), encode(entry)?)))
             .collect::<Result<Vec<_>, io::Error>>()?;
-        let db = self.db.clone();
-        let written = blocking(move || {
-            let txn = db.begin_write().map_err(|e| io_err("write", e))?;
-            {
-                let mut table = txn
-                    .open_table(RAFT_LOG)
-                    .map_err(|e| io_err("open raft_log", e))?;
-                for (index, bytes) in &encoded {
-                    table
-                        .insert(*index, bytes.as_slice())
-                        .map_err(|e| io_err("append", e))?;
-                }
-            }
-            txn.commit().map_err(|e| io_err("commit", e))
-        })
-        .await;
-        match written {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
-                Err(e)
+        // Readable from now on; on disk when the writer says so.
+        {
+            let mut pending = self.lock_pending();
+            for entry in entries {
+                pending.insert(entry.index(), entry);
             }
         }
+        self.writer
+            .send(Write::Append {
+                entries: encoded,
+                flushed: callback,
+            })
+            .map_err(|_| io_err("storage", "the log writer has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
-        let db = self.db.clone();
-        blocking(move || {
+        self.lock_pending().retain(|index, _| *index < from);
+        self.write(move |db| {
             let txn = db.begin_write().map_err(|e| io_err("write", e))?;
             {
                 let mut table = txn
@@ -238,9 +386,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let (db, bytes) = (self.db.clone(), encode(&log_id)?);
+        let bytes = encode(&log_id)?;
         let upto = log_id.index();
-        blocking(move || {
+        self.lock_pending().retain(|index, _| *index > upto);
+        self.write(move |db| {
             let txn = db.begin_write().map_err(|e| io_err("write", e))?;
             {
                 let mut meta = txn

@@ -112,8 +112,8 @@ fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, StoreError> {
     let config = Config {
         cluster_name: "baton".to_owned(),
         heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         // A member that restarts or falls behind must not force elections.
         enable_pre_vote: Some(true),
         // A whole state (100,000 tasks is tens of MB of JSON) must have
@@ -267,12 +267,13 @@ impl RaftStore {
     /// quorum of managers is lost for good: rewrites this member's closed
     /// database (`config.path`; call before [`RaftStore::open`]) into a
     /// cluster of one, this member (`config.id` at `config.addr`), keeping
-    /// everything it has applied.
+    /// its whole log.
     ///
-    /// The state (the stored snapshot plus the committed log) becomes a new
-    /// snapshot whose membership is this member alone; the log is purged,
-    /// and entries after the last applied one (not known to be committed
-    /// here) are discarded; the vote moves to a newer term. All in one
+    /// Every entry in its log is taken as committed, as etcd does: the
+    /// state (the stored snapshot plus every entry after it) becomes a new
+    /// snapshot whose membership is this member alone, so no write that
+    /// reached this member's disk is lost (one never acknowledged may be
+    /// kept); the log is purged and the vote moves to a newer term. All in one
     /// transaction: a crash leaves the old data or the new. Then
     /// [`RaftStore::open`] and [`RaftStore::initialize_alone`] make it the
     /// leader of its new cluster, which others can join
@@ -281,7 +282,7 @@ impl RaftStore {
     ///
     /// Fails, changing nothing, if there is no database at the path, if it
     /// is open (a manager runs on it), if this member has applied nothing,
-    /// or if a committed log entry is missing.
+    /// or if the log has a hole (a missing entry).
     pub async fn force_new_cluster(config: RaftStoreConfig) -> Result<ForcedCluster, StoreError> {
         force::force_new_cluster(config).await
     }

@@ -1,5 +1,6 @@
-//! Forcing a lone member's database: what is kept, what is discarded, what
-//! is refused, and that the result starts, and restarts, as a leader alone.
+//! Forcing a lone member's database: what is kept (every log entry, the
+//! committed marker notwithstanding), what is refused, and that the result
+//! starts, and restarts, as a leader alone.
 //! (The three-member disaster is in `tests/raft_cluster.rs`.)
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use openraft::rt::WatchReceiver;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::super::log_store::{COMMITTED, PURGED, RAFT_LOG, RAFT_META, VOTE, decode, encode};
-use super::super::state_machine::RAFT_SNAPSHOT;
+use super::super::state_machine::{CURRENT, RAFT_SNAPSHOT, decode_snapshot};
 use super::super::types::{Entry, LogId, Proposal, Vote};
 use super::super::{NoPeers, RaftStore, RaftStoreConfig};
 use crate::{Store, StoreError};
@@ -83,6 +84,27 @@ fn meta<T: serde::de::DeserializeOwned>(path: &Path, key: &str) -> Option<T> {
         .map(|bytes| decode(bytes.value()).expect("decode"))
 }
 
+/// The log id of the stored snapshot.
+fn snapshot_id(path: &Path) -> LogId {
+    let db = redb::Database::create(path).expect("db");
+    let read = db.begin_read().expect("read");
+    let table = read.open_table(RAFT_SNAPSHOT).expect("raft_snapshot");
+    let bytes = table.get(CURRENT).expect("get").expect("a snapshot");
+    let stored = decode_snapshot(bytes.value()).expect("decode");
+    stored.meta.last_log_id.expect("a log id")
+}
+
+/// Overwrites the stored committed marker.
+fn set_committed(path: &Path, committed: Option<LogId>) {
+    let db = redb::Database::create(path).expect("db");
+    let txn = db.begin_write().expect("write");
+    txn.open_table(RAFT_META)
+        .expect("raft_meta")
+        .insert(COMMITTED, encode(&committed).expect("encode").as_slice())
+        .expect("insert");
+    txn.commit().expect("commit");
+}
+
 /// Appends entries after the last one without committing them, as a member
 /// holds entries it has not heard are committed.
 fn append_uncommitted(path: &Path, names: &[&str]) {
@@ -113,7 +135,7 @@ fn append_uncommitted(path: &Path, names: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forced_store_keeps_what_it_applied_and_leads_alone_across_restarts() {
+async fn a_forced_store_keeps_its_whole_log_and_leads_alone_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.redb");
     let (last, term) = {
@@ -136,13 +158,26 @@ async fn a_forced_store_keeps_what_it_applied_and_leads_alone_across_restarts() 
         store.shutdown().await;
         (last, term)
     };
+    // Three entries it never heard were committed (the lost majority may
+    // have committed and acknowledged them), and a committed marker that
+    // lags (it is written without an fsync of its own): back at the
+    // snapshot, though everything up to `last` was committed.
     append_uncommitted(&path, &["ghost-1", "ghost-2", "ghost-3"]);
+    let snapshot = snapshot_id(&path);
+    assert!(snapshot.index < last, "log entries after the snapshot");
+    set_committed(&path, Some(snapshot));
 
     let forced = RaftStore::force_new_cluster(config(&path, 10))
         .await
         .expect("forced");
-    assert_eq!(forced.last_applied, last);
-    assert_eq!(forced.discarded, 3, "the entries not known committed");
+    // Every entry in the log is kept and applied, as etcd does.
+    let end = last + 3;
+    assert_eq!(forced.last_applied, end);
+    assert_eq!(
+        forced.beyond_commit,
+        end - snapshot.index,
+        "the entries the marker did not cover"
+    );
     assert!(forced.dropped.is_empty(), "alone already: {forced:?}");
     assert!(forced.was_voter);
     assert!(forced.old_term >= term);
@@ -155,7 +190,7 @@ async fn a_forced_store_keeps_what_it_applied_and_leads_alone_across_restarts() 
         "log purged"
     );
     let purged: LogId = meta(&path, PURGED).expect("purged");
-    assert_eq!(purged.index, last);
+    assert_eq!(purged.index, end);
     let committed: Option<LogId> = meta(&path, COMMITTED).expect("committed");
     assert_eq!(committed, Some(purged));
     let vote: Vote = meta(&path, VOTE).expect("vote");
@@ -171,11 +206,13 @@ async fn a_forced_store_keeps_what_it_applied_and_leads_alone_across_restarts() 
         assert!(status.term > forced.old_term, "a newer term: {status:?}");
         assert_eq!(status.members.len(), 1);
         let names = job_names(&store);
-        assert_eq!(names.len(), 25);
-        assert!(!names.iter().any(|n| n.starts_with("ghost")));
-        assert!(store.snapshot().index >= last);
+        assert_eq!(names.len(), 28);
+        for ghost in ["ghost-1", "ghost-2", "ghost-3"] {
+            assert!(names.contains(&ghost.to_owned()), "{ghost} kept");
+        }
+        assert!(store.snapshot().index >= end);
         let after = store.propose(put("after")).await.expect("write").index;
-        assert!(after > last);
+        assert!(after > end);
         store.shutdown().await;
         after
     };
@@ -190,7 +227,7 @@ async fn a_forced_store_keeps_what_it_applied_and_leads_alone_across_restarts() 
     assert_eq!(status.members.len(), 1);
     assert!(store.snapshot().index >= after);
     let names = job_names(&store);
-    assert_eq!(names.len(), 26);
+    assert_eq!(names.len(), 29);
     assert!(names.contains(&"after".to_owned()));
     assert!(
         store.raft().metrics().borrow_watched().snapshot.is_some(),
@@ -244,8 +281,35 @@ async fn forcing_refuses_what_it_cannot_recover_and_changes_nothing() {
         .expect_err("the database is open");
     store.shutdown().await;
 
-    // A committed entry missing: the rebuild fails half-way, and the
-    // transaction it ran in leaves the file as it was.
+    // A committed marker past the end of the log: a committed entry is
+    // missing. Refused, the file left as it was.
+    let end: LogId = {
+        let db = redb::Database::create(&path).expect("db");
+        let read = db.begin_read().expect("read");
+        let log = read.open_table(RAFT_LOG).expect("raft_log");
+        let (_, bytes) = log.last().expect("last").expect("a log entry");
+        let entry: Entry = decode(bytes.value()).expect("decode");
+        entry.log_id
+    };
+    let ahead = LogId {
+        index: end.index + 2,
+        ..end
+    };
+    set_committed(&path, Some(ahead));
+    let before = dump(&path);
+    let err = RaftStore::force_new_cluster(config(&path, 10_000))
+        .await
+        .expect_err("a committed entry past the log");
+    let expected = format!("committed log entry {} is missing", end.index + 1);
+    assert!(
+        matches!(err, StoreError::Fatal(ref m) if m.contains(&expected)),
+        "{err}"
+    );
+    assert_eq!(dump(&path), before);
+    set_committed(&path, Some(end));
+
+    // A hole in the log: the rebuild fails half-way, and the transaction it
+    // ran in leaves the file as it was.
     {
         let db = redb::Database::create(&path).expect("db");
         let txn = db.begin_write().expect("write");
@@ -258,7 +322,7 @@ async fn forcing_refuses_what_it_cannot_recover_and_changes_nothing() {
     let before = dump(&path);
     let err = RaftStore::force_new_cluster(config(&path, 10_000))
         .await
-        .expect_err("a hole in the committed log");
+        .expect_err("a hole in the log");
     assert!(
         matches!(err, StoreError::Fatal(ref m) if m.contains("entry 3 is missing")),
         "{err}"
