@@ -419,9 +419,13 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
 }
 
 impl RunningManager {
-    /// Stops the control loop and sessions first (no new decisions), then the
-    /// listeners, then closes the store.
+    /// Hands over the leadership if it leads, stops the control loop and
+    /// sessions (no new decisions), then the listeners, then closes the store.
     pub async fn stop(self) {
+        // A leader hands over first, so the others need no election.
+        self.raft_store
+            .hand_over_leadership(Duration::from_secs(2))
+            .await;
         self.manager_stop.cancel();
         // Give sessions a moment to end so the gRPC server drains cleanly.
         tokio::task::yield_now().await;

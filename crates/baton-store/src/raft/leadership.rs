@@ -145,6 +145,40 @@ impl RaftStore {
         }
     }
 
+    /// If this member leads, hands the leadership to a reachable voter and
+    /// waits (up to `wait`) until another member leads: a graceful stop then
+    /// costs the others no election timeout. Returns whether it handed over.
+    pub async fn hand_over_leadership(&self, wait: Duration) -> bool {
+        let status = self.status();
+        if status.leader != Some(self.id) {
+            return false;
+        }
+        let Some(to) = status
+            .members
+            .iter()
+            .find(|m| m.id != self.id && m.voter && m.reachable)
+            .map(|m| m.id)
+        else {
+            return false;
+        };
+        if self.raft.trigger().transfer_leader(to).await.is_err() {
+            return false;
+        }
+        let handed = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.id),
+                "another leader",
+            )
+            .await
+            .is_ok();
+        if handed {
+            tracing::info!(to = %node_id(to), "leadership handed over");
+        }
+        handed
+    }
+
     /// The cluster addresses of every member (voters and standbys).
     pub fn member_addrs(&self) -> Vec<String> {
         self.status().members.into_iter().map(|m| m.addr).collect()

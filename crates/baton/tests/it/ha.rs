@@ -314,6 +314,18 @@ fn three_managers_survive_the_leader_killed_and_agents_and_the_cli_follow() {
     assert_eq!(role, "standby", "{info}");
     let out = run_cli(&ha.admin(), &["node", "promote", &demoted]);
     assert!(out.status.success(), "{}", text(&out).1);
+
+    // A leader stopped gracefully hands its leadership over first.
+    let leader = ha.leader_index();
+    let mut stopped = ha.managers[leader].take().expect("leader");
+    stopped.proc.stop();
+    assert!(
+        stopped.proc.log_text().contains("leadership handed over"),
+        "{}",
+        stopped.proc.log_text()
+    );
+    ha.status_with_leader(2);
+    ha.run_job("after-handover", 1);
 }
 
 #[test]
