@@ -35,9 +35,8 @@ use std::sync::Arc;
 
 use baton_pki::{JoinToken, Role};
 use baton_rpc::TrustUpdate;
-use baton_rpc::client::{CaClient, fetch_root_ca};
+use baton_rpc::client::join_cluster;
 use baton_rpc::tls::{ClientTls, HotCert, HotTrust};
-use baton_rpc::transport;
 use baton_state::NodeId;
 use rustls::pki_types::UnixTime;
 use zeroize::Zeroizing;
@@ -207,27 +206,15 @@ async fn join(
     addr: &str,
     token: &JoinToken,
 ) -> Result<NodeIdentity, IdentityError> {
-    // 1. The root, checked against the token before anything secret is sent.
-    let root_pem = fetch_root_ca(addr, token.ca_digest())
-        .await
-        .map_err(|e| IdentityError::from_ca("join", addr, e))?;
-    // 2. The key pair, made here; only the CSR leaves.
+    // 1. The key pair, made here; only the CSR leaves.
     let (key_pem, csr_pem) = baton_pki::generate_csr().map_err(IdentityError::KeyGeneration)?;
     let key_pem = Zeroizing::new(key_pem);
-    // 3. The join, over TLS that trusts only managers of that root.
-    let tls = ClientTls::new(&root_pem, HotCert::empty())?;
-    let channel = transport::connect(addr, &tls)
-        .await
-        .map_err(|e| IdentityError::Unavailable {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let secret_text = Zeroizing::new(token.format());
-    let joined = CaClient::new(channel)
-        .join(&csr_pem, &secret_text)
+    // 2. The root, checked against the token before anything secret is
+    // sent, then the join over TLS that trusts only managers of that root.
+    let (root_pem, joined) = join_cluster(addr, token, &csr_pem)
         .await
         .map_err(|e| IdentityError::from_ca("join", addr, e))?;
-    // 4. The certificate: this key, this root, a node role, the id announced.
+    // 3. The certificate: this key, this root, a node role, the id announced.
     // The root the answer repeats (`joined.ca_pem`) is not used: the only root
     // this node trusts is the one the token pinned.
     let identity = check_certificate(&root_pem, &joined.cert_pem, &key_pem, UnixTime::now())
@@ -243,7 +230,7 @@ async fn join(
         });
     }
     let cert = HotCert::new(&joined.cert_pem, &key_pem)?;
-    // 5. The files, key first and node id last.
+    // 4. The files, key first and node id last.
     files.write_joined(&key_pem, &joined.cert_pem, &root_pem, &identity.node_id)?;
     tracing::info!(node_id = %identity.node_id, role = %identity.role, "joined the cluster");
     Ok(NodeIdentity {

@@ -388,19 +388,9 @@ pub async fn join_cluster(dir: &Path, addr: &str, token: &str) -> Result<NodeId,
         reason,
     };
     let token = JoinToken::parse(token)?;
-    let root_pem = baton_rpc::client::fetch_root_ca(addr, token.ca_digest())
-        .await
-        .map_err(|e| failed(e.to_string()))?;
     let (key_pem, csr_pem) = baton_pki::generate_csr()?;
     let key_pem = zeroize::Zeroizing::new(key_pem);
-    let tls = baton_rpc::tls::ClientTls::new(&root_pem, baton_rpc::tls::HotCert::empty())
-        .map_err(|e| failed(e.to_string()))?;
-    let channel = baton_rpc::transport::connect(addr, &tls)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let secret = zeroize::Zeroizing::new(token.format());
-    let joined = baton_rpc::client::CaClient::new(channel)
-        .join(&csr_pem, &secret)
+    let (root_pem, joined) = baton_rpc::client::join_cluster(addr, &token, &csr_pem)
         .await
         .map_err(|e| failed(e.to_string()))?;
     let issued = baton_pki::peer_identity(&baton_pki::certificate_der(&joined.cert_pem)?)?;

@@ -4,9 +4,10 @@
 //!   agent talks to a remote manager through the same trait it uses in
 //!   `baton dev`. Failures that are not final (transport errors, timeouts) are
 //!   [`RpcError::Unavailable`], which the agent retries.
-//! - [`CaClient`] fetches the root, joins and renews; [`fetch_root_ca`] is the
-//!   first step of a join: fetch the root over one-way TLS and check it against
-//!   the token's digest before anything secret is sent.
+//! - [`CaClient`] fetches the root, joins and renews; [`join_cluster`] is a
+//!   node's whole join, whose first step, [`fetch_root_ca`], fetches the root
+//!   over one-way TLS and checks it against the token's digest before
+//!   anything secret is sent.
 
 use std::time::Duration;
 
@@ -233,6 +234,28 @@ impl CaClient {
             .map_err(|s| convert::status_to_ca_error(&s))?;
         Ok(res.into_inner().cert_pem)
     }
+}
+
+/// A join, seen from the joining node (agent or manager): fetches the root
+/// from `addr` and checks it against `token`'s digest ([`fetch_root_ca`])
+/// before anything secret is sent, then sends `csr_pem` (for a key the node
+/// made and keeps) with the token, over TLS that trusts only managers of
+/// that root. Returns the pinned root, PEM, and the answer; the caller
+/// checks the certificate against its key and the root before using it.
+pub async fn join_cluster(
+    addr: &str,
+    token: &baton_pki::JoinToken,
+    csr_pem: &str,
+) -> Result<(String, Joined), CaError> {
+    let root_pem = fetch_root_ca(addr, token.ca_digest()).await?;
+    let tls = ClientTls::new(&root_pem, crate::tls::HotCert::empty())
+        .map_err(|e| CaError::InvalidResponse(format!("root ca: {e}")))?;
+    let channel = transport::connect(addr, &tls)
+        .await
+        .map_err(|e| CaError::Unavailable(e.to_string()))?;
+    let secret = zeroize::Zeroizing::new(token.format());
+    let joined = CaClient::new(channel).join(csr_pem, &secret).await?;
+    Ok((root_pem, joined))
 }
 
 /// The first step of a join: fetches the root CA from `addr` over one-way TLS
