@@ -128,6 +128,15 @@ pub enum LogStreamError {
     NodeNotConnected(NodeId),
 }
 
+/// Whether this manager takes sessions.
+enum Leadership {
+    /// It leads, until this term's token is cancelled (which ends every
+    /// session of the term).
+    Leading(CancellationToken),
+    /// Another manager leads, at this cluster address when known.
+    Following(Option<String>),
+}
+
 /// The dispatcher service.
 pub struct DispatcherService {
     store: Arc<dyn Store>,
@@ -139,10 +148,8 @@ pub struct DispatcherService {
     next_id: AtomicU64,
     shutdown: CancellationToken,
     node_down_grace: Duration,
-    /// While this manager leads: its term's token (ends every session).
-    term: Mutex<Option<CancellationToken>>,
-    /// The leader's cluster address when another manager leads.
-    leader: Mutex<Option<String>>,
+    /// Whether this manager takes sessions.
+    leadership: Mutex<Leadership>,
     /// Every manager's cluster address, pushed to agents.
     managers: tokio::sync::watch::Sender<Vec<String>>,
     this: Weak<DispatcherService>,
@@ -195,8 +202,7 @@ impl DispatcherService {
             next_id: AtomicU64::new(1),
             shutdown,
             node_down_grace,
-            term: Mutex::new(None),
-            leader: Mutex::new(None),
+            leadership: Mutex::new(Leadership::Following(None)),
             managers: tokio::sync::watch::Sender::new(Vec::new()),
             this: this.clone(),
         })
@@ -205,15 +211,14 @@ impl DispatcherService {
     /// Takes sessions until `term` is cancelled (this manager leads).
     /// Every node the state calls ready gets the grace from now.
     pub fn lead(&self, term: CancellationToken) {
-        *self.term.lock().unwrap_or_else(|p| p.into_inner()) = Some(term.clone());
+        *self.lock_leadership() = Leadership::Leading(term.clone());
         self.watch_liveness(term);
     }
 
     /// Another manager leads (at `leader`, when known): sessions are
     /// refused, naming it. Sessions of an earlier term end with its token.
     pub fn follow(&self, leader: Option<String>) {
-        *self.term.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+        *self.lock_leadership() = Leadership::Following(leader);
         self.lock_sessions().clear();
         self.lock_silent().clear();
     }
@@ -229,13 +234,18 @@ impl DispatcherService {
         });
     }
 
-    /// The current term's token, if this manager leads.
-    fn leading(&self) -> Option<CancellationToken> {
-        self.term
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .filter(|t| !t.is_cancelled())
+    fn lock_leadership(&self) -> std::sync::MutexGuard<'_, Leadership> {
+        self.leadership.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current term's token if this manager leads, else the leader's
+    /// address as far as it is known.
+    fn leading(&self) -> Result<CancellationToken, Option<String>> {
+        match &*self.lock_leadership() {
+            Leadership::Leading(term) if !term.is_cancelled() => Ok(term.clone()),
+            Leadership::Leading(_) => Err(None),
+            Leadership::Following(leader) => Err(leader.clone()),
+        }
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, SessionEntry>> {
@@ -328,7 +338,7 @@ impl DispatcherService {
     /// Marks `node` (last seen at `since`) down, unless the state already
     /// does not call it ready. If that fails, the next check tries again.
     async fn mark_down(&self, node: &NodeId, since: Instant) {
-        if self.leading().is_none() {
+        if self.leading().is_err() {
             // Leadership moved on: the new leader's own grace applies.
             return;
         }
@@ -540,14 +550,7 @@ impl Dispatcher for DispatcherService {
         if self.shutdown.is_cancelled() {
             return Err(RpcError::Unavailable("manager is shutting down".to_owned()));
         }
-        let Some(term) = self.leading() else {
-            let leader = self
-                .leader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            return Err(RpcError::NotLeader(leader));
-        };
+        let term = self.leading().map_err(RpcError::NotLeader)?;
         // The transport refuses revoked certificates too, from a copy of the
         // revocation set kept in step asynchronously; the state is the
         // authority, and a removed node must not be registered again.

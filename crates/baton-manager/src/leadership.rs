@@ -40,25 +40,32 @@ pub async fn run(
     let mut watch = raft.watch();
     let mut term: Option<Term> = None;
     let store: Arc<dyn Store> = raft.clone();
+    // Raft's metrics change with every heartbeat: act only when who leads
+    // or who the managers are changes.
+    let mut seen = None;
     loop {
-        dispatcher.set_managers(raft.member_addrs());
-        let leading = raft.is_leader();
-        if leading && term.is_none() {
-            let token = stop.child_token();
-            tracing::info!(
-                member = %node_id(raft.id()),
-                term = raft.status().term,
-                "leading: control loop started, taking agent sessions"
-            );
-            dispatcher.lead(token.clone());
-            let control = tokio::spawn(crate::control::run(store.clone(), token.clone()));
-            term = Some(Term { token, control });
-        } else if !leading {
-            if let Some(ended) = term.take() {
-                tracing::info!("no longer leading: control loop stopped, sessions handed over");
-                ended.end().await;
+        let now = (raft.is_leader(), raft.leader(), raft.member_addrs());
+        if seen.as_ref() != Some(&now) {
+            let (leading, leader, members) = now.clone();
+            dispatcher.set_managers(members);
+            if leading && term.is_none() {
+                let token = stop.child_token();
+                tracing::info!(
+                    member = %node_id(raft.id()),
+                    term = raft.status().term,
+                    "leading: control loop started, taking agent sessions"
+                );
+                dispatcher.lead(token.clone());
+                let control = tokio::spawn(crate::control::run(store.clone(), token.clone()));
+                term = Some(Term { token, control });
+            } else if !leading {
+                if let Some(ended) = term.take() {
+                    tracing::info!("no longer leading: control loop stopped, sessions handed over");
+                    ended.end().await;
+                }
+                dispatcher.follow(leader.map(|(_, addr)| addr));
             }
-            dispatcher.follow(raft.leader().map(|(_, addr)| addr));
+            seen = Some(now);
         }
         tokio::select! {
             () = stop.cancelled() => break,

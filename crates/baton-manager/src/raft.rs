@@ -119,7 +119,7 @@ impl RaftService for RaftEndpoint {
             && let Err(refused) = may_join(store, *id)
         {
             tracing::warn!(peer = %from.node_id, member = %node_id(*id), reason = %refused, "manager not added");
-            let response = RaftResponse::Membership(Err(ProposeError::Unavailable(refused)));
+            let response = RaftResponse::Membership(Err(ProposeError::Refused(refused)));
             return serde_json::to_vec(&response).map_err(|e| Status::internal(e.to_string()));
         }
         let response = store.handle(request).await;
@@ -145,15 +145,14 @@ fn may_join(store: &RaftStore, id: u64) -> Result<(), String> {
 /// Asks the manager at `addr` to add this manager (`id`, reachable at
 /// `advertised`) to the managers, and waits until it votes: a learner
 /// first, then a voter once it has caught up (the leader decides; a
-/// follower forwards). Retried while no leader can answer; a refusal of
-/// the cluster (not an admitted manager) is final.
+/// follower forwards). Retried while no leader can answer; a refusal (not
+/// an admitted manager) is final.
 pub async fn ask_to_be_added(
     transport: &GrpcRaftTransport,
     addr: &str,
     id: u64,
     advertised: &str,
 ) -> Result<(), baton_store::StoreError> {
-    let unavailable = baton_store::StoreError::Unavailable;
     let mut last = String::new();
     for attempt in 0..30u32 {
         if attempt > 0 {
@@ -168,17 +167,15 @@ pub async fn ask_to_be_added(
                 tracing::info!(via = addr, "added to the managers");
                 return Ok(());
             }
-            Ok(RaftResponse::Membership(Err(ProposeError::Unavailable(reason))))
-                if reason.contains("is not a manager of this cluster") =>
-            {
-                return Err(unavailable(reason));
+            Ok(RaftResponse::Membership(Err(ProposeError::Refused(reason)))) => {
+                return Err(baton_store::StoreError::Refused(reason));
             }
             Ok(other) => last = format!("{other:?}"),
             Err(e) => last = e.to_string(),
         }
         tracing::info!(via = addr, reason = %last, "not added to the managers yet; retrying");
     }
-    Err(unavailable(format!(
+    Err(baton_store::StoreError::Unavailable(format!(
         "the managers at {addr} did not add this manager: {last}"
     )))
 }

@@ -23,7 +23,7 @@ use crate::raft::{GrpcRaftTransport, RaftEndpoint};
 use crate::renew::SelfRenewal;
 use crate::serving_cert::ServingCert;
 use crate::signer::Signer;
-use crate::trust::{TrustSync, write_admin_config};
+use crate::trust::{TrustSync, manager_apis, write_admin_config};
 
 /// How to run a manager.
 #[derive(Clone, Debug)]
@@ -240,7 +240,12 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             .cluster()
             .map(|c| c.trust_pem())
             .ok_or_else(|| StartError::Tls("the cluster record is missing".to_owned()))?;
-        (created.cert_pem, created.key_pem, trust, created.created)
+        (
+            created.cert_pem.clone(),
+            created.key_pem.clone(),
+            trust,
+            Some(created),
+        )
     };
     let trust = HotTrust::new(&boot_trust).map_err(|e| StartError::Tls(e.to_string()))?;
     // This manager's certificate, served by both listeners and renewed in
@@ -300,21 +305,27 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         crate::raft::ask_to_be_added(&raft_transport, &join.addr, member, &advertised).await?;
     }
     raft_store.wait_ready().await?;
-    // The identity, checked against the state now that it is current: a
-    // certificate that cannot be served any more is replaced.
-    let identity = identity::load_or_create(
-        dir,
-        store.as_ref(),
-        &signer,
-        config.cert_validity,
-        config.external_ca.clone(),
-    )
-    .await?;
-    if identity.cert_pem != boot_cert {
-        serving_cert
-            .swap(&identity.cert_pem, &identity.key_pem)
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    }
+    // An identity loaded from disk is checked against the state now that it
+    // is current: a certificate that cannot be served any more is replaced.
+    let identity = match created {
+        Some(created) => created,
+        None => {
+            let loaded = identity::load_or_create(
+                dir,
+                store.as_ref(),
+                &signer,
+                config.cert_validity,
+                config.external_ca.clone(),
+            )
+            .await?;
+            if loaded.cert_pem != boot_cert {
+                serving_cert
+                    .swap(&loaded.cert_pem, &loaded.key_pem)
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+            }
+            loaded
+        }
+    };
     let cluster = store
         .snapshot()
         .state
@@ -359,7 +370,11 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     if let Err(e) = store.propose(announce).await {
         tracing::warn!(error = %e, "could not record this manager's addresses");
     }
-    let admin_config = write_admin_config(dir, &signer, &store.snapshot().state, &api_url)
+    let admin_written = (
+        cluster.trust_pem(),
+        manager_apis(&store.snapshot().state, &api_url),
+    );
+    let admin_config = write_admin_config(dir, &signer, &cluster, admin_written.1.clone())
         .await
         .map_err(StartError::Io)?;
     tasks.push(tokio::spawn(crate::leadership::run(
@@ -390,6 +405,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             renew_now,
             data_dir: dir.clone(),
             api_url,
+            admin_written,
             raft: raft_store.clone(),
         },
         manager_stop.clone(),
@@ -409,7 +425,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         cluster_addr,
         api_addr,
         admin_config,
-        created,
+        created: identity.created.clone(),
         root_pem: cluster.trust_pem(),
         manager_stop,
         server_stop,

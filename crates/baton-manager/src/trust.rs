@@ -21,7 +21,7 @@ use baton_api::ClientConfig;
 use baton_pki::Role;
 use baton_rpc::auth::Revocations;
 use baton_rpc::tls::HotTrust;
-use baton_state::{Command, NodeId, NodeRole, State};
+use baton_state::{Cluster, Command, NodeId, NodeRole, State};
 use baton_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,8 @@ pub struct TrustSync {
     pub data_dir: PathBuf,
     /// The API's URL, written into `admin.toml`.
     pub api_url: String,
+    /// The roots and API addresses `admin.toml` was last written with.
+    pub admin_written: (String, Vec<String>),
     /// The Raft member: only the leader finishes a rotation.
     pub raft: Arc<baton_store::raft::RaftStore>,
 }
@@ -77,17 +79,14 @@ pub fn manager_apis(state: &State, own: &str) -> Vec<String> {
 
 /// Writes `admin.toml`: an admin client certificate (kept across restarts
 /// while the roots stay the same, made anew from the issuing root when
-/// they change) and every manager's API address, `own_api` first.
+/// they change) and the managers' API addresses (see [`manager_apis`]).
 pub async fn write_admin_config(
     dir: &Path,
     signer: &Signer,
-    state: &State,
-    own_api: &str,
+    cluster: &Cluster,
+    apis: Vec<String>,
 ) -> Result<PathBuf, String> {
     let path = dir.join("admin.toml");
-    let cluster = state
-        .cluster()
-        .ok_or_else(|| "the cluster record is missing".to_owned())?;
     let trust = cluster.trust_pem();
     let existing = ClientConfig::load(&path).ok();
     let (cert, key) = match existing {
@@ -102,7 +101,7 @@ pub async fn write_admin_config(
         }
     };
     let config = ClientConfig {
-        apis: manager_apis(state, own_api),
+        apis,
         ca_cert: trust,
         cert,
         key,
@@ -115,7 +114,7 @@ pub async fn write_admin_config(
 /// Runs until `stop` (see the module doc).
 pub async fn run(sync: TrustSync, stop: CancellationToken) {
     let mut changes = sync.store.subscribe();
-    let mut admin_for: Option<String> = None;
+    let mut admin_for = Some(sync.admin_written.clone());
     let mut renewal_asked_for: Option<String> = None;
     loop {
         let snapshot = changes.borrow_and_update().clone();
@@ -127,9 +126,11 @@ pub async fn run(sync: TrustSync, stop: CancellationToken) {
             if let Err(e) = sync.trust.set(&trust) {
                 tracing::error!(error = %e, "cannot load the cluster's roots");
             }
-            let written = format!("{trust}{:?}", manager_apis(state, &sync.api_url));
-            if admin_for.as_deref() != Some(written.as_str()) {
-                match write_admin_config(&sync.data_dir, &sync.signer, state, &sync.api_url).await {
+            let written = (trust, manager_apis(state, &sync.api_url));
+            if admin_for.as_ref() != Some(&written) {
+                match write_admin_config(&sync.data_dir, &sync.signer, cluster, written.1.clone())
+                    .await
+                {
                     Ok(_) => admin_for = Some(written),
                     Err(e) => tracing::error!(error = %e, "cannot rewrite admin.toml"),
                 }

@@ -51,6 +51,10 @@ pub enum StoreError {
     /// This member cannot accept writes now (shutting down; later: not the leader).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A change of the managers was refused (it would lose quorum, the node
+    /// may not join): nothing changed, and asking again will not help.
+    #[error("{0}")]
+    Refused(String),
     /// The database failed; this member is broken.
     #[error("store failure: {0}")]
     Fatal(String),

@@ -416,8 +416,7 @@ pub async fn remove_node(
         }
         app.raft
             .change_membership(MembershipChange::Remove { id: raft_id })
-            .await
-            .map_err(membership_failure)?;
+            .await?;
     }
     app.store
         .propose(Command::RemoveNode {
@@ -432,18 +431,6 @@ pub async fn remove_node(
 fn manager_raft_id(id: &str) -> Result<u64, ApiFailure> {
     baton_store::raft::raft_id(id)
         .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))
-}
-
-/// A membership change the managers refused (quorum) or could not make now.
-fn membership_failure(e: baton_store::StoreError) -> ApiFailure {
-    match e {
-        baton_store::StoreError::Unavailable(reason)
-            if reason.contains("quorum") || reason.contains("no voting manager") =>
-        {
-            ApiFailure::conflict(reason)
-        }
-        other => other.into(),
-    }
 }
 
 /// A manager's membership and who it is, or why the request does not apply.
@@ -478,8 +465,7 @@ pub async fn promote_node(
     let raft_id = manager_member(&app, &id)?;
     app.raft
         .change_membership(MembershipChange::Promote { id: raft_id })
-        .await
-        .map_err(membership_failure)?;
+        .await?;
     tracing::info!(node_id = %id, "manager promoted to voter");
     manager_info_of(&app, raft_id).await
 }
@@ -497,8 +483,7 @@ pub async fn demote_node(
     let raft_id = manager_member(&app, &id)?;
     app.raft
         .change_membership(MembershipChange::Demote { id: raft_id })
-        .await
-        .map_err(membership_failure)?;
+        .await?;
     tracing::info!(node_id = %id, "manager demoted to standby");
     manager_info_of(&app, raft_id).await
 }

@@ -121,6 +121,7 @@ impl From<baton_store::StoreError> for ApiFailure {
             StoreError::Unavailable(m) => {
                 ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
+            StoreError::Refused(m) => ApiFailure::conflict(m),
             StoreError::Fatal(m) => {
                 tracing::error!(error = %m, "store failure");
                 ApiFailure::new(

@@ -71,17 +71,14 @@ impl RaftStore {
     /// answer); this member's own view when the leader cannot be asked
     /// within a second.
     pub async fn leader_status(&self) -> RaftStatus {
-        if let Some((leader, addr)) = self.leader()
-            && leader != self.id
+        if !self.is_leader()
+            && let Ok(Ok(super::RaftResponse::Status(status))) = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.call_leader(super::RaftRequest::Status),
+            )
+            .await
         {
-            let asked = self
-                .transport
-                .call(leader, &addr, super::RaftRequest::Status);
-            if let Ok(Ok(super::RaftResponse::Status(status))) =
-                tokio::time::timeout(Duration::from_secs(1), asked).await
-            {
-                return status;
-            }
+            return status;
         }
         self.status()
     }
@@ -92,30 +89,14 @@ impl RaftStore {
     /// commit index (a follower asks it), then this member waits to apply
     /// up to it.
     pub async fn linearizable_read(&self) -> Result<(), StoreError> {
-        let index = match self.leader() {
-            Some((leader, _)) if leader == self.id => self.read_index_here().await,
-            Some((leader, addr)) => {
-                match self
-                    .transport
-                    .call(leader, &addr, super::RaftRequest::ReadIndex)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
-                {
-                    super::RaftResponse::ReadIndex(answer) => answer,
-                    other => {
-                        return Err(StoreError::Unavailable(format!(
-                            "unexpected answer from the leader: {other:?}"
-                        )));
-                    }
-                }
+        let index = if self.is_leader() {
+            self.read_index_here().await?
+        } else {
+            match self.call_leader(super::RaftRequest::ReadIndex).await? {
+                super::RaftResponse::ReadIndex(answer) => answer?,
+                other => return Err(super::unexpected(&other)),
             }
-            None => {
-                return Err(StoreError::Unavailable(
-                    "no leader at the moment".to_owned(),
-                ));
-            }
-        }
-        .map_err(|e| StoreError::Unavailable(format!("linearizable read: {e}")))?;
+        };
         self.raft
             .wait(Some(Duration::from_secs(10)))
             .applied_index_at_least(Some(index), "a linearizable read")

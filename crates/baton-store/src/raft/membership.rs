@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use openraft::ChangeMembers;
 
-use super::transport::{MembershipChange, ProposeError, RaftRequest, RaftResponse};
-use super::{RaftStatus, RaftStore, membership_error, node_id};
+use super::transport::{MembershipChange, RaftRequest, RaftResponse};
+use super::{RaftStatus, RaftStore, membership_error, node_id, unexpected};
 use crate::StoreError;
 
 /// Why removing `id`'s vote would lose quorum, if it would: the voters left
@@ -45,115 +45,67 @@ pub(crate) fn quorum_loss(status: &RaftStatus, id: u64, what: &str) -> Option<St
     })
 }
 
-fn unavailable(e: StoreError) -> ProposeError {
-    match e {
-        StoreError::Rejected(refused) => ProposeError::Rejected(refused),
-        StoreError::Unavailable(reason) | StoreError::Fatal(reason) => {
-            ProposeError::Unavailable(reason)
-        }
-    }
-}
-
 impl RaftStore {
     /// Makes `change` on the leader, wherever it is asked: forwarded when
     /// this member does not lead. Returns once the new membership is
     /// committed (for an addition: once the new member has caught up and
     /// votes).
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), StoreError> {
-        let status = self.status();
-        let leader = status.leader;
-        if leader == Some(self.id) {
-            return self
-                .change_membership_here(change)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()));
+        if self.is_leader() {
+            return self.change_membership_here(change).await;
         }
-        let Some((leader, addr)) = leader.and_then(|id| {
+        match self.call_leader(RaftRequest::Membership(change)).await? {
+            RaftResponse::Membership(answer) => Ok(answer?),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Makes `change`; this member must lead.
+    async fn change_membership_here(&self, change: MembershipChange) -> Result<(), StoreError> {
+        let status = self.status();
+        let member = |id: u64| {
             status
                 .members
                 .iter()
                 .find(|m| m.id == id)
-                .map(|m| (id, m.addr.clone()))
-        }) else {
-            return Err(StoreError::Unavailable(
-                "no leader at the moment".to_owned(),
-            ));
+                .ok_or_else(|| StoreError::Refused(format!("{} is not a manager", node_id(id))))
         };
-        match self
-            .transport
-            .call(leader, &addr, RaftRequest::Membership(change))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
-        {
-            RaftResponse::Membership(Ok(())) => Ok(()),
-            RaftResponse::Membership(Err(ProposeError::NotLeader(_))) => Err(
-                StoreError::Unavailable("the leader changed; retry".to_owned()),
-            ),
-            RaftResponse::Membership(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            RaftResponse::Stopped(reason) => Err(StoreError::Unavailable(reason)),
-            other => Err(StoreError::Unavailable(format!(
-                "unexpected answer from the leader: {other:?}"
-            ))),
-        }
-    }
-
-    /// Makes `change` if this member leads.
-    pub(crate) async fn change_membership_here(
-        &self,
-        change: MembershipChange,
-    ) -> Result<(), ProposeError> {
-        let status = self.status();
-        if status.leader != Some(self.id) {
-            return Err(ProposeError::NotLeader(status.leader));
-        }
-        let member = |id: u64| status.members.iter().find(|m| m.id == id);
         match change {
             MembershipChange::Add { id, addr } => {
-                if member(id).is_some_and(|m| m.voter && m.addr == addr) {
+                if member(id).is_ok_and(|m| m.voter && m.addr == addr) {
                     return Ok(());
                 }
-                self.add_member(id, &addr).await.map_err(unavailable)
+                self.add_member(id, &addr).await
             }
             MembershipChange::Remove { id } => {
-                if member(id).is_none() {
+                if member(id).is_err() {
                     return Ok(());
                 }
-                self.remove_member(id).await.map_err(unavailable)
+                self.remove_member(id).await
             }
             MembershipChange::Demote { id } => {
-                let Some(m) = member(id) else {
-                    return Err(ProposeError::Unavailable(format!(
-                        "{} is not a manager",
-                        node_id(id)
-                    )));
-                };
-                if !m.voter {
+                if !member(id)?.voter {
                     return Ok(());
                 }
                 if let Some(why) = quorum_loss(&status, id, "demoting") {
-                    return Err(ProposeError::Unavailable(why));
+                    return Err(StoreError::Refused(why));
                 }
+                // No longer a voter, kept as a learner: a standby.
                 self.raft
                     .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
                     .await
-                    .map_err(|e| unavailable(membership_error(e)))?;
+                    .map_err(membership_error)?;
                 tracing::info!(member = %node_id(id), "manager demoted to standby");
                 Ok(())
             }
             MembershipChange::Promote { id } => {
-                let Some(m) = member(id) else {
-                    return Err(ProposeError::Unavailable(format!(
-                        "{} is not a manager",
-                        node_id(id)
-                    )));
-                };
-                if m.voter {
+                if member(id)?.voter {
                     return Ok(());
                 }
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
-                    .map_err(|e| unavailable(membership_error(e)))?;
+                    .map_err(membership_error)?;
                 tracing::info!(member = %node_id(id), "standby manager promoted to voter");
                 Ok(())
             }

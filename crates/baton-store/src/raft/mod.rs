@@ -163,6 +163,11 @@ pub struct RaftStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// An answer of another member that does not fit the request.
+pub(crate) fn unexpected(answer: &RaftResponse) -> StoreError {
+    StoreError::Unavailable(format!("unexpected answer from the leader: {answer:?}"))
+}
+
 fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> StoreError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
@@ -300,31 +305,46 @@ impl RaftStore {
         RaftStore::open_solo(RaftStoreConfig::new(path, 1, "127.0.0.1:0")).await
     }
 
+    /// Sends `request` to member `id` at `addr`: its answer, or why none
+    /// came (unreachable, or its Raft has stopped).
+    pub(crate) async fn call_member(
+        &self,
+        id: u64,
+        addr: &str,
+        request: RaftRequest,
+    ) -> Result<RaftResponse, StoreError> {
+        match self.transport.call(id, addr, request).await {
+            Ok(RaftResponse::Stopped(reason)) => Err(StoreError::Unavailable(reason)),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Sends `request` to the leader, which must be another member.
+    pub(crate) async fn call_leader(
+        &self,
+        request: RaftRequest,
+    ) -> Result<RaftResponse, StoreError> {
+        match self.leader() {
+            Some((leader, addr)) if leader != self.id => {
+                self.call_member(leader, &addr, request).await
+            }
+            Some(_) => Err(StoreError::Unavailable(
+                "this member leads: nothing to forward".to_owned(),
+            )),
+            None => Err(StoreError::Unavailable(NO_LEADER.to_owned())),
+        }
+    }
+
     /// Sends a proposal to the leader; once it is committed there, waits
     /// until this member has applied it too (read-your-writes here).
     async fn forward(&self, leader: u64, addr: &str, cmd: Command) -> Result<Applied, StoreError> {
-        let answer = self
-            .transport
-            .call(leader, addr, RaftRequest::Propose(cmd))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let (index, events) = match answer {
-            RaftResponse::Proposed(Ok(applied)) => applied,
-            RaftResponse::Proposed(Err(ProposeError::Rejected(refused))) => {
-                return Err(StoreError::Rejected(refused));
-            }
-            RaftResponse::Proposed(Err(ProposeError::NotLeader(_))) => {
-                return Err(StoreError::Unavailable(
-                    "the leader changed; retry".to_owned(),
-                ));
-            }
-            RaftResponse::Proposed(Err(ProposeError::Unavailable(reason)))
-            | RaftResponse::Stopped(reason) => return Err(StoreError::Unavailable(reason)),
-            other => {
-                return Err(StoreError::Unavailable(format!(
-                    "unexpected answer from the leader: {other:?}"
-                )));
-            }
+        let (index, events) = match self
+            .call_member(leader, addr, RaftRequest::Propose(cmd))
+            .await?
+        {
+            RaftResponse::Proposed(answer) => answer?,
+            other => return Err(unexpected(&other)),
         };
         self.raft
             .wait(Some(Duration::from_secs(10)))
@@ -378,11 +398,9 @@ impl RaftStore {
             }
             RaftRequest::Status => RaftResponse::Status(self.status()),
             RaftRequest::ReadIndex => RaftResponse::ReadIndex(self.read_index_here().await),
-            RaftRequest::Membership(change) => RaftResponse::Membership(
-                self.change_membership(change)
-                    .await
-                    .map_err(|e| ProposeError::Unavailable(e.to_string())),
-            ),
+            RaftRequest::Membership(change) => {
+                RaftResponse::Membership(self.change_membership(change).await.map_err(Into::into))
+            }
         }
     }
 
@@ -411,7 +429,7 @@ impl RaftStore {
     pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
         let status = self.status();
         if let Some(why) = membership::quorum_loss(&status, id, "removing") {
-            return Err(StoreError::Unavailable(why));
+            return Err(StoreError::Refused(why));
         }
         let voter = status.members.iter().any(|m| m.id == id && m.voter);
         let change = if voter {

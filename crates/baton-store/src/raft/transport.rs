@@ -23,6 +23,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use super::types::{SnapshotMeta, TypeConfig, Vote};
+use crate::StoreError;
 
 /// A message to another member.
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,6 +97,36 @@ pub enum ProposeError {
     /// The receiver cannot commit now.
     #[error("{0}")]
     Unavailable(String),
+    /// Refused for good ([`StoreError::Refused`]).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A store error as it crosses to another member.
+impl From<StoreError> for ProposeError {
+    fn from(e: StoreError) -> ProposeError {
+        match e {
+            StoreError::Rejected(refused) => ProposeError::Rejected(refused),
+            StoreError::Refused(reason) => ProposeError::Refused(reason),
+            StoreError::Unavailable(reason) | StoreError::Fatal(reason) => {
+                ProposeError::Unavailable(reason)
+            }
+        }
+    }
+}
+
+/// Another member's answer as the asking member reports it.
+impl From<ProposeError> for StoreError {
+    fn from(e: ProposeError) -> StoreError {
+        match e {
+            ProposeError::Rejected(refused) => StoreError::Rejected(refused),
+            ProposeError::Refused(reason) => StoreError::Refused(reason),
+            ProposeError::NotLeader(_) => {
+                StoreError::Unavailable("the leader changed; retry".to_owned())
+            }
+            ProposeError::Unavailable(reason) => StoreError::Unavailable(reason),
+        }
+    }
 }
 
 /// The answer to a [`RaftRequest`].
