@@ -273,6 +273,7 @@ impl Agent {
             drivers: fingerprint::drivers(&config),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             address: None,
+            labels: config.labels.clone(),
         };
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (heartbeat_lost_tx, heartbeat_lost_rx) = mpsc::channel(4);
@@ -542,7 +543,7 @@ impl Agent {
 
     fn execute(&mut self, action: Action) {
         match action {
-            Action::Start(assignment) => self.start_task(assignment),
+            Action::Start(assignment) => self.start_task(*assignment),
             Action::Stop { task, kill_timeout } => {
                 tracing::info!(task_id = %task, "stop requested");
                 if let Some(known) = self.tasks.get_mut(&task) {

@@ -29,6 +29,8 @@ pub struct AgentConfig {
     /// Directories of finished tasks kept on this node; the oldest beyond this
     /// number are deleted.
     pub max_finished_tasks: usize,
+    /// Labels the node registers with (`--label k=v`).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl AgentConfig {
@@ -40,6 +42,7 @@ impl AgentConfig {
             hostname,
             enable_raw,
             capacity: None,
+            labels: std::collections::BTreeMap::new(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
         }

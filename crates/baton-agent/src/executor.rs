@@ -35,7 +35,7 @@ pub struct LocalTask {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Start a task that was never started.
-    Start(Assignment),
+    Start(Box<Assignment>),
     /// Stop a running task: SIGTERM, then SIGKILL after `kill_timeout`.
     Stop {
         /// Task.
@@ -105,7 +105,7 @@ pub fn step(assigned: &[Assignment], local: &BTreeMap<TaskId, LocalTask>) -> Vec
                     });
                 }
                 (TaskDesired::Running, TaskState::Assigned) => {
-                    actions.push(Action::Start(assignment.clone()));
+                    actions.push(Action::Start(Box::new(assignment.clone())));
                 }
                 (TaskDesired::Shutdown, _) => {
                     actions.push(Action::ReportShutdown {

@@ -14,10 +14,10 @@ pub fn host_capacity() -> Resources {
         .ok()
         .and_then(|text| parse_mem_total(&text))
         .unwrap_or(0);
-    Resources {
-        cpu_millis: u64::try_from(cpus).unwrap_or(1).saturating_mul(1000),
+    Resources::new(
+        u64::try_from(cpus).unwrap_or(1).saturating_mul(1000),
         memory_bytes,
-    }
+    )
 }
 
 /// `MemTotal` in bytes from the text of `/proc/meminfo` (which counts in kB,

@@ -213,9 +213,11 @@ impl Drop for TestCluster {
 
 fn description(identity: &NodeIdentity) -> NodeDescription {
     NodeDescription {
+        labels: Default::default(),
         node_id: identity.node_id.clone(),
         hostname: "test-host".to_owned(),
         capacity: Resources {
+            disk_bytes: 0,
             cpu_millis: 1000,
             memory_bytes: 1 << 30,
         },

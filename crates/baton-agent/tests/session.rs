@@ -25,6 +25,7 @@ async fn node_describes_itself_and_keeps_its_id_across_restarts() {
     let mut cfg = config(dir.path());
     cfg.enable_raw = false;
     let capacity = Resources {
+        disk_bytes: 0,
         cpu_millis: 500,
         memory_bytes: 1 << 30,
     };

@@ -48,7 +48,7 @@ use baton_rpc::{
     Assignment, AssignmentSet, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError,
     Session, SessionMessage, TrustUpdate,
 };
-use baton_state::{Command, Node, NodeAvailability, NodeId, NodeState, State, TaskId, TaskReport};
+use baton_state::{Command, Node, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -179,6 +179,7 @@ pub fn assignments_for(state: &State, node: &NodeId) -> Vec<Assignment> {
                 spec: job.spec.task.clone(),
                 desired: task.desired,
                 state: task.status.state,
+                ports: task.ports.clone(),
             })
         })
         .collect()
@@ -563,16 +564,17 @@ impl Dispatcher for DispatcherService {
         }
         let now = now();
         let node = Node {
-            id: desc.node_id.clone(),
-            hostname: desc.hostname,
-            capacity: desc.capacity,
-            drivers: desc.drivers.into_iter().collect::<BTreeSet<_>>(),
-            state: NodeState::Ready,
-            availability: NodeAvailability::Active,
-            registered_at: now,
-            state_since: now,
             address: desc.address,
             version: desc.version,
+            labels: desc.labels,
+            registered_at: now,
+            state_since: now,
+            ..Node::new(
+                desc.node_id.clone(),
+                desc.hostname,
+                desc.capacity,
+                desc.drivers.into_iter().collect::<BTreeSet<_>>(),
+            )
         };
         let node_id = desc.node_id.clone();
         self.store
@@ -681,9 +683,11 @@ mod tests {
 
     fn description(id: &str) -> NodeDescription {
         NodeDescription {
+            labels: Default::default(),
             node_id: NodeId(id.to_owned()),
             hostname: "host".to_owned(),
             capacity: Resources {
+                disk_bytes: 0,
                 cpu_millis: 1000,
                 memory_bytes: 1 << 30,
             },

@@ -591,9 +591,11 @@ async fn open_session(
     let channel = transport::connect(addr, &tls).await.expect("connect");
     GrpcDispatcher::new(channel)
         .open_session(NodeDescription {
+            labels: Default::default(),
             node_id: NodeId(node_id.to_owned()),
             hostname: format!("host-{node_id}"),
             capacity: Resources {
+                disk_bytes: 0,
                 cpu_millis: 1000,
                 memory_bytes: 1 << 30,
             },

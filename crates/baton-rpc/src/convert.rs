@@ -57,6 +57,11 @@ pub(crate) fn node_description_to_wire(desc: &NodeDescription) -> pb::NodeDescri
         capacity: Some(resources_to_wire(&desc.capacity)),
         drivers: desc.drivers.iter().map(|d| d.as_str().to_owned()).collect(),
         version: desc.version.clone(),
+        labels: desc
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -80,6 +85,7 @@ pub(crate) fn node_description_from_wire(
             .into_iter()
             .filter_map(|name| serde_json::from_value::<DriverKind>(name.into()).ok())
             .collect(),
+        labels: wire.labels.into_iter().collect(),
     }
 }
 
@@ -87,6 +93,7 @@ fn resources_to_wire(res: &Resources) -> pb::Resources {
     pb::Resources {
         cpu_millis: res.cpu_millis,
         memory_bytes: res.memory_bytes,
+        disk_bytes: res.disk_bytes,
     }
 }
 
@@ -94,6 +101,7 @@ fn resources_from_wire(wire: pb::Resources) -> Resources {
     Resources {
         cpu_millis: wire.cpu_millis,
         memory_bytes: wire.memory_bytes,
+        disk_bytes: wire.disk_bytes,
     }
 }
 
@@ -164,6 +172,11 @@ fn assignment_to_wire(a: &Assignment) -> Result<pb::Assignment, ConvertError> {
         spec_json,
         desired: task_desired_to_wire(a.desired).into(),
         state: task_state_to_wire(a.state).into(),
+        ports: a
+            .ports
+            .iter()
+            .map(|(name, port)| (name.clone(), u32::from(*port)))
+            .collect(),
     })
 }
 
@@ -173,6 +186,18 @@ fn assignment_from_wire(wire: pb::Assignment) -> Result<Assignment, ConvertError
             task: wire.task.clone(),
             error: e.to_string(),
         })?;
+    let ports = wire
+        .ports
+        .into_iter()
+        .map(|(name, port)| {
+            u16::try_from(port)
+                .map(|port| (name, port))
+                .map_err(|_| ConvertError::Spec {
+                    task: wire.task.clone(),
+                    error: format!("port {port} is out of range"),
+                })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Assignment {
         task: TaskId(wire.task),
         job: wire.job,
@@ -181,6 +206,7 @@ fn assignment_from_wire(wire: pb::Assignment) -> Result<Assignment, ConvertError
         spec,
         desired: task_desired_from_wire(wire.desired)?,
         state: task_state_from_wire("Assignment.state", wire.state)?,
+        ports,
     })
 }
 

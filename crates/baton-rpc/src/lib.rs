@@ -86,6 +86,8 @@ pub struct NodeDescription {
     /// The address the node connected from. Never sent by the agent: the
     /// server fills it from the connection.
     pub address: Option<String>,
+    /// Labels the agent was started with.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One task the node must run (or stop).
@@ -107,6 +109,9 @@ pub struct Assignment {
     /// tasks: one in a later state that it does not know was started by an
     /// earlier run of the agent, and is reported `lost`, never started twice.
     pub state: TaskState,
+    /// Host ports the cluster gave the task on this node, by port name.
+    #[serde(default)]
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 /// The full set of a node's assignments. Each push replaces the previous one.

@@ -51,9 +51,11 @@ fn cert(ca: &ClusterCa, node_id: &str, role: Role) -> HotCert {
 
 fn description(node_id: &str) -> NodeDescription {
     NodeDescription {
+        labels: Default::default(),
         node_id: NodeId(node_id.into()),
         hostname: "host-a".into(),
         capacity: Resources {
+            disk_bytes: 0,
             cpu_millis: 2000,
             memory_bytes: 1 << 30,
         },
@@ -75,11 +77,13 @@ fn report(task: &str) -> TaskReport {
 
 fn assignment(env_value: &str) -> Assignment {
     Assignment {
+        ports: Default::default(),
         task: TaskId("web.1.abcdef012345".into()),
         job: "web".into(),
         job_version: 1,
         slot: "1".into(),
         spec: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["/bin/sleep".into(), "60".into()],
             env: BTreeMap::from([("DB_PASSWORD".into(), env_value.into())]),

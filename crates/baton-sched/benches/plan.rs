@@ -23,9 +23,11 @@ const GI: u64 = 1 << 30;
 
 fn job(index: usize, replicas: u32, resources: Resources) -> JobSpec {
     JobSpec {
+        placement: Default::default(),
         name: format!("job-{index:03}"),
         kind: JobKind::Service { replicas },
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["sleep".to_owned(), "3600".to_owned()],
             env: Default::default(),
@@ -48,6 +50,9 @@ fn cluster(node_capacity: Resources, shape: impl Fn(usize) -> Resources) -> Stat
     let mut state = State::default();
     for i in 0..1000 {
         let node = Node {
+            drain_deadline: None,
+            labels: Default::default(),
+            operator_labels: Default::default(),
             id: NodeId(format!("node-{i:04}")),
             hostname: format!("host-{i:04}"),
             capacity: node_capacity,
@@ -132,10 +137,12 @@ fn benches(c: &mut Criterion) {
     // full nodes keep free memory and must leave the index.
     let uniform = cluster(
         Resources {
+            disk_bytes: 0,
             cpu_millis: 16_000,
             memory_bytes: 64 * GI,
         },
         |_| Resources {
+            disk_bytes: 0,
             cpu_millis: 100,
             memory_bytes: 128 * MI,
         },
@@ -152,12 +159,14 @@ fn benches(c: &mut Criterion) {
     ];
     let mixed = cluster(
         Resources {
+            disk_bytes: 0,
             cpu_millis: 64_000,
             memory_bytes: 256 * GI,
         },
         |j| {
             let (cpu_millis, memory_bytes) = shapes[j % shapes.len()];
             Resources {
+                disk_bytes: 0,
                 cpu_millis,
                 memory_bytes,
             }

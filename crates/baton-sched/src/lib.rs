@@ -63,6 +63,7 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
             stop.push(PlanStop {
                 task: room.old.id.clone(),
                 reason: room.reason,
+                preempted_by: None,
             });
         }
     }

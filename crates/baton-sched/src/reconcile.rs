@@ -456,6 +456,7 @@ impl<'a> Pass<'a, '_> {
             },
             not_before: next.not_before,
             created_at: self.now,
+            ports: Default::default(),
         });
         id
     }
@@ -477,6 +478,7 @@ impl<'a> Pass<'a, '_> {
             self.out.stop.push(PlanStop {
                 task: task.id.clone(),
                 reason,
+                preempted_by: None,
             });
         }
     }

@@ -118,6 +118,7 @@ pub(crate) fn schedule<'a>(
             Item::Pending(i) => place.push(PlanPlacement {
                 task: pending[i].id.clone(),
                 node,
+                ports: Default::default(),
             }),
             Item::Create(i) => {
                 let task = &mut create[i];
@@ -194,10 +195,7 @@ fn key(free: &Resources, idx: usize) -> FreeKey {
 }
 
 fn component_min(a: &Resources, b: &Resources) -> Resources {
-    Resources {
-        cpu_millis: a.cpu_millis.min(b.cpu_millis),
-        memory_bytes: a.memory_bytes.min(b.memory_bytes),
-    }
+    a.min(b)
 }
 
 #[derive(Debug)]

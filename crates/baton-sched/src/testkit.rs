@@ -21,6 +21,7 @@ pub(crate) const T0: Timestamp = Timestamp(1_700_000_000_000);
 
 pub(crate) fn res(cpu_millis: u64, memory_bytes: u64) -> Resources {
     Resources {
+        disk_bytes: 0,
         cpu_millis,
         memory_bytes,
     }
@@ -29,6 +30,9 @@ pub(crate) fn res(cpu_millis: u64, memory_bytes: u64) -> Resources {
 /// A ready, active node with the raw driver.
 pub(crate) fn node(id: &str, cpu_millis: u64, memory_bytes: u64) -> Node {
     Node {
+        drain_deadline: None,
+        labels: Default::default(),
+        operator_labels: Default::default(),
         id: NodeId(id.to_owned()),
         hostname: format!("{id}.local"),
         capacity: res(cpu_millis, memory_bytes),
@@ -55,9 +59,11 @@ pub(crate) fn always() -> RestartPolicy {
 /// A job of `kind` running `sleep 3600` with 100m CPU and 64Mi.
 pub(crate) fn spec(name: &str, kind: JobKind) -> JobSpec {
     JobSpec {
+        placement: Default::default(),
         name: name.to_owned(),
         kind,
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["sleep".to_owned(), "3600".to_owned()],
             env: Default::default(),
@@ -277,6 +283,7 @@ pub(crate) fn task(
     node: Option<&str>,
 ) -> Task {
     Task {
+        ports: Default::default(),
         id: TaskId(id.to_owned()),
         job: job.to_owned(),
         job_version,

@@ -25,6 +25,7 @@ fn initial_service_creation_fills_every_field() {
     let out = plan(&sim.state, sim.now, 42);
     let id = IdGen::new(42).task_id(&sim.state, "web", &Slot::Index(0));
     let expected = Task {
+        ports: Default::default(),
         id,
         job: "web".to_owned(),
         job_version: 1,

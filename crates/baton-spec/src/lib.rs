@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod constraint;
 mod parse;
 mod quantity;
+
+pub use constraint::{Attribute, Constraint, ConstraintError, NodeAttributes, Op};
 
 pub use parse::{
     MAX_REPORTED_ERRORS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, SpecError, SpecErrors, parse_job,
@@ -44,6 +47,134 @@ pub struct JobSpec {
     pub task: TaskSpec,
     /// What happens when a task exits.
     pub restart: RestartPolicy,
+    /// Where its tasks may go and how they are ranked, and their priority.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// Lowest job priority.
+pub const MIN_PRIORITY: u32 = 0;
+/// Highest job priority.
+pub const MAX_PRIORITY: u32 = 100;
+/// Priority of a job that does not say.
+pub const DEFAULT_PRIORITY: u32 = 50;
+
+/// Where a job's tasks may go and how the candidates are ranked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Hard rules: a node that fails one never gets a task of this job.
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+    /// Soft preferences: among the nodes that fit, those matching more weight
+    /// are preferred (negative weights push away).
+    #[serde(default)]
+    pub affinities: Vec<Affinity>,
+    /// Spread the tasks over the values of one attribute (e.g. zones).
+    #[serde(default)]
+    pub spread: Option<Spread>,
+    /// How nodes that fit equally are ranked.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// At most this many of the job's tasks on one node.
+    #[serde(default)]
+    pub max_per_node: Option<u32>,
+    /// Higher priorities are placed first, and may evict lower ones when
+    /// `preempt` is set.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Whether a task of this job that fits nowhere may evict tasks of jobs
+    /// with a lower priority.
+    #[serde(default)]
+    pub preempt: bool,
+}
+
+fn default_priority() -> u32 {
+    DEFAULT_PRIORITY
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement {
+            constraints: Vec::new(),
+            affinities: Vec::new(),
+            spread: None,
+            strategy: Strategy::default(),
+            max_per_node: None,
+            priority: DEFAULT_PRIORITY,
+            preempt: false,
+        }
+    }
+}
+
+/// A soft placement preference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Affinity {
+    /// The nodes it is about.
+    pub expr: Constraint,
+    /// How much they are preferred: -100 to 100, never 0.
+    pub weight: i32,
+}
+
+/// Spreading over the values of one node attribute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spread {
+    /// The attribute whose values the tasks are spread over.
+    pub attribute: Attribute,
+    /// Wanted share per value, in percent (summing to at most 100); values
+    /// not named share the rest evenly. Empty: every value present on an
+    /// eligible node gets an even share.
+    #[serde(default)]
+    pub targets: Vec<SpreadTarget>,
+}
+
+/// One value's share of a spread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpreadTarget {
+    /// The attribute's value.
+    pub value: String,
+    /// Percent of the tasks wanted there.
+    pub percent: u32,
+}
+
+/// How nodes that fit are ranked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The fullest node that holds the task: whole nodes stay free for big tasks.
+    #[default]
+    Binpack,
+    /// The emptiest node: tasks spread over as many nodes as possible.
+    Spread,
+}
+
+impl Strategy {
+    /// The word users write in `strategy:`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Binpack => "binpack",
+            Strategy::Spread => "spread",
+        }
+    }
+}
+
+/// First host port handed out to tasks that ask for a dynamic port.
+pub const DYNAMIC_PORT_MIN: u16 = 20_000;
+/// Last host port handed out dynamically.
+pub const DYNAMIC_PORT_MAX: u16 = 32_000;
+
+/// A host port a task needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Its name: `[a-z][a-z0-9_]*`; the task finds the port number in
+    /// `BATON_PORT_<NAME>` (upper case).
+    pub name: String,
+    /// A fixed host port; `None` for one chosen from the dynamic range.
+    #[serde(default, rename = "static")]
+    pub static_port: Option<u16>,
+    /// Whether the port is meant to be reachable from other hosts. Unpublished
+    /// ports are for loopback: `BATON_ADDR_<NAME>` is `127.0.0.1:<port>`.
+    #[serde(default)]
+    pub publish: bool,
 }
 
 /// The job types.
@@ -111,6 +242,9 @@ pub struct TaskSpec {
     pub resources: Resources,
     /// Time between SIGTERM and SIGKILL on stop.
     pub kill_timeout: Duration,
+    /// Host ports it needs.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
 }
 
 /// Resources a task reserves on its node (and a node's capacity).
@@ -122,12 +256,26 @@ pub struct Resources {
     pub cpu_millis: u64,
     /// Memory in bytes.
     pub memory_bytes: u64,
+    /// Local disk in bytes.
+    #[serde(default)]
+    pub disk_bytes: u64,
 }
 
 impl Resources {
+    /// CPU and memory, no disk.
+    pub const fn new(cpu_millis: u64, memory_bytes: u64) -> Resources {
+        Resources {
+            cpu_millis,
+            memory_bytes,
+            disk_bytes: 0,
+        }
+    }
+
     /// Whether `self` fits inside `free`.
     pub fn fits_in(&self, free: &Resources) -> bool {
-        self.cpu_millis <= free.cpu_millis && self.memory_bytes <= free.memory_bytes
+        self.cpu_millis <= free.cpu_millis
+            && self.memory_bytes <= free.memory_bytes
+            && self.disk_bytes <= free.disk_bytes
     }
 
     /// Component-wise sum, saturating.
@@ -135,6 +283,7 @@ impl Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            disk_bytes: self.disk_bytes.saturating_add(other.disk_bytes),
         }
     }
 
@@ -143,6 +292,16 @@ impl Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            disk_bytes: self.disk_bytes.saturating_sub(other.disk_bytes),
+        }
+    }
+
+    /// Component-wise minimum.
+    pub fn min(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.min(other.cpu_millis),
+            memory_bytes: self.memory_bytes.min(other.memory_bytes),
+            disk_bytes: self.disk_bytes.min(other.disk_bytes),
         }
     }
 }

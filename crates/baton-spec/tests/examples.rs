@@ -18,9 +18,11 @@ fn parse_example(file: &str) -> JobSpec {
 #[test]
 fn web_example_is_a_service_of_three() {
     let expected = JobSpec {
+        placement: Default::default(),
         name: "web".to_owned(),
         kind: JobKind::Service { replicas: 3 },
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec![
                 "/bin/sh".to_owned(),
@@ -31,6 +33,7 @@ fn web_example_is_a_service_of_three() {
             workdir: None,
             user: None,
             resources: Resources {
+                disk_bytes: 0,
                 cpu_millis: 100,
                 memory_bytes: 32 << 20,
             },
@@ -49,12 +52,14 @@ fn web_example_is_a_service_of_three() {
 #[test]
 fn batch_example_needs_three_completions_two_at_a_time() {
     let expected = JobSpec {
+        placement: Default::default(),
         name: "report".to_owned(),
         kind: JobKind::Batch {
             completions: 3,
             parallelism: 2,
         },
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec![
                 "/bin/sh".to_owned(),
@@ -65,6 +70,7 @@ fn batch_example_needs_three_completions_two_at_a_time() {
             workdir: None,
             user: None,
             resources: Resources {
+                disk_bytes: 0,
                 cpu_millis: 50,
                 memory_bytes: 16 << 20,
             },
@@ -83,9 +89,11 @@ fn batch_example_needs_three_completions_two_at_a_time() {
 #[test]
 fn global_example_runs_on_every_node() {
     let expected = JobSpec {
+        placement: Default::default(),
         name: "node-probe".to_owned(),
         kind: JobKind::Global,
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec![
                 "/bin/sh".to_owned(),
@@ -96,6 +104,7 @@ fn global_example_runs_on_every_node() {
             workdir: None,
             user: None,
             resources: Resources {
+                disk_bytes: 0,
                 cpu_millis: 10,
                 memory_bytes: 8 << 20,
             },

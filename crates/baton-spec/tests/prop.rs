@@ -191,12 +191,14 @@ fn task() -> impl Strategy<Value = TaskSpec> {
     )
         .prop_map(
             |((program, args), env, workdir, user, (cpu_millis, memory_bytes), kill_ms)| TaskSpec {
+                ports: Default::default(),
                 driver: DriverKind::Raw,
                 command: std::iter::once(program).chain(args).collect(),
                 env,
                 workdir,
                 user,
                 resources: Resources {
+                    disk_bytes: 0,
                     cpu_millis,
                     memory_bytes,
                 },
@@ -228,6 +230,7 @@ fn restart() -> impl Strategy<Value = RestartPolicy> {
 
 fn job_spec() -> impl Strategy<Value = JobSpec> {
     (name(), kind(), task(), restart()).prop_map(|(name, kind, task, restart)| JobSpec {
+        placement: Default::default(),
         name,
         kind,
         task,

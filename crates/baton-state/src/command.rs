@@ -116,6 +116,9 @@ pub enum Command {
         id: NodeId,
         /// New availability.
         availability: NodeAvailability,
+        /// For a drain: when tasks let finish (batch) are stopped anyway.
+        #[serde(default)]
+        deadline: Option<Timestamp>,
     },
     /// Changes the lifetime of node certificates issued from now on (joins
     /// and renewals); certificates already issued keep theirs, and their
@@ -149,6 +152,25 @@ pub enum Command {
         /// User API URL, `https://host:port`.
         api: String,
     },
+    /// Sets and removes operator labels of a node.
+    UpdateNodeLabels {
+        /// Node.
+        id: NodeId,
+        /// Labels to set.
+        set: std::collections::BTreeMap<String, String>,
+        /// Labels to remove.
+        remove: std::collections::BTreeSet<String>,
+    },
+    /// Changes the number of replicas of a service job (a new job version
+    /// that keeps the running tasks).
+    ScaleJob {
+        /// Job name.
+        name: String,
+        /// New replica count.
+        replicas: u32,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
 }
 
 impl Command {
@@ -172,6 +194,8 @@ impl Command {
             Command::StartRootRotation { .. } => "start_root_rotation",
             Command::FinishRootRotation { .. } => "finish_root_rotation",
             Command::SetManagerAddresses { .. } => "set_manager_addresses",
+            Command::UpdateNodeLabels { .. } => "update_node_labels",
+            Command::ScaleJob { .. } => "scale_job",
         }
     }
 }
@@ -224,6 +248,9 @@ pub struct PlanPlacement {
     pub task: TaskId,
     /// Node.
     pub node: NodeId,
+    /// Host ports it gets there, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 /// Stop a task.
@@ -233,6 +260,9 @@ pub struct PlanStop {
     pub task: TaskId,
     /// Why (shown in its status).
     pub reason: String,
+    /// The higher-priority task it makes room for, when it is preempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<TaskId>,
 }
 
 /// A pending task that could not be placed.
@@ -306,6 +336,27 @@ pub enum Event {
     TaskStopping {
         /// Task.
         id: TaskId,
+    },
+    /// A task was evicted to make room for a task of a higher priority.
+    TaskPreempted {
+        /// The evicted task.
+        id: TaskId,
+        /// The task it makes room for.
+        by: TaskId,
+    },
+    /// A job's replica count changed.
+    JobScaled {
+        /// Name.
+        name: String,
+        /// New version.
+        version: u64,
+        /// New replica count.
+        replicas: u32,
+    },
+    /// A node's operator labels changed.
+    NodeLabelsChanged {
+        /// Node.
+        id: NodeId,
     },
     /// A terminal task was forgotten.
     TaskRemoved {

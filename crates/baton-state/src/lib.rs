@@ -19,8 +19,8 @@ pub use command::{Command, Event, Plan, PlanPlacement, PlanStop, PlanUnplaced, T
 pub use ids::{NodeId, TaskId, Timestamp};
 pub use objects::{
     Cluster, ExitInfo, ExternalCa, Job, JobDesired, JobPhase, JobSummary, Member, Node,
-    NodeAvailability, NodeRole, NodeState, RootRotation, Slot, SlotFailure, Task, TaskDesired,
-    TaskState, TaskStatus,
+    NodeAvailability, NodeRole, NodeState, NodeView, RootRotation, Slot, SlotFailure, Task,
+    TaskDesired, TaskState, TaskStatus,
 };
 pub use restart::{RestartDecision, restart_decision};
 pub use secret::Secret;

@@ -1,10 +1,10 @@
 //! Stored objects: jobs, tasks and nodes. Desired state is kept apart from
 //! observed status.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use baton_spec::{DriverKind, JobSpec, Resources, SpecFormat};
+use baton_spec::{DriverKind, JobSpec, NodeAttributes, Resources, SpecFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId, Timestamp};
@@ -192,6 +192,9 @@ pub struct Task {
     pub not_before: Option<Timestamp>,
     /// When created.
     pub created_at: Timestamp,
+    /// Host ports held on its node while it is not terminal, by port name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
 }
 
 impl Task {
@@ -274,6 +277,93 @@ pub struct Node {
     /// Its agent's version.
     #[serde(default)]
     pub version: String,
+    /// Labels its agent was started with (`--label k=v`), replaced at every
+    /// registration.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Labels set by an operator (`baton node label`); they win over the
+    /// agent's and survive its restarts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operator_labels: BTreeMap<String, String>,
+    /// While draining: when tasks that are let finish (batch) are stopped anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<Timestamp>,
+}
+
+impl Node {
+    /// A ready, active node offering `capacity` and `drivers`, with no labels.
+    pub fn new(
+        id: NodeId,
+        hostname: impl Into<String>,
+        capacity: Resources,
+        drivers: BTreeSet<DriverKind>,
+    ) -> Node {
+        Node {
+            id,
+            hostname: hostname.into(),
+            capacity,
+            drivers,
+            state: NodeState::Ready,
+            availability: NodeAvailability::Active,
+            registered_at: Timestamp(0),
+            state_since: Timestamp(0),
+            address: None,
+            version: String::new(),
+            labels: BTreeMap::new(),
+            operator_labels: BTreeMap::new(),
+            drain_deadline: None,
+        }
+    }
+
+    /// A label's value: the operator's, else the agent's.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.operator_labels
+            .get(key)
+            .or_else(|| self.labels.get(key))
+            .map(String::as_str)
+    }
+
+    /// Every label in effect (the operator's win).
+    pub fn effective_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.extend(
+            self.operator_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        labels
+    }
+}
+
+/// A node with its role, as placement rules see it.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeView<'a> {
+    /// The node.
+    pub node: &'a Node,
+    /// Its role in the cluster.
+    pub role: NodeRole,
+}
+
+impl NodeAttributes for NodeView<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.node.label(key)
+    }
+
+    fn hostname(&self) -> &str {
+        &self.node.hostname
+    }
+
+    fn role(&self) -> &str {
+        self.role.as_str()
+    }
+
+    fn id(&self) -> &str {
+        &self.node.id.0
+    }
+
+    fn has_driver(&self, driver: &str) -> bool {
+        self.node.drivers.iter().any(|d| d.as_str() == driver)
+    }
 }
 
 /// Phase of a job, derived from its tasks.

@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::command::{Command, Event, Plan, TaskReport};
 use crate::ids::{NodeId, TaskId, Timestamp};
 use crate::objects::{
-    Cluster, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability, NodeState,
-    Slot, SlotFailure, Task, TaskDesired, TaskState,
+    Cluster, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability, NodeRole,
+    NodeState, NodeView, Slot, SlotFailure, Task, TaskDesired, TaskState,
 };
 use crate::restart::{RestartDecision, restart_decision};
 
@@ -72,6 +72,20 @@ pub enum ApplyError {
         /// The root named.
         new_root_digest: String,
     },
+    /// Only services have a replica count to change.
+    #[error("job {name:?} is a {kind} job; only service jobs are scaled (change its spec instead)")]
+    NotScalable {
+        /// Job name.
+        name: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// A stopped job is not scaled (submitting it again starts it).
+    #[error("job {name:?} is stopped; submit it again to run it")]
+    JobStopped {
+        /// Job name.
+        name: String,
+    },
     /// Some members still hold certificates from the old root.
     #[error("{} node(s) still hold certificates from the old root: {}", pending.len(), pending.iter().map(|n| n.0.as_str()).collect::<Vec<_>>().join(", "))]
     RotationPending {
@@ -91,6 +105,7 @@ pub struct State {
     tasks_by_job: OrdMap<String, OrdSet<TaskId>>,
     tasks_by_node: OrdMap<NodeId, OrdSet<TaskId>>,
     reserved: OrdMap<NodeId, Resources>,
+    ports_used: OrdMap<NodeId, OrdSet<u16>>,
     cluster: Option<Cluster>,
     members: OrdMap<NodeId, Member>,
     revoked: OrdSet<NodeId>,
@@ -218,6 +233,21 @@ impl State {
         node.capacity.saturating_sub(&self.reserved(&node.id))
     }
 
+    /// Host ports held on a node by its non-terminal tasks.
+    pub fn ports_in_use(&self, node: &NodeId) -> Option<&OrdSet<u16>> {
+        self.ports_used.get(node)
+    }
+
+    /// A node as placement rules see it: with its role (a node that is not a
+    /// member, as in tests without a cluster, is a worker).
+    pub fn node_view<'a>(&'a self, node: &'a Node) -> NodeView<'a> {
+        let role = self
+            .members
+            .get(&node.id)
+            .map_or(NodeRole::Worker, |m| m.role);
+        NodeView { node, role }
+    }
+
     /// Whether a node takes new tasks of a driver.
     pub fn node_eligible(node: &Node, driver: baton_spec::DriverKind) -> bool {
         node.state == NodeState::Ready
@@ -256,9 +286,11 @@ impl State {
                 cert_root,
             } => self.renew_node_cert(&id, cert_not_after, cert_root),
             Command::RemoveNode { id, now } => self.remove_node(&id, now),
-            Command::SetNodeAvailability { id, availability } => {
-                self.set_node_availability(&id, availability)
-            }
+            Command::SetNodeAvailability {
+                id,
+                availability,
+                deadline,
+            } => self.set_node_availability(&id, availability, deadline),
             Command::SetCertValidity { validity } => self.set_cert_validity(validity),
             Command::StartRootRotation { rotation } => self.start_root_rotation(rotation),
             Command::FinishRootRotation { new_root_digest } => {
@@ -267,7 +299,76 @@ impl State {
             Command::SetManagerAddresses { id, cluster, api } => {
                 self.set_manager_addresses(&id, cluster, api)
             }
+            Command::UpdateNodeLabels { id, set, remove } => {
+                self.update_node_labels(&id, set, &remove)
+            }
+            Command::ScaleJob {
+                name,
+                replicas,
+                now,
+            } => self.scale_job(&name, replicas, now),
         }
+    }
+
+    fn update_node_labels(
+        &mut self,
+        id: &NodeId,
+        set: std::collections::BTreeMap<String, String>,
+        remove: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let node = self
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| ApplyError::NodeNotFound { id: id.clone() })?;
+        let before = node.operator_labels.clone();
+        node.operator_labels.retain(|k, _| !remove.contains(k));
+        node.operator_labels.extend(set);
+        if node.operator_labels == before {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Event::NodeLabelsChanged { id: id.clone() }])
+    }
+
+    fn scale_job(
+        &mut self,
+        name: &str,
+        replicas: u32,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let job = self
+            .jobs
+            .get_mut(name)
+            .ok_or_else(|| ApplyError::JobNotFound {
+                name: name.to_owned(),
+            })?;
+        let JobKind::Service { replicas: current } = job.spec.kind else {
+            return Err(ApplyError::NotScalable {
+                name: name.to_owned(),
+                kind: job.spec.kind.as_str().to_owned(),
+            });
+        };
+        if job.desired == JobDesired::Stop {
+            return Err(ApplyError::JobStopped {
+                name: name.to_owned(),
+            });
+        }
+        if current == replicas {
+            return Ok(vec![Event::JobUnchanged {
+                name: name.to_owned(),
+                version: job.version,
+            }]);
+        }
+        let from = job.version;
+        job.spec.kind = JobKind::Service { replicas };
+        job.version += 1;
+        job.updated_at = now;
+        let version = job.version;
+        self.carry_tasks_forward(name, from, version);
+        Ok(vec![Event::JobScaled {
+            name: name.to_owned(),
+            version,
+            replicas,
+        }])
     }
 
     fn put_job(
@@ -374,6 +475,8 @@ impl State {
         if let Some(old) = self.nodes.get(&node.id) {
             node.registered_at = old.registered_at;
             node.availability = old.availability;
+            node.drain_deadline = old.drain_deadline;
+            node.operator_labels = old.operator_labels.clone();
         } else {
             node.registered_at = now;
         }
@@ -429,7 +532,10 @@ impl State {
             let ok = self.jobs.get(&task.job).is_some_and(|job| {
                 job.version == task.job_version && job.desired == JobDesired::Run
             }) && !self.tasks.contains_key(&task.id)
-                && task.node.as_ref().is_none_or(|n| self.fits(n, &task));
+                && task
+                    .node
+                    .as_ref()
+                    .is_none_or(|n| self.fits(n, &task, &task.ports));
             if !ok {
                 events.push(Event::Ignored {
                     reason: format!("stale plan: cannot create task {}", task.id),
@@ -449,7 +555,7 @@ impl State {
                 t.status.state == TaskState::Pending
                     && t.node.is_none()
                     && t.desired == TaskDesired::Running
-                    && self.fits(&placement.node, t)
+                    && self.fits(&placement.node, t, &placement.ports)
             });
             if !ok {
                 events.push(Event::Ignored {
@@ -459,6 +565,7 @@ impl State {
             }
             let mut task = self.remove_task(&placement.task).expect("checked above");
             task.node = Some(placement.node.clone());
+            task.ports = placement.ports;
             task.status.state = TaskState::Assigned;
             task.status.since = now;
             task.status.message = String::new();
@@ -476,7 +583,16 @@ impl State {
             }
         }
         for stop in plan.stop {
-            events.extend(self.stop_task(&stop.task, stop.reason, now));
+            let stopping = self.stop_task(&stop.task, stop.reason, now);
+            if let Some(by) = stop.preempted_by
+                && !stopping.is_empty()
+            {
+                events.push(Event::TaskPreempted {
+                    id: stop.task.clone(),
+                    by,
+                });
+            }
+            events.extend(stopping);
         }
         for id in plan.remove {
             if self.tasks.get(&id).is_some_and(|t| !t.is_active()) {
@@ -580,9 +696,18 @@ impl State {
         }]
     }
 
-    fn fits(&self, node_id: &NodeId, task: &Task) -> bool {
+    /// Whether `task` may be placed on a node with `ports`: the node takes
+    /// its driver, has the resources free and none of the ports in use.
+    fn fits(&self, node_id: &NodeId, task: &Task, ports: &BTreeMap<String, u16>) -> bool {
+        let ports_free = || {
+            self.ports_used
+                .get(node_id)
+                .is_none_or(|used| ports.values().all(|p| !used.contains(p)))
+        };
         self.nodes.get(node_id).is_some_and(|node| {
-            Self::node_eligible(node, task.driver) && task.resources.fits_in(&self.free(node))
+            Self::node_eligible(node, task.driver)
+                && task.resources.fits_in(&self.free(node))
+                && ports_free()
         })
     }
 
@@ -599,6 +724,10 @@ impl State {
             if task.is_active() {
                 let held = self.reserved(node).saturating_add(&task.resources);
                 self.reserved.insert(node.clone(), held);
+                if !task.ports.is_empty() {
+                    let used = self.ports_used.entry(node.clone()).or_default();
+                    used.extend(task.ports.values().copied());
+                }
             }
         }
         self.tasks.insert(task.id.clone(), task);
@@ -622,6 +751,14 @@ impl State {
             if task.is_active() {
                 let held = self.reserved(node).saturating_sub(&task.resources);
                 self.reserved.insert(node.clone(), held);
+                if let Some(used) = self.ports_used.get_mut(node) {
+                    for port in task.ports.values() {
+                        used.remove(port);
+                    }
+                    if used.is_empty() {
+                        self.ports_used.remove(node);
+                    }
+                }
             }
         }
         Some(task)

@@ -13,15 +13,18 @@ use baton_state::{Command, Timestamp};
 /// (100m cpu, 1 MiB), restarted always.
 pub fn service(name: &str, replicas: u32) -> JobSpec {
     JobSpec {
+        placement: Default::default(),
         name: name.to_owned(),
         kind: JobKind::Service { replicas },
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),
             workdir: None,
             user: None,
             resources: Resources {
+                disk_bytes: 0,
                 cpu_millis: 100,
                 memory_bytes: 1 << 20,
             },

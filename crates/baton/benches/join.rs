@@ -71,10 +71,10 @@ fn main() {
                 let channel = baton_rpc::transport::connect_lazy(&addr, &tls).expect("channel");
                 let dispatcher = baton_rpc::client::GrpcDispatcher::new(channel);
                 let session = dispatcher
-                    .open_session(NodeDescription {
+                    .open_session(NodeDescription { labels: Default::default(),
                         node_id: identity.node_id.clone(),
                         hostname: format!("bench-{i}"),
-                        capacity: Resources {
+                        capacity: Resources { disk_bytes: 0,
                             cpu_millis: 1000,
                             memory_bytes: 1 << 30,
                         },

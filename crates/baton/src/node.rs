@@ -300,6 +300,7 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         (cpu, memory) => {
             let host = baton_agent::host_capacity();
             Some(Resources {
+                disk_bytes: 0,
                 cpu_millis: cpu.unwrap_or(host.cpu_millis),
                 memory_bytes: memory.unwrap_or(host.memory_bytes),
             })

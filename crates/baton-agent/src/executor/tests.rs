@@ -13,11 +13,13 @@ fn id(s: &str) -> TaskId {
 
 fn assignment(task: &str, desired: TaskDesired, state: TaskState) -> Assignment {
     Assignment {
+        ports: Default::default(),
         task: id(task),
         job: "web".to_owned(),
         job_version: 1,
         slot: "0".to_owned(),
         spec: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),
@@ -52,7 +54,7 @@ fn step_starts_an_assigned_task() {
     let a = assignment("web.0.a", TaskDesired::Running, TaskState::Assigned);
     assert_eq!(
         step(std::slice::from_ref(&a), &BTreeMap::new()),
-        vec![Action::Start(a)]
+        vec![Action::Start(Box::new(a))]
     );
 }
 
@@ -161,7 +163,7 @@ fn step_ignores_a_repeated_task_in_one_set() {
     let a = assignment("web.0.a", TaskDesired::Running, TaskState::Assigned);
     assert_eq!(
         step(&[a.clone(), a.clone()], &BTreeMap::new()),
-        vec![Action::Start(a)]
+        vec![Action::Start(Box::new(a))]
     );
 }
 

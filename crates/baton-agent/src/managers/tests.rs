@@ -134,6 +134,7 @@ impl Fakes {
 
 fn node() -> NodeDescription {
     NodeDescription {
+        labels: Default::default(),
         node_id: NodeId("n1".into()),
         hostname: "host".into(),
         capacity: baton_spec::Resources::default(),

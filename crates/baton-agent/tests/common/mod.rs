@@ -358,11 +358,13 @@ pub fn task_id(name: &str) -> TaskId {
 /// A task to start: desired running, recorded `assigned`.
 pub fn assignment(task: &TaskId, command: &[&str]) -> Assignment {
     Assignment {
+        ports: Default::default(),
         task: task.clone(),
         job: "job".to_owned(),
         job_version: 1,
         slot: "0".to_owned(),
         spec: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             env: BTreeMap::new(),

@@ -353,6 +353,7 @@ pub async fn set_node_availability(
         .propose(Command::SetNodeAvailability {
             id: node_id.clone(),
             availability,
+            deadline: None,
         })
         .await?;
     let snapshot = app.store.snapshot();

@@ -419,9 +419,13 @@ async fn join_worker(fx: &Fixture, id: &str) {
     fx.store
         .propose(Command::RegisterNode {
             node: Node {
+                drain_deadline: None,
+                labels: Default::default(),
+                operator_labels: Default::default(),
                 id: NodeId(id.into()),
                 hostname: "host".into(),
                 capacity: baton_spec::Resources {
+                    disk_bytes: 0,
                     cpu_millis: 1000,
                     memory_bytes: 1 << 30,
                 },

@@ -7,12 +7,14 @@ use super::*;
 
 fn spec() -> TaskSpec {
     TaskSpec {
+        ports: Default::default(),
         driver: DriverKind::Raw,
         command: vec!["/bin/true".into()],
         env: BTreeMap::from([("K".into(), "v".into())]),
         workdir: Some("/tmp".into()),
         user: None,
         resources: Resources {
+            disk_bytes: 0,
             cpu_millis: 100,
             memory_bytes: 1 << 20,
         },
@@ -26,6 +28,7 @@ fn session_messages_round_trip() {
         SessionMessage::Assignments(AssignmentSet {
             seq: 7,
             tasks: vec![Assignment {
+                ports: Default::default(),
                 task: TaskId("web.1.abc".into()),
                 job: "web".into(),
                 job_version: 3,
@@ -80,8 +83,10 @@ fn reports_and_log_events_round_trip() {
 #[test]
 fn node_description_takes_the_given_id_and_skips_unknown_drivers() {
     let wire = pb::NodeDescription {
+        labels: Default::default(),
         hostname: "h".into(),
         capacity: Some(pb::Resources {
+            disk_bytes: 0,
             cpu_millis: 2000,
             memory_bytes: 5,
         }),

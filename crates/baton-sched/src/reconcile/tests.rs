@@ -414,6 +414,7 @@ fn duplicate_live_tasks_keep_the_running_one() {
     assert_eq!(
         out.stop,
         vec![PlanStop {
+            preempted_by: None,
             task: baton_state::TaskId("web.0.bbbbbbbbbbbb".to_owned()),
             reason: "duplicate of task web.0.aaaaaaaaaaaa".to_owned(),
         }]

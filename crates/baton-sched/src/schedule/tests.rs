@@ -191,6 +191,7 @@ fn existing_pending_tasks_are_placed_or_explained_once() {
     assert_eq!(
         out.place,
         vec![PlanPlacement {
+            ports: Default::default(),
             task: TaskId("fits".to_owned()),
             node: NodeId("n1".to_owned()),
         }]

@@ -109,13 +109,13 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             Yaml,
             yaml(("replicas: 2", "replica: 2")),
             "web.yaml:3:1: replica: unknown field \"replica\" (expected one of: name, type, \
-             replicas, completions, parallelism, task, restart)",
+             replicas, completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)",
         ),
         (
             "unknown nested field",
             Yaml,
             yaml(("{cpu: 100m, memory: 64Mi}", "{cpu: 100m, gpu: 1}")),
-            "web.yaml:9:26: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory)",
+            "web.yaml:9:26: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory, disk)",
         ),
         (
             "duplicate key",
@@ -150,7 +150,7 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             )),
             "web.yaml:11:10: restart: expected a restart mapping, found a list\n\
              web.yaml:12:1: x: unknown field \"x\" (expected one of: name, type, replicas, \
-             completions, parallelism, task, restart)",
+             completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)",
         ),
         (
             "replicas out of range",
@@ -304,7 +304,7 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             "web.yaml:1:7: name: anchors and aliases are not supported in job specs (write the \
              value out)\n\
              web.yaml:2:1: x: unknown field \"x\" (expected one of: name, type, replicas, \
-             completions, parallelism, task, restart)",
+             completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)",
         ),
         (
             "tag",
@@ -387,7 +387,7 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             Json,
             json(("\"replicas\"", "\"replica\"")),
             "web.yaml:4:3: replica: unknown field \"replica\" (expected one of: name, type, \
-             replicas, completions, parallelism, task, restart)",
+             replicas, completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)",
         ),
         (
             "json: duplicate key",
@@ -491,10 +491,10 @@ web.yaml:8:9: task.env.1X: invalid environment variable name (expected letters, 
 web.yaml:8:20: task.env.OK: expected a string, found a list
 web.yaml:9:20: task.resources.cpu: \"lots\" is not a CPU quantity (use 100m, 0.5, 2, ...)
 web.yaml:9:34: task.resources.memory: \"64XB\" is not a size (use 64Mi, 1Gi, ...)
-web.yaml:9:40: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory)
+web.yaml:9:40: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory, disk)
 web.yaml:10:17: task.kill_timeout: \"2h\" is above the maximum of 1h
 web.yaml:11:11: replicas: \"-1\" is out of range (expected 0 to 10000)
-web.yaml:12:1: extra: unknown field \"extra\" (expected one of: name, type, replicas, completions, parallelism, task, restart)";
+web.yaml:12:1: extra: unknown field \"extra\" (expected one of: name, type, replicas, completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)";
     assert_eq!(render(SpecFormat::Yaml, spec.as_bytes()), expected);
 }
 
@@ -518,8 +518,7 @@ task: {driver: raw, command: [*i]}
 #[test]
 fn alias_bomb_is_refused_without_expansion() {
     assert!(ALIAS_BOMB.len() < 1100);
-    let unknown =
-        "(expected one of: name, type, replicas, completions, parallelism, task, restart)";
+    let unknown = "(expected one of: name, type, replicas, completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)";
     let mut expected = vec![
         format!("bomb.yaml:1:1: a: unknown field \"a\" {unknown}"),
         "bomb.yaml:1:4: a: anchors and aliases are not supported in job specs (write the value out)"
@@ -553,15 +552,18 @@ fn too_many_problems_are_capped() {
 
 fn full_example_spec() -> JobSpec {
     JobSpec {
+        placement: Default::default(),
         name: "web".to_owned(),
         kind: JobKind::Service { replicas: 3 },
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1000".into()],
             env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
             workdir: Some("/tmp".to_owned()),
             user: Some("nobody".to_owned()),
             resources: Resources {
+                disk_bytes: 0,
                 cpu_millis: 100,
                 memory_bytes: 64 << 20,
             },
@@ -597,15 +599,18 @@ fn json_equivalent_parses_to_the_same_spec() {
 fn minimal_spec_gets_the_defaults() {
     let doc = "name: web\ntask:\n  driver: raw\n  command: [/bin/true]\n";
     let expected = JobSpec {
+        placement: Default::default(),
         name: "web".to_owned(),
         kind: JobKind::Service { replicas: 1 },
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),
             workdir: None,
             user: None,
             resources: Resources {
+                disk_bytes: 0,
                 cpu_millis: 100,
                 memory_bytes: 128 << 20,
             },

@@ -16,8 +16,10 @@ use super::tree::{
     Entry, Node, Pos, Scalar, ScalarKind, Value, field_path, index_path, int_value, quote,
 };
 use crate::{
-    DriverKind, JobKind, JobSpec, Resources, RestartCondition, RestartPolicy, TaskSpec,
-    format_duration, parse_cpu, parse_duration, parse_memory,
+    Affinity, Attribute, Constraint, DEFAULT_PRIORITY, DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN,
+    DriverKind, JobKind, JobSpec, MAX_PRIORITY, MIN_PRIORITY, Placement, PortSpec, Resources,
+    RestartCondition, RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec, format_duration,
+    parse_cpu, parse_duration, parse_memory,
 };
 
 const JOB_FIELDS: &[&str] = &[
@@ -28,6 +30,13 @@ const JOB_FIELDS: &[&str] = &[
     "parallelism",
     "task",
     "restart",
+    "priority",
+    "preempt",
+    "constraints",
+    "affinities",
+    "spread",
+    "strategy",
+    "max_per_node",
 ];
 const TASK_FIELDS: &[&str] = &[
     "driver",
@@ -37,8 +46,17 @@ const TASK_FIELDS: &[&str] = &[
     "user",
     "resources",
     "kill_timeout",
+    "ports",
 ];
-const RESOURCES_FIELDS: &[&str] = &["cpu", "memory"];
+const RESOURCES_FIELDS: &[&str] = &["cpu", "memory", "disk"];
+const AFFINITY_FIELDS: &[&str] = &["expr", "weight"];
+const SPREAD_FIELDS: &[&str] = &["attribute", "targets"];
+const PORT_FIELDS: &[&str] = &["name", "static", "publish"];
+/// More rules than this is a spec generated wrong; each costs every placement.
+const MAX_RULES: usize = 32;
+const MAX_PORTS: usize = 32;
+const MAX_PORT_NAME_LEN: usize = 32;
+const DEFAULT_AFFINITY_WEIGHT: i32 = 50;
 const RESTART_FIELDS: &[&str] = &["policy", "max_attempts", "delay", "max_delay"];
 
 const MAX_NAME_LEN: usize = 63;
@@ -149,6 +167,7 @@ impl Validator<'_> {
             .and_then(|node| self.task(&fields.path("task"), node));
         let batch = kind_word == Some(KindWord::Batch);
         let restart = self.restart(&fields.path("restart"), fields.get("restart"), batch);
+        let placement = self.placement(&fields);
 
         let kind = match kind_word? {
             KindWord::Service => JobKind::Service {
@@ -165,7 +184,361 @@ impl Validator<'_> {
             kind,
             task: task?,
             restart: restart?,
+            placement: placement?,
         })
+    }
+
+    /// The job-level placement fields.
+    fn placement(&mut self, fields: &Fields<'_>) -> Option<Placement> {
+        let priority = match fields.get("priority") {
+            None => Some(DEFAULT_PRIORITY),
+            Some(entry) => self.uint(
+                &fields.path("priority"),
+                &entry.value,
+                MIN_PRIORITY,
+                MAX_PRIORITY,
+            ),
+        };
+        let preempt = match fields.get("preempt") {
+            None => Some(false),
+            Some(entry) => self.boolean(&fields.path("preempt"), &entry.value),
+        };
+        let constraints = match fields.get("constraints") {
+            None => Some(Vec::new()),
+            Some(entry) => self.constraints(&fields.path("constraints"), &entry.value),
+        };
+        let affinities = match fields.get("affinities") {
+            None => Some(Vec::new()),
+            Some(entry) => self.affinities(&fields.path("affinities"), &entry.value),
+        };
+        let spread = self.optional(fields, "spread", Self::spread);
+        let strategy = match fields.get("strategy") {
+            None => Some(Strategy::Binpack),
+            Some(entry) => self.strategy(&fields.path("strategy"), &entry.value),
+        };
+        let max_per_node = match fields.get("max_per_node") {
+            None => Some(None),
+            Some(entry) => self
+                .uint(&fields.path("max_per_node"), &entry.value, 1, MAX_REPLICAS)
+                .map(Some),
+        };
+        Some(Placement {
+            constraints: constraints?,
+            affinities: affinities?,
+            spread: spread?,
+            strategy: strategy?,
+            max_per_node: max_per_node?,
+            priority: priority?,
+            preempt: preempt?,
+        })
+    }
+
+    /// One constraint expression (`node.labels.zone == a`).
+    fn constraint(&mut self, path: &str, node: &Node) -> Option<Constraint> {
+        let text = self.string(path, node, "a constraint like node.labels.zone == a")?;
+        match Constraint::parse(text) {
+            Ok(constraint) => Some(constraint),
+            Err(err) => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!(
+                        "{} at character {}: {}",
+                        quote(text),
+                        err.column,
+                        err.message
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of at most [`MAX_RULES`] items read by `read`.
+    fn list<T>(
+        &mut self,
+        path: &str,
+        node: &Node,
+        expected: &str,
+        read: fn(&mut Self, &str, &Node) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let items = match &node.value {
+            Value::Seq(items) => items,
+            Value::Invalid => return None,
+            _ => return self.wrong_type(path, node, expected),
+        };
+        if items.len() > MAX_RULES {
+            self.error(
+                path,
+                node.pos,
+                format!("{} items, more than the limit of {MAX_RULES}", items.len()),
+            );
+            return None;
+        }
+        let mut out = Some(Vec::with_capacity(items.len()));
+        for (idx, item) in items.iter().enumerate() {
+            let value = read(self, &index_path(path, idx), item);
+            match (&mut out, value) {
+                (Some(out), Some(value)) => out.push(value),
+                _ => out = None,
+            }
+        }
+        out
+    }
+
+    fn constraints(&mut self, path: &str, node: &Node) -> Option<Vec<Constraint>> {
+        self.list(
+            path,
+            node,
+            "a list of constraints like node.labels.zone == a",
+            Self::constraint,
+        )
+    }
+
+    fn affinities(&mut self, path: &str, node: &Node) -> Option<Vec<Affinity>> {
+        self.list(
+            path,
+            node,
+            "a list of affinities like {expr: node.labels.disk == ssd, weight: 50}",
+            Self::affinity,
+        )
+    }
+
+    fn affinity(&mut self, path: &str, node: &Node) -> Option<Affinity> {
+        let fields = self.fields(
+            path,
+            node,
+            AFFINITY_FIELDS,
+            "an affinity mapping like {expr: node.labels.disk == ssd, weight: 50}",
+        )?;
+        let expr = self
+            .required(&fields, "expr", "a constraint like node.labels.disk == ssd")
+            .and_then(|node| self.constraint(&fields.path("expr"), node));
+        let weight = match fields.get("weight") {
+            None => Some(DEFAULT_AFFINITY_WEIGHT),
+            Some(entry) => self.weight(&fields.path("weight"), &entry.value),
+        };
+        Some(Affinity {
+            expr: expr?,
+            weight: weight?,
+        })
+    }
+
+    /// An affinity weight: -100 to 100, not 0.
+    fn weight(&mut self, path: &str, node: &Node) -> Option<i32> {
+        let text = match &node.value {
+            Value::Scalar(Scalar {
+                kind: ScalarKind::Int,
+                text,
+            }) => text,
+            Value::Invalid => return None,
+            _ => return self.wrong_type(path, node, "an integer from -100 to 100"),
+        };
+        let value = int_value(text)
+            .and_then(|value| i32::try_from(value).ok())
+            .filter(|value| (-100..=100).contains(value) && *value != 0);
+        if value.is_none() {
+            self.error(
+                path,
+                node.pos,
+                format!(
+                    "{} is not a valid weight (expected -100 to 100, not 0)",
+                    quote(text)
+                ),
+            );
+        }
+        value
+    }
+
+    fn spread(&mut self, path: &str, node: &Node) -> Option<Spread> {
+        let fields = self.fields(
+            path,
+            node,
+            SPREAD_FIELDS,
+            "a spread mapping like {attribute: node.labels.zone}",
+        )?;
+        let attribute = self
+            .required(&fields, "attribute", "an attribute like node.labels.zone")
+            .and_then(|node| self.spread_attribute(&fields.path("attribute"), node));
+        let targets = match fields.get("targets") {
+            None => Some(Vec::new()),
+            Some(entry) => self.spread_targets(&fields.path("targets"), &entry.value),
+        };
+        Some(Spread {
+            attribute: attribute?,
+            targets: targets?,
+        })
+    }
+
+    fn spread_attribute(&mut self, path: &str, node: &Node) -> Option<Attribute> {
+        let text = self.string(path, node, "an attribute like node.labels.zone")?;
+        match Attribute::parse(text) {
+            Ok(Attribute::Drivers) => {
+                self.error(
+                    path,
+                    node.pos,
+                    "node.drivers is a set and cannot be spread over (expected node.labels.<key>, \
+                     node.hostname, node.role or node.id)",
+                );
+                None
+            }
+            Ok(attribute) => Some(attribute),
+            Err(message) => {
+                self.error(path, node.pos, message);
+                None
+            }
+        }
+    }
+
+    fn spread_targets(&mut self, path: &str, node: &Node) -> Option<Vec<SpreadTarget>> {
+        let entries = self.mapping(path, node, "a mapping of values to percentages")?;
+        let mut targets = Some(Vec::with_capacity(entries.len()));
+        let mut total: u32 = 0;
+        for entry in &entries {
+            let value_path = field_path(path, &entry.key);
+            let percent = self.uint(&value_path, &entry.value, 1, 100);
+            match (&mut targets, percent) {
+                (Some(targets), Some(percent)) => {
+                    total += percent;
+                    targets.push(SpreadTarget {
+                        value: entry.key.clone(),
+                        percent,
+                    });
+                }
+                _ => targets = None,
+            }
+        }
+        if total > 100 {
+            self.error(
+                path,
+                node.pos,
+                format!("the percentages add up to {total} (expected at most 100)"),
+            );
+            return None;
+        }
+        targets
+    }
+
+    fn strategy(&mut self, path: &str, node: &Node) -> Option<Strategy> {
+        match self.string(path, node, "a strategy: binpack or spread")? {
+            "binpack" => Some(Strategy::Binpack),
+            "spread" => Some(Strategy::Spread),
+            other => {
+                self.error(
+                    path,
+                    node.pos,
+                    format!(
+                        "unknown strategy {} (expected binpack or spread)",
+                        quote(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn ports(&mut self, path: &str, node: &Node) -> Option<Vec<PortSpec>> {
+        let ports = self.list(
+            path,
+            node,
+            "a list of ports like {name: http, static: 8080}",
+            Self::port,
+        )?;
+        if ports.len() > MAX_PORTS {
+            self.error(
+                path,
+                node.pos,
+                format!("{} ports, more than the limit of {MAX_PORTS}", ports.len()),
+            );
+            return None;
+        }
+        let mut ok = true;
+        for (idx, port) in ports.iter().enumerate() {
+            let earlier = &ports[..idx];
+            if earlier.iter().any(|p| p.name == port.name) {
+                ok = false;
+                self.error(
+                    &index_path(path, idx),
+                    node.pos,
+                    format!("port name {} is used twice", quote(&port.name)),
+                );
+            }
+            if let Some(number) = port.static_port
+                && earlier.iter().any(|p| p.static_port == Some(number))
+            {
+                ok = false;
+                self.error(
+                    &index_path(path, idx),
+                    node.pos,
+                    format!("static port {number} is used twice"),
+                );
+            }
+        }
+        ok.then_some(ports)
+    }
+
+    fn port(&mut self, path: &str, node: &Node) -> Option<PortSpec> {
+        let fields = self.fields(
+            path,
+            node,
+            PORT_FIELDS,
+            "a port mapping like {name: http, static: 8080}",
+        )?;
+        let name = self
+            .required(&fields, "name", "a port name like http")
+            .and_then(|node| self.port_name(&fields.path("name"), node));
+        let static_port = match fields.get("static") {
+            None => Some(None),
+            Some(entry) => self
+                .uint(&fields.path("static"), &entry.value, 1, u32::from(u16::MAX))
+                .and_then(|n| u16::try_from(n).ok())
+                .and_then(|n| {
+                    if (DYNAMIC_PORT_MIN..=DYNAMIC_PORT_MAX).contains(&n) {
+                        self.error(
+                            &fields.path("static"),
+                            entry.value.pos,
+                            format!(
+                                "{n} is in the range of dynamic ports \
+                                 ({DYNAMIC_PORT_MIN}-{DYNAMIC_PORT_MAX}); choose a static port \
+                                 outside it, or leave `static` out for a dynamic one"
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(Some(n))
+                }),
+        };
+        let publish = match fields.get("publish") {
+            None => Some(false),
+            Some(entry) => self.boolean(&fields.path("publish"), &entry.value),
+        };
+        Some(PortSpec {
+            name: name?,
+            static_port: static_port?,
+            publish: publish?,
+        })
+    }
+
+    fn port_name(&mut self, path: &str, node: &Node) -> Option<String> {
+        let name = self.scalar_text(path, node, "a port name like http")?;
+        let valid = (1..=MAX_PORT_NAME_LEN).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            self.error(
+                path,
+                node.pos,
+                format!(
+                    "{} is not a valid port name (expected 1 to {MAX_PORT_NAME_LEN} characters \
+                     of a-z, 0-9 and _, starting with a letter)",
+                    quote(name)
+                ),
+            );
+            return None;
+        }
+        Some(name.to_owned())
     }
 
     fn job_name(&mut self, path: &str, node: &Node) -> Option<String> {
@@ -260,15 +633,16 @@ impl Validator<'_> {
         let workdir = self.optional(&fields, "workdir", Self::workdir);
         let user = self.optional(&fields, "user", Self::user);
         let resources = match fields.get("resources") {
-            None => Some(Resources {
-                cpu_millis: DEFAULT_CPU_MILLIS,
-                memory_bytes: DEFAULT_MEMORY_BYTES,
-            }),
+            None => Some(Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)),
             Some(entry) => self.resources(&fields.path("resources"), &entry.value),
         };
         let kill_timeout = match fields.get("kill_timeout") {
             None => Some(DEFAULT_KILL_TIMEOUT),
             Some(entry) => self.kill_timeout(&fields.path("kill_timeout"), &entry.value),
+        };
+        let ports = match fields.get("ports") {
+            None => Some(Vec::new()),
+            Some(entry) => self.ports(&fields.path("ports"), &entry.value),
         };
         Some(TaskSpec {
             driver: driver?,
@@ -278,6 +652,7 @@ impl Validator<'_> {
             user: user?,
             resources: resources?,
             kill_timeout: kill_timeout?,
+            ports: ports?,
         })
     }
 
@@ -419,7 +794,12 @@ impl Validator<'_> {
     }
 
     fn resources(&mut self, path: &str, node: &Node) -> Option<Resources> {
-        let fields = self.fields(path, node, RESOURCES_FIELDS, "a mapping of cpu and memory")?;
+        let fields = self.fields(
+            path,
+            node,
+            RESOURCES_FIELDS,
+            "a mapping of cpu, memory and disk",
+        )?;
         let cpu_millis = match fields.get("cpu") {
             None => Some(DEFAULT_CPU_MILLIS),
             Some(entry) => {
@@ -458,9 +838,21 @@ impl Validator<'_> {
                     })
             }
         };
+        let disk_bytes = match fields.get("disk") {
+            None => Some(0),
+            Some(entry) => self
+                .quantity(
+                    &fields.path("disk"),
+                    &entry.value,
+                    "a size like 1Gi",
+                    parse_memory,
+                )
+                .map(|(_, bytes)| bytes),
+        };
         Some(Resources {
             cpu_millis: cpu_millis?,
             memory_bytes: memory_bytes?,
+            disk_bytes: disk_bytes?,
         })
     }
 
@@ -707,6 +1099,18 @@ impl Validator<'_> {
             Value::Scalar(scalar) if scalar.kind != ScalarKind::Null => Some(&scalar.text),
             Value::Invalid => None,
             _ => self.wrong_type(path, node, expected),
+        }
+    }
+
+    /// `true` or `false`.
+    fn boolean(&mut self, path: &str, node: &Node) -> Option<bool> {
+        match &node.value {
+            Value::Scalar(Scalar {
+                kind: ScalarKind::Bool,
+                text,
+            }) => Some(text.eq_ignore_ascii_case("true")),
+            Value::Invalid => None,
+            _ => self.wrong_type(path, node, "true or false"),
         }
     }
 

@@ -233,15 +233,18 @@ impl State {
         &mut self,
         id: &NodeId,
         availability: NodeAvailability,
+        deadline: Option<Timestamp>,
     ) -> Result<Vec<Event>, ApplyError> {
         let node = self
             .nodes
             .get_mut(id)
             .ok_or_else(|| ApplyError::NodeNotFound { id: id.clone() })?;
-        if node.availability == availability {
+        let deadline = deadline.filter(|_| availability == NodeAvailability::Drain);
+        if node.availability == availability && node.drain_deadline == deadline {
             return Ok(Vec::new());
         }
         node.availability = availability;
+        node.drain_deadline = deadline;
         Ok(vec![Event::NodeAvailabilityChanged {
             id: id.clone(),
             availability,
@@ -547,6 +550,9 @@ mod tests {
     #[test]
     fn only_members_register_once_a_cluster_exists_and_revoked_ids_never() {
         let node = |id: &str| crate::objects::Node {
+            drain_deadline: None,
+            labels: Default::default(),
+            operator_labels: Default::default(),
             id: NodeId(id.to_owned()),
             hostname: "h".to_owned(),
             capacity: baton_spec::Resources::default(),

@@ -17,6 +17,7 @@ const T1: Timestamp = Timestamp(2_000);
 
 fn res(cpu_millis: u64, memory_bytes: u64) -> Resources {
     Resources {
+        disk_bytes: 0,
         cpu_millis,
         memory_bytes,
     }
@@ -24,9 +25,11 @@ fn res(cpu_millis: u64, memory_bytes: u64) -> Resources {
 
 fn spec(name: &str, kind: JobKind) -> JobSpec {
     JobSpec {
+        placement: Default::default(),
         name: name.to_owned(),
         kind,
         task: TaskSpec {
+            ports: Default::default(),
             driver: DriverKind::Raw,
             command: vec!["sleep".to_owned(), "60".to_owned()],
             env: Default::default(),
@@ -50,6 +53,9 @@ fn service(name: &str, replicas: u32) -> JobSpec {
 
 fn node(id: &str) -> Node {
     Node {
+        drain_deadline: None,
+        labels: Default::default(),
+        operator_labels: Default::default(),
         id: NodeId(id.to_owned()),
         hostname: id.to_owned(),
         capacity: res(1000, 1024 * MI),
@@ -65,6 +71,7 @@ fn node(id: &str) -> Node {
 
 fn task(id: &str, job: &str, version: u64, slot: u32, node: Option<&str>) -> Task {
     Task {
+        ports: Default::default(),
         id: TaskId(id.to_owned()),
         job: job.to_owned(),
         job_version: version,
@@ -400,10 +407,12 @@ fn apply_plan_creates_places_stops_and_removes() {
         Plan {
             create: vec![task("web.1.c", "web", 1, 1, Some("n1"))],
             place: vec![PlanPlacement {
+                ports: Default::default(),
                 task: id("web.0.p"),
                 node: nid("n1"),
             }],
             stop: vec![PlanStop {
+                preempted_by: None,
                 task: id("web.0.a"),
                 reason: "scaled down".to_owned(),
             }],
@@ -472,10 +481,12 @@ fn apply_plan_ignores_stale_items() {
                 task("web.1.paused", "web", 1, 1, Some("n2")),
             ],
             place: vec![PlanPlacement {
+                ports: Default::default(),
                 task: id("web.1.b"),
                 node: nid("n1"),
             }],
             stop: vec![PlanStop {
+                preempted_by: None,
                 task: id("unknown"),
                 reason: "x".to_owned(),
             }],
@@ -519,6 +530,7 @@ fn stopping_an_unplaced_task_shuts_it_down_at_once() {
         &mut state,
         Plan {
             stop: vec![PlanStop {
+                preempted_by: None,
                 task: id("web.0.p"),
                 reason: "job stopped".to_owned(),
             }],
@@ -540,6 +552,7 @@ fn stopping_an_unplaced_task_shuts_it_down_at_once() {
         &mut state,
         Plan {
             stop: vec![PlanStop {
+                preempted_by: None,
                 task: id("web.0.p"),
                 reason: "job stopped".to_owned(),
             }],

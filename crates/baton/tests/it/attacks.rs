@@ -590,8 +590,10 @@ async fn call(
         ("Dispatcher", "Session") => pb::dispatcher_client::DispatcherClient::new(channel)
             .session(pb::SessionRequest {
                 node: Some(pb::NodeDescription {
+                    labels: Default::default(),
                     hostname: "attacker".to_owned(),
                     capacity: Some(pb::Resources {
+                        disk_bytes: 0,
                         cpu_millis: 1000,
                         memory_bytes: 1 << 30,
                     }),
@@ -784,9 +786,11 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
         let dispatcher = baton_rpc::client::GrpcDispatcher::new(channel);
         let mut session = dispatcher
             .open_session(NodeDescription {
+                labels: Default::default(),
                 node_id: baton_state::NodeId(b.clone()),
                 hostname: b.clone(),
                 capacity: baton_spec::Resources {
+                    disk_bytes: 0,
                     cpu_millis: 200,
                     memory_bytes: 1 << 30,
                 },
@@ -1503,9 +1507,11 @@ fn a_session_racing_the_removal_does_not_bring_the_node_back() {
             let mut kept = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let description = NodeDescription {
+                    labels: Default::default(),
                     node_id: baton_state::NodeId(node.clone()),
                     hostname: "racer".to_owned(),
                     capacity: baton_spec::Resources {
+                        disk_bytes: 0,
                         cpu_millis: 1000,
                         memory_bytes: 1 << 30,
                     },
