@@ -4,7 +4,8 @@
 //! expires. The pure work ([`baton_sched::plan`]) runs on a blocking thread so a
 //! large pass never stalls the runtime. Passes are sequential, and each waits
 //! for its plan to be applied, so a pass always sees the previous one's result
-//! (no slot is ever filled twice).
+//! (no slot is ever filled twice). A large plan is committed in parts of at
+//! most [`MAX_PLAN_ITEMS`] items.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,12 @@ use baton_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::now;
+
+/// Most items (tasks created, placed, stopped…) in one proposed command: a
+/// pass over a large cluster commits its plan in parts of this size, so no
+/// log entry grows past a few megabytes and followers apply it in steps.
+/// Every item is re-checked when applied, so the parts are safe on their own.
+pub const MAX_PLAN_ITEMS: usize = 5_000;
 
 /// Runs the control loop until `shutdown` is cancelled.
 pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
@@ -33,28 +40,27 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
             }
         };
         let mut progressed = false;
-        if !output.plan.is_empty() {
-            let n_create = output.plan.create.len();
-            let n_stop = output.plan.stop.len();
-            match store
-                .propose(Command::ApplyPlan {
-                    plan: output.plan,
-                    now,
-                })
-                .await
-            {
+        for plan in output.plan.into_batches(MAX_PLAN_ITEMS) {
+            if plan.is_empty() {
+                continue;
+            }
+            let n_items = plan.len();
+            match store.propose(Command::ApplyPlan { plan, now }).await {
                 Ok(applied) => {
-                    progressed = applied
+                    progressed |= applied
                         .events
                         .iter()
                         .any(|e| !matches!(e, Event::Ignored { .. }));
-                    tracing::debug!(index = applied.index, n_create, n_stop, "plan applied");
+                    tracing::debug!(index = applied.index, n_items, "plan applied");
                 }
                 Err(StoreError::Unavailable(reason)) => {
                     tracing::info!(%reason, "control loop stopping: store unavailable");
                     return;
                 }
-                Err(e) => tracing::error!(error = %e, "plan not applied"),
+                Err(e) => {
+                    tracing::error!(error = %e, "plan not applied");
+                    break;
+                }
             }
         }
         if progressed {

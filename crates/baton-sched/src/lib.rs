@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod feasible;
 mod ids;
 mod reconcile;
 mod schedule;
@@ -22,6 +23,8 @@ mod timefmt;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod testkit;
 #[cfg(test)]
@@ -52,6 +55,7 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
         mut stop,
         remove,
         make_room,
+        evict_if_unplaced,
         next_wakeup,
     } = reconcile::reconcile(state, now, &mut ids);
     let scheduled = schedule::schedule(state, now, &mut create, &pending);
@@ -63,6 +67,15 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
             stop.push(PlanStop {
                 task: room.old.id.clone(),
                 reason: room.reason,
+                preempted_by: None,
+            });
+        }
+    }
+    for evict in evict_if_unplaced {
+        if scheduled.is_unplaced(&evict.new_task) {
+            stop.push(PlanStop {
+                task: evict.old.id.clone(),
+                reason: format!("{} (its replacement fits nowhere)", evict.reason),
                 preempted_by: None,
             });
         }

@@ -397,7 +397,18 @@ fn check_safety(state: &State) -> Result<(), TestCaseError> {
             );
         }
         let mut live: BTreeMap<&Slot, (u32, u32)> = BTreeMap::new();
-        for task in state.tasks_of_job(&job.name).filter(|t| t.is_live()) {
+        // A running task leaving a draining node stays until its replacement
+        // runs (start, then stop): it is neither a duplicate nor an update step.
+        let leaving = |task: &baton_state::Task| {
+            task.status.state == TaskState::Running
+                && task.node.as_ref().and_then(|n| state.node(n)).is_some_and(|n| {
+                    n.availability == NodeAvailability::Drain
+                })
+        };
+        for task in state
+            .tasks_of_job(&job.name)
+            .filter(|t| t.is_live() && !leaving(t))
+        {
             let entry = live.entry(&task.slot).or_default();
             entry.0 += 1;
             if task.job_version == job.version {

@@ -19,10 +19,16 @@
 //!   current-version task completed. Slots start in order with at most
 //!   `parallelism` live tasks (restarts included). A slot that gives up fails the
 //!   job: no further slot starts. Old-version tasks are stopped at once.
-//! - **global**: one slot per node eligible for the job's driver, its task pinned
-//!   to that node. Tasks on nodes that drain or lost the driver are stopped; a
-//!   paused node keeps its task but gets no new one.
-//! - Tasks on draining nodes are stopped and replaced elsewhere at once.
+//! - **global**: one slot per node eligible for the job (driver, constraints),
+//!   its task pinned to that node. Tasks on nodes that drain, lost the driver
+//!   or no longer satisfy a constraint are stopped; a paused node keeps its
+//!   task but gets no new one. A node that joins or gains a label gets its task.
+//! - **leaving a node**: a running service task whose node drains, lost its
+//!   driver or no longer satisfies the job's constraints gets a replacement
+//!   first and is stopped once the replacement runs (or at once if the
+//!   replacement fits nowhere, so a drain always completes). Tasks that do
+//!   not run yet move at once. Batch tasks finish where they are, unless the
+//!   node's drain deadline passes.
 //! - A job with desired state `stop` has every live task stopped.
 //! - History: each slot keeps its [`HISTORY_PER_SLOT`] newest terminal tasks
 //!   (always including its latest, which restart decisions read); older ones
@@ -36,6 +42,7 @@ use baton_state::{
     TaskId, TaskState, TaskStatus, Timestamp, restart_decision,
 };
 
+use crate::feasible;
 use crate::ids::IdGen;
 use crate::timefmt::rfc3339;
 
@@ -57,6 +64,10 @@ pub(crate) struct Reconciled<'a> {
     pub(crate) remove: Vec<TaskId>,
     /// Old tasks to stop if their replacement cannot be placed.
     pub(crate) make_room: Vec<MakeRoom<'a>>,
+    /// Tasks that must leave their node, kept running until their
+    /// replacement runs, unless the replacement fits nowhere: then they are
+    /// stopped anyway (a drain completes even on a full cluster).
+    pub(crate) evict_if_unplaced: Vec<Evict<'a>>,
     /// The earliest backoff deadline after `now`.
     pub(crate) next_wakeup: Option<Timestamp>,
 }
@@ -77,6 +88,17 @@ pub(crate) struct MakeRoom<'a> {
     /// The old-version task running on the node.
     pub(crate) old: &'a Task,
     /// Stop reason for the old task.
+    pub(crate) reason: String,
+}
+
+/// A task that must leave its node, and its replacement.
+#[derive(Debug)]
+pub(crate) struct Evict<'a> {
+    /// The replacement.
+    pub(crate) new_task: TaskId,
+    /// The task leaving.
+    pub(crate) old: &'a Task,
+    /// Why it leaves.
     pub(crate) reason: String,
 }
 
@@ -116,8 +138,11 @@ struct SlotView<'a> {
     old_running: Vec<&'a Task>,
     /// An old-version task still holds a node while being stopped.
     old_stopping: bool,
-    /// A current-version task stopped by this pass because its node drains.
+    /// A current-version task stopped by this pass because it must leave its node.
     drained: Option<&'a Task>,
+    /// A running current-version task that must leave its node, kept until
+    /// its replacement runs, with why it leaves.
+    moving: Option<(&'a Task, String)>,
     /// The slot's newest task (by [`Task::is_newer_than`]).
     latest: Option<&'a Task>,
 }
@@ -169,10 +194,10 @@ impl<'a> Pass<'a, '_> {
     }
 
     fn global(&mut self, job: &'a Job, slots: &Slots<'a>) {
-        let driver = job.spec.task.driver;
+        let spec = &job.spec;
         let mut wanted = Vec::new();
         for node in self.state.nodes() {
-            if State::node_eligible(node, driver) {
+            if feasible::takes_new(self.state, node, spec) {
                 wanted.push(Slot::Node(node.id.clone()));
             }
         }
@@ -181,13 +206,17 @@ impl<'a> Pass<'a, '_> {
                 Slot::Index(_) => "job type changed",
                 Slot::Node(id) => match self.state.node(id) {
                     None => "node removed",
-                    Some(node) if State::node_eligible(node, driver) => continue,
+                    Some(node) if feasible::takes_new(self.state, node, spec) => continue,
                     // A paused node keeps what it runs; it only takes nothing new.
                     Some(node)
                         if node.availability == NodeAvailability::Pause
-                            && node.drivers.contains(&driver) =>
+                            && feasible::may_keep(self.state, node, spec) =>
                     {
                         continue;
+                    }
+                    Some(node) if node.availability == NodeAvailability::Drain => "node draining",
+                    Some(node) if !feasible::constraints_hold(self.state, node, spec) => {
+                        "node no longer satisfies the job's constraints"
                     }
                     Some(_) => "node no longer eligible",
                 },
@@ -195,6 +224,50 @@ impl<'a> Pass<'a, '_> {
             self.stop_live(tasks, reason);
         }
         self.rolling(job, slots, &wanted);
+    }
+
+    /// Why a live task of `job` must leave its node, if it must: the node
+    /// drains, lost the task's driver, or no longer satisfies a constraint.
+    /// Global tasks are pinned and handled by [`Pass::global`]; a batch task
+    /// is let finish on a draining node until the drain deadline passes.
+    fn must_move(&mut self, job: &Job, task: &Task) -> Option<String> {
+        let node_id = task.node.as_ref()?;
+        let node = self.state.node(node_id)?;
+        let batch = matches!(job.spec.kind, JobKind::Batch { .. });
+        if node.availability == NodeAvailability::Drain {
+            if !batch {
+                return Some(format!("node {node_id} is draining"));
+            }
+            return match node.drain_deadline {
+                Some(deadline) if deadline <= self.now => {
+                    Some(format!("node {node_id} is draining and its deadline passed"))
+                }
+                Some(deadline) => {
+                    self.wake_at(deadline);
+                    None
+                }
+                None => None,
+            };
+        }
+        if batch {
+            return None;
+        }
+        if !node.drivers.contains(&job.spec.task.driver) {
+            return Some(format!(
+                "node {node_id} no longer offers the {} driver",
+                job.spec.task.driver.as_str()
+            ));
+        }
+        if job.spec.placement.constraints.is_empty() {
+            return None;
+        }
+        let view = self.state.node_view(node);
+        job.spec
+            .placement
+            .constraints
+            .iter()
+            .find(|c| !c.matches(&view))
+            .map(|c| format!("node {node_id} no longer satisfies constraint {c}"))
     }
 
     /// Services and global jobs: fill empty slots, roll updates one slot at a time.
@@ -205,7 +278,28 @@ impl<'a> Pass<'a, '_> {
         let mut waiting: Vec<(&Slot, Vec<&'a Task>)> = Vec::new();
         for slot in wanted {
             let tasks = slots.get(slot).map(Vec::as_slice).unwrap_or_default();
-            let view = self.triage(job, tasks, true);
+            let mut view = self.triage(job, tasks, true);
+            if let Some((moving, reason)) = view.moving.take() {
+                match view.current {
+                    Some(new) if new.status.state == TaskState::Running => {
+                        self.stop(moving, reason);
+                    }
+                    Some(new) => {
+                        if new.status.state == TaskState::Pending && new.node.is_none() {
+                            self.evict_if_unplaced(new.id.clone(), moving, reason);
+                        }
+                    }
+                    None => {
+                        let next = NextRun {
+                            restarts: moving.restarts,
+                            not_before: None,
+                        };
+                        let id = self.create(job, slot, next);
+                        self.evict_if_unplaced(id, moving, reason);
+                        continue;
+                    }
+                }
+            }
             match (view.current, view.old_running.is_empty()) {
                 (Some(new), false) => {
                     busy = true;
@@ -326,17 +420,21 @@ impl<'a> Pass<'a, '_> {
                 view.old_stopping |= old && task.is_active() && task.node.is_some();
                 continue;
             }
-            if let Some(node) = &task.node
-                && self
-                    .state
-                    .node(node)
-                    .is_some_and(|n| n.availability == NodeAvailability::Drain)
-            {
-                self.stop(task, format!("node {node} is draining"));
-                if old {
-                    view.old_stopping = true;
+            if let Some(reason) = self.must_move(job, task) {
+                // A running service task keeps serving until its replacement
+                // runs (start, then stop); anything else goes at once.
+                if !old && rolling && task.status.state == TaskState::Running {
+                    if let Some((earlier, _)) = &view.moving {
+                        self.stop(earlier, reason.clone());
+                    }
+                    view.moving = Some((task, reason));
                 } else {
-                    view.drained = Some(task);
+                    self.stop(task, reason);
+                    if old {
+                        view.old_stopping = true;
+                    } else {
+                        view.drained = Some(task);
+                    }
                 }
                 continue;
             }
@@ -471,6 +569,14 @@ impl<'a> Pass<'a, '_> {
                 reason: reason.to_owned(),
             });
         }
+    }
+
+    fn evict_if_unplaced(&mut self, new_task: TaskId, old: &'a Task, reason: String) {
+        self.out.evict_if_unplaced.push(Evict {
+            new_task,
+            old,
+            reason,
+        });
     }
 
     fn stop(&mut self, task: &'a Task, reason: String) {

@@ -231,6 +231,39 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Number of items (tasks created, placed, stopped, explained, removed).
+    pub fn len(&self) -> usize {
+        self.create.len()
+            + self.place.len()
+            + self.stop.len()
+            + self.unplaced.len()
+            + self.remove.len()
+    }
+
+    /// Splits the plan into plans of at most `max_items` items each (at least
+    /// one), in order: stops first (they free room), then creations,
+    /// placements, explanations and removals. Each part applies on its own:
+    /// `apply` re-checks every item, so a part applied after a crash of the
+    /// proposer without the others leaves a consistent state.
+    pub fn into_batches(self, max_items: usize) -> Vec<Plan> {
+        let max_items = max_items.max(1);
+        if self.len() <= max_items {
+            return vec![self];
+        }
+        let mut batches = Batches {
+            done: Vec::new(),
+            current: Plan::default(),
+            max_items,
+        };
+        batches.extend(self.stop, |plan| &mut plan.stop);
+        batches.extend(self.create, |plan| &mut plan.create);
+        batches.extend(self.place, |plan| &mut plan.place);
+        batches.extend(self.unplaced, |plan| &mut plan.unplaced);
+        batches.extend(self.remove, |plan| &mut plan.remove);
+        batches.done.push(batches.current);
+        batches.done
+    }
+
     /// Whether applying it would change nothing.
     pub fn is_empty(&self) -> bool {
         self.create.is_empty()
@@ -238,6 +271,24 @@ impl Plan {
             && self.stop.is_empty()
             && self.unplaced.is_empty()
             && self.remove.is_empty()
+    }
+}
+
+/// Plans being filled up to a number of items each.
+struct Batches {
+    done: Vec<Plan>,
+    current: Plan,
+    max_items: usize,
+}
+
+impl Batches {
+    fn extend<T>(&mut self, items: Vec<T>, field: fn(&mut Plan) -> &mut Vec<T>) {
+        for item in items {
+            if self.current.len() >= self.max_items {
+                self.done.push(std::mem::take(&mut self.current));
+            }
+            field(&mut self.current).push(item);
+        }
     }
 }
 

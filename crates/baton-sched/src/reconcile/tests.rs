@@ -305,7 +305,7 @@ fn global_runs_on_each_eligible_node_and_on_a_node_that_joins_later() {
     sim.set_availability("n2", NodeAvailability::Drain);
     assert_eq!(
         lines(&sim),
-        vec!["stop agent.n2 v1 r0: node no longer eligible"]
+        vec!["stop agent.n2 v1 r0: node draining"]
     );
     sim.converge();
     // Paused: keeps its task.
@@ -366,11 +366,20 @@ fn drained_tasks_are_replaced_elsewhere() {
     sim.converge();
     sim.add_node(node("n2", 8000, 8 * GI));
     sim.set_availability("n1", NodeAvailability::Drain);
+    // Start first: the replacements are made while the old tasks keep running.
     assert_eq!(
         lines(&sim),
         vec![
             "create web.0 v1 r0 on - pending",
             "create web.1 v1 r0 on - pending",
+        ]
+    );
+    sim.step();
+    sim.agents_ack();
+    // Then stop, once the replacements run.
+    assert_eq!(
+        lines(&sim),
+        vec![
             "stop web.0 v1 r0: node n1 is draining",
             "stop web.1 v1 r0: node n1 is draining",
         ]
@@ -456,4 +465,133 @@ fn history_keeps_five_terminal_tasks_per_slot() {
         ]
     );
     assert!(out.create.is_empty());
+}
+
+fn labelled(id: &str, labels: &[(&str, &str)]) -> baton_state::Node {
+    let mut n = node(id, 8000, 8 * GI);
+    n.labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    n
+}
+
+fn constrained(mut spec: baton_spec::JobSpec, rule: &str) -> baton_spec::JobSpec {
+    spec.placement
+        .constraints
+        .push(baton_spec::Constraint::parse(rule).expect("valid constraint"));
+    spec
+}
+
+fn set_labels(sim: &mut Sim, id: &str, set: &[(&str, &str)], remove: &[&str]) {
+    sim.apply(baton_state::Command::UpdateNodeLabels {
+        id: baton_state::NodeId(id.to_owned()),
+        set: set
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        remove: remove.iter().map(|k| (*k).to_owned()).collect(),
+    });
+}
+
+fn drain(sim: &mut Sim, id: &str, deadline: Option<u64>) {
+    let deadline = deadline.map(|ms| baton_state::Timestamp(sim.now.0 + ms));
+    sim.apply(baton_state::Command::SetNodeAvailability {
+        id: baton_state::NodeId(id.to_owned()),
+        availability: NodeAvailability::Drain,
+        deadline,
+    });
+}
+
+#[test]
+fn batch_tasks_finish_on_a_draining_node_until_its_deadline() {
+    let mut sim = Sim::new();
+    sim.add_node(node("n1", 8000, 8 * GI));
+    sim.put(batch("etl", 2, 2));
+    sim.converge();
+    sim.add_node(node("n2", 8000, 8 * GI));
+    drain(&mut sim, "n1", Some(60_000));
+    // Let finish: nothing moves, the pass wakes up at the deadline.
+    assert_eq!(lines(&sim), vec!["wakeup +60000ms"]);
+    sim.advance(60_000);
+    assert_eq!(
+        lines(&sim),
+        vec![
+            "create etl.0 v1 r0 on - pending",
+            "create etl.1 v1 r0 on - pending",
+            "stop etl.0 v1 r0: node n1 is draining and its deadline passed",
+            "stop etl.1 v1 r0: node n1 is draining and its deadline passed",
+        ]
+    );
+}
+
+#[test]
+fn batch_tasks_without_a_drain_deadline_are_never_stopped() {
+    let mut sim = Sim::new();
+    sim.add_node(node("n1", 8000, 8 * GI));
+    sim.put(batch("etl", 1, 1));
+    sim.converge();
+    drain(&mut sim, "n1", None);
+    sim.advance(3_600_000);
+    assert_eq!(lines(&sim), Vec::<String>::new());
+}
+
+#[test]
+fn a_drained_task_whose_replacement_fits_nowhere_is_stopped_anyway() {
+    let mut sim = Sim::new();
+    sim.add_node(node("n1", 8000, 8 * GI));
+    sim.put(service("web", 1));
+    sim.converge();
+    drain(&mut sim, "n1", None);
+    let out = sim.pass();
+    let stops: Vec<&str> = out.plan.stop.iter().map(|s| s.reason.as_str()).collect();
+    assert_eq!(
+        stops,
+        vec!["node n1 is draining (its replacement fits nowhere)"]
+    );
+    assert_eq!(out.plan.create.len(), 1, "the replacement waits, pending");
+}
+
+#[test]
+fn service_tasks_leave_a_node_that_no_longer_satisfies_a_constraint() {
+    let mut sim = Sim::new();
+    sim.add_node(labelled("n1", &[("zone", "a")]));
+    sim.add_node(labelled("n2", &[("zone", "b")]));
+    sim.put(constrained(service("web", 1), "node.labels.zone == a"));
+    sim.converge();
+    assert_eq!(sim.live("web")[0].node.as_ref().map(|n| n.0.as_str()), Some("n1"));
+    // The operator moves zone a to n2: the task moves there, start first.
+    set_labels(&mut sim, "n1", &[("zone", "c")], &[]);
+    set_labels(&mut sim, "n2", &[("zone", "a")], &[]);
+    assert_eq!(lines(&sim), vec!["create web.0 v1 r0 on - pending"]);
+    sim.step();
+    sim.agents_ack();
+    assert_eq!(
+        lines(&sim),
+        vec!["stop web.0 v1 r0: node n1 no longer satisfies constraint node.labels.zone == a"]
+    );
+    sim.converge();
+    let live = sim.live("web");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].node.as_ref().map(|n| n.0.as_str()), Some("n2"));
+}
+
+#[test]
+fn global_job_follows_its_constraint_as_labels_change() {
+    let mut sim = Sim::new();
+    sim.add_node(labelled("n1", &[("disk", "ssd")]));
+    sim.add_node(labelled("n2", &[]));
+    sim.put(constrained(global("cache"), "node.labels.disk == ssd"));
+    assert_eq!(lines(&sim), vec!["create cache.n1 v1 r0 on - pending"]);
+    sim.converge();
+    // n2 gains the label: it gets a task.
+    set_labels(&mut sim, "n2", &[("disk", "ssd")], &[]);
+    assert_eq!(lines(&sim), vec!["create cache.n2 v1 r0 on - pending"]);
+    sim.converge();
+    // The agent of n1 re-registers without the label: its task stops.
+    sim.add_node(labelled("n1", &[]));
+    assert_eq!(
+        lines(&sim),
+        vec!["stop cache.n1 v1 r0: node no longer satisfies the job's constraints"]
+    );
 }

@@ -442,6 +442,81 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             "web.yaml:1:33: invalid JSON: nesting deeper than 32 levels (a job spec needs 4)",
         ),
         (
+            "constraint with an unknown operator",
+            Yaml,
+            yaml((
+                "replicas: 2",
+                "replicas: 2\nconstraints: [\"node.labels.zone = a\"]",
+            )),
+            "web.yaml:4:15: constraints[0]: \"node.labels.zone = a\" at character 18: unknown operator \"=\" (expected ==, !=, in, not in, =~, !~, semver, contains, not contains, exists, not exists)",
+        ),
+        (
+            "affinity weight 0",
+            Yaml,
+            yaml((
+                "replicas: 2",
+                "replicas: 2\naffinities: [{expr: node.labels.disk == ssd, weight: 0}]",
+            )),
+            "web.yaml:4:54: affinities[0].weight: \"0\" is not a valid weight (expected -100 to 100, not 0)",
+        ),
+        (
+            "spread over drivers",
+            Yaml,
+            yaml((
+                "replicas: 2",
+                "replicas: 2\nspread: {attribute: node.drivers}",
+            )),
+            "web.yaml:4:21: spread.attribute: node.drivers is a set and cannot be spread over (expected node.labels.<key>, node.hostname, node.role or node.id)",
+        ),
+        (
+            "spread targets over 100%",
+            Yaml,
+            yaml((
+                "replicas: 2",
+                "replicas: 2\nspread: {attribute: node.labels.zone, targets: {a: 60, b: 50}}",
+            )),
+            "web.yaml:4:48: spread.targets: the percentages add up to 110 (expected at most 100)",
+        ),
+        (
+            "priority out of range",
+            Yaml,
+            yaml(("replicas: 2", "replicas: 2\npriority: 101")),
+            "web.yaml:4:11: priority: \"101\" is out of range (expected 0 to 100)",
+        ),
+        (
+            "unknown strategy",
+            Yaml,
+            yaml(("replicas: 2", "replicas: 2\nstrategy: random")),
+            "web.yaml:4:11: strategy: unknown strategy \"random\" (expected binpack or spread)",
+        ),
+        (
+            "static port in the dynamic range",
+            Yaml,
+            yaml((
+                "  kill_timeout: 5s",
+                "  kill_timeout: 5s\n  ports: [{name: http, static: 20001}]",
+            )),
+            "web.yaml:11:32: task.ports[0].static: 20001 is in the range of dynamic ports (20000-32000); choose a static port outside it, or leave `static` out for a dynamic one",
+        ),
+        (
+            "port name twice",
+            Yaml,
+            yaml((
+                "  kill_timeout: 5s",
+                "  kill_timeout: 5s\n  ports: [{name: http}, {name: http}]",
+            )),
+            "web.yaml:11:10: task.ports[1]: port name \"http\" is used twice",
+        ),
+        (
+            "bad port name",
+            Yaml,
+            yaml((
+                "  kill_timeout: 5s",
+                "  kill_timeout: 5s\n  ports: [{name: HTTP}]",
+            )),
+            "web.yaml:11:18: task.ports[0].name: \"HTTP\" is not a valid port name (expected 1 to 32 characters of a-z, 0-9 and _, starting with a letter)",
+        ),
+        (
             "json: empty",
             Json,
             b" \n".to_vec(),
@@ -708,4 +783,83 @@ fn documents_at_the_size_limit_are_read() {
     let doc = format!("{VALID}#{}\n", "x".repeat(padding));
     assert_eq!(doc.len(), MAX_SPEC_BYTES);
     assert_eq!(render(SpecFormat::Yaml, doc.as_bytes()), "ok");
+}
+
+#[test]
+fn placement_fields_parse_to_the_expected_spec() {
+    let doc = "name: web
+replicas: 4
+priority: 80
+preempt: true
+constraints: [\"node.labels.zone in (a, b)\", \"node.role != manager\"]
+affinities:
+  - {expr: node.labels.disk == ssd, weight: 40}
+  - {expr: node.hostname =~ ^old-}
+spread: {attribute: node.labels.zone, targets: {a: 70, b: 30}}
+strategy: spread
+max_per_node: 2
+task:
+  driver: raw
+  command: [sleep, \"100\"]
+  resources: {cpu: 100m, memory: 64Mi, disk: 1Gi}
+  ports: [{name: http, static: 8080, publish: true}, {name: metrics}]
+";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    let placement = &spec.placement;
+    assert_eq!(placement.priority, 80);
+    assert!(placement.preempt);
+    let rules: Vec<&str> = placement.constraints.iter().map(|c| c.as_str()).collect();
+    assert_eq!(
+        rules,
+        vec!["node.labels.zone in (a, b)", "node.role != manager"]
+    );
+    let affinities: Vec<(&str, i32)> = placement
+        .affinities
+        .iter()
+        .map(|a| (a.expr.as_str(), a.weight))
+        .collect();
+    assert_eq!(
+        affinities,
+        vec![
+            ("node.labels.disk == ssd", 40),
+            ("node.hostname =~ ^old-", 50)
+        ]
+    );
+    let spread = placement.spread.as_ref().expect("spread");
+    assert_eq!(spread.attribute.to_string(), "node.labels.zone");
+    assert_eq!(
+        spread.targets,
+        vec![
+            crate::SpreadTarget {
+                value: "a".into(),
+                percent: 70
+            },
+            crate::SpreadTarget {
+                value: "b".into(),
+                percent: 30
+            },
+        ]
+    );
+    assert_eq!(placement.strategy, crate::Strategy::Spread);
+    assert_eq!(placement.max_per_node, Some(2));
+    assert_eq!(spec.task.resources.disk_bytes, 1 << 30);
+    assert_eq!(
+        spec.task.ports,
+        vec![
+            crate::PortSpec {
+                name: "http".into(),
+                static_port: Some(8080),
+                publish: true
+            },
+            crate::PortSpec {
+                name: "metrics".into(),
+                static_port: None,
+                publish: false
+            },
+        ]
+    );
+    // The stored form reads back to the same spec.
+    let json = serde_json::to_string(&spec).expect("serialises");
+    let back: JobSpec = serde_json::from_str(&json).expect("deserialises");
+    assert_eq!(back, spec);
 }

@@ -802,3 +802,216 @@ fn job_summary_phases() {
     put(&mut state, spec("agent", JobKind::Global));
     assert_eq!(summary(&state, "agent").desired, 1);
 }
+
+#[test]
+fn a_plan_splits_into_batches_that_keep_every_item_once_in_order() {
+    use crate::command::{PlanStop, PlanUnplaced};
+    let stop = |i: usize| PlanStop {
+        task: TaskId(format!("s{i}")),
+        reason: String::new(),
+        preempted_by: None,
+    };
+    let unplaced = |i: usize| PlanUnplaced {
+        task: TaskId(format!("u{i}")),
+        reason: String::new(),
+    };
+    let plan = Plan {
+        stop: (0..5).map(stop).collect(),
+        unplaced: (0..4).map(unplaced).collect(),
+        remove: vec![TaskId("r0".into())],
+        ..Plan::default()
+    };
+    assert_eq!(plan.len(), 10);
+    let batches = plan.clone().into_batches(4);
+    assert_eq!(
+        batches.iter().map(Plan::len).collect::<Vec<_>>(),
+        vec![4, 4, 2]
+    );
+    let stops: Vec<PlanStop> = batches.iter().flat_map(|b| b.stop.clone()).collect();
+    let unplaced: Vec<PlanUnplaced> = batches.iter().flat_map(|b| b.unplaced.clone()).collect();
+    assert_eq!(stops, plan.stop);
+    assert_eq!(unplaced, plan.unplaced);
+    assert_eq!(batches[2].remove, plan.remove);
+    assert_eq!(plan.clone().into_batches(10), vec![plan.clone()]);
+    assert_eq!(
+        plan.into_batches(0).len(),
+        10,
+        "at least one item per batch"
+    );
+}
+
+fn with_port(mut task: Task, port: u16) -> Task {
+    task.ports.insert("http".to_owned(), port);
+    task
+}
+
+#[test]
+fn a_host_port_is_held_by_one_active_task_per_node() {
+    let mut state = State::default();
+    register(&mut state, node("n1"));
+    put(&mut state, service("web", 3));
+    let events = create(
+        &mut state,
+        vec![
+            with_port(task("web.0.a", "web", 1, 0, Some("n1")), 8080),
+            with_port(task("web.1.b", "web", 1, 1, Some("n1")), 8080),
+        ],
+    );
+    assert!(
+        matches!(
+            &events[..],
+            [
+                Event::TaskCreated { .. },
+                Event::TaskPlaced { .. },
+                Event::Ignored { .. }
+            ]
+        ),
+        "the second task on port 8080 is refused: {events:?}"
+    );
+    assert_eq!(
+        state
+            .ports_in_use(&nid("n1"))
+            .map(|p| p.iter().copied().collect::<Vec<_>>()),
+        Some(vec![8080])
+    );
+    // A pending task placed with the port in use is refused; once the holder
+    // ends, the port is free again.
+    create(&mut state, vec![task("web.2.c", "web", 1, 2, None)]);
+    let placement = |port: u16| PlanPlacement {
+        task: id("web.2.c"),
+        node: nid("n1"),
+        ports: [("http".to_owned(), port)].into(),
+    };
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            place: vec![placement(8080)],
+            ..Plan::default()
+        },
+    );
+    assert!(matches!(&events[..], [Event::Ignored { .. }]), "{events:?}");
+    report(&mut state, "n1", "web.0.a", TaskState::Failed);
+    assert!(state.ports_in_use(&nid("n1")).is_none());
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            place: vec![placement(8080)],
+            ..Plan::default()
+        },
+    );
+    assert!(
+        matches!(&events[..], [Event::TaskPlaced { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(
+        state.task(&id("web.2.c")).map(|t| t.ports.clone()),
+        Some([("http".to_owned(), 8080)].into())
+    );
+}
+
+#[test]
+fn operator_labels_win_and_survive_the_agent_registering_again() {
+    let mut state = State::default();
+    let mut n1 = node("n1");
+    n1.labels = [("zone".to_owned(), "a".to_owned())].into();
+    register(&mut state, n1.clone());
+    let events = state
+        .apply(Command::UpdateNodeLabels {
+            id: nid("n1"),
+            set: [
+                ("zone".to_owned(), "b".to_owned()),
+                ("ssd".to_owned(), "yes".to_owned()),
+            ]
+            .into(),
+            remove: BTreeSet::new(),
+        })
+        .expect("labels");
+    assert_eq!(events, vec![Event::NodeLabelsChanged { id: nid("n1") }]);
+    register(&mut state, n1);
+    let node = state.node(&nid("n1")).expect("node");
+    assert_eq!(node.label("zone"), Some("b"));
+    assert_eq!(node.label("ssd"), Some("yes"));
+    let events = state
+        .apply(Command::UpdateNodeLabels {
+            id: nid("n1"),
+            set: Default::default(),
+            remove: ["zone".to_owned()].into(),
+        })
+        .expect("labels");
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        state.node(&nid("n1")).and_then(|n| n.label("zone")),
+        Some("a"),
+        "the agent's again"
+    );
+}
+
+#[test]
+fn scale_changes_only_a_service_count_and_keeps_its_tasks() {
+    let mut state = running_web();
+    let events = state
+        .apply(Command::ScaleJob {
+            name: "web".into(),
+            replicas: 5,
+            now: T1,
+        })
+        .expect("scale");
+    assert_eq!(
+        events,
+        vec![Event::JobScaled {
+            name: "web".into(),
+            version: 2,
+            replicas: 5
+        }]
+    );
+    let job = state.job("web").expect("job");
+    assert_eq!(job.spec.kind, JobKind::Service { replicas: 5 });
+    assert!(
+        state.tasks_of_job("web").all(|t| t.job_version == 2),
+        "tasks carried forward"
+    );
+    put(
+        &mut state,
+        spec(
+            "etl",
+            JobKind::Batch {
+                completions: 1,
+                parallelism: 1,
+            },
+        ),
+    );
+    let err = state
+        .apply(Command::ScaleJob {
+            name: "etl".into(),
+            replicas: 2,
+            now: T1,
+        })
+        .expect_err("batch");
+    assert!(
+        err.to_string().contains("only service jobs are scaled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_preempting_stop_says_who_evicted_whom() {
+    let mut state = running_web();
+    let events = apply_plan(
+        &mut state,
+        Plan {
+            stop: vec![PlanStop {
+                task: id("web.0.a"),
+                reason: "preempted".to_owned(),
+                preempted_by: Some(id("db.0.x")),
+            }],
+            ..Plan::default()
+        },
+    );
+    assert_eq!(
+        events[0],
+        Event::TaskPreempted {
+            id: id("web.0.a"),
+            by: id("db.0.x")
+        }
+    );
+}
