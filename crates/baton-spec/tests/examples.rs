@@ -119,3 +119,29 @@ fn global_example_runs_on_every_node() {
     };
     assert_eq!(parse_example("global.yaml"), expected);
 }
+
+#[test]
+fn placement_example_spreads_over_zones_on_ssd_workers() {
+    let spec = parse_example("placement.yaml");
+    assert_eq!(spec.kind, JobKind::Service { replicas: 6 });
+    let placement = &spec.placement;
+    assert_eq!(placement.priority, 70);
+    assert!(!placement.preempt);
+    let rules: Vec<&str> = placement.constraints.iter().map(|c| c.as_str()).collect();
+    assert_eq!(
+        rules,
+        vec!["node.role != manager", "node.labels.disk == ssd"]
+    );
+    assert_eq!(placement.affinities.len(), 1);
+    assert_eq!(placement.affinities[0].weight, 50);
+    assert_eq!(
+        placement.spread.as_ref().map(|s| s.attribute.to_string()),
+        Some("node.labels.zone".to_owned())
+    );
+    assert_eq!(placement.max_per_node, Some(2));
+    assert_eq!(spec.task.resources.disk_bytes, 100 << 20);
+    assert_eq!(spec.task.ports.len(), 1);
+    assert_eq!(spec.task.ports[0].name, "http");
+    assert_eq!(spec.task.ports[0].static_port, None);
+    assert!(spec.task.ports[0].publish);
+}

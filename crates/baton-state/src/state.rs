@@ -712,18 +712,34 @@ impl State {
     }
 
     fn insert_task(&mut self, task: Task) {
-        self.tasks_by_job
-            .entry(task.job.clone())
-            .or_default()
-            .insert(task.id.clone());
+        // Keys are cloned only when an entry is new: this runs once per task
+        // placed, a million times for a large plan.
+        match self.tasks_by_job.get_mut(&task.job) {
+            Some(ids) => {
+                ids.insert(task.id.clone());
+            }
+            None => {
+                self.tasks_by_job
+                    .insert(task.job.clone(), OrdSet::unit(task.id.clone()));
+            }
+        }
         if let Some(node) = &task.node {
-            self.tasks_by_node
-                .entry(node.clone())
-                .or_default()
-                .insert(task.id.clone());
+            match self.tasks_by_node.get_mut(node) {
+                Some(ids) => {
+                    ids.insert(task.id.clone());
+                }
+                None => {
+                    self.tasks_by_node
+                        .insert(node.clone(), OrdSet::unit(task.id.clone()));
+                }
+            }
             if task.is_active() {
-                let held = self.reserved(node).saturating_add(&task.resources);
-                self.reserved.insert(node.clone(), held);
+                match self.reserved.get_mut(node) {
+                    Some(held) => *held = held.saturating_add(&task.resources),
+                    None => {
+                        self.reserved.insert(node.clone(), task.resources);
+                    }
+                }
                 if !task.ports.is_empty() {
                     let used = self.ports_used.entry(node.clone()).or_default();
                     used.extend(task.ports.values().copied());
