@@ -215,7 +215,8 @@ impl Agent {
     /// every task (in parallel, each with its kill timeout) and returns without
     /// reporting: the next start reports them lost.
     ///
-    /// Returns an error only if the data directory cannot be used.
+    /// Returns an error only if the data directory cannot be used or the
+    /// configuration is invalid (labels).
     ///
     /// The roots the cluster pushes (a root CA rotation) and the list of its
     /// managers go to `cluster_updates`, whose owner keeps the node's TLS
@@ -238,6 +239,9 @@ impl Agent {
         config: AgentConfig,
         dispatcher: Arc<dyn Dispatcher>,
     ) -> Result<Agent, AgentError> {
+        // The dispatcher refuses a session with invalid labels; say so here,
+        // once, rather than retrying a session that can never open.
+        baton_spec::check_labels(&config.labels).map_err(AgentError::Config)?;
         let tasks_dir = config.tasks_dir();
         std::fs::create_dir_all(&tasks_dir).map_err(|e| AgentError::io("create", &tasks_dir, e))?;
         let node_id = NodeId(load_or_create_node_id(&config.data_dir)?);
@@ -612,6 +616,7 @@ impl Agent {
             task_dir: self.config.tasks_dir().join(&task.0),
             assignment,
             node: self.node_id.clone(),
+            advertise_ip: self.config.advertise_ip,
             log_max_bytes: self.config.log_max_bytes,
             stop: stop_rx,
             events: self.events_tx.clone(),

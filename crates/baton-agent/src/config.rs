@@ -21,7 +21,8 @@ pub struct AgentConfig {
     /// Offer the `raw` driver (plain processes, no isolation).
     pub enable_raw: bool,
     /// Resources offered to tasks; `None` measures the host (CPUs x 1000
-    /// millicores, `MemTotal` bytes).
+    /// millicores, `MemTotal` bytes, the free space of the filesystem holding
+    /// `data_dir`).
     pub capacity: Option<Resources>,
     /// A task's `task.log` is rotated to `task.log.1` when it reaches this size,
     /// so one task uses at most twice this on disk for logs.
@@ -31,6 +32,10 @@ pub struct AgentConfig {
     pub max_finished_tasks: usize,
     /// Labels the node registers with (`--label k=v`).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The IP other hosts reach this node at, given to tasks in
+    /// `BATON_ADDR_<NAME>` of their published ports; `None` gives `0.0.0.0`
+    /// (every address of the node).
+    pub advertise_ip: Option<std::net::IpAddr>,
 }
 
 impl AgentConfig {
@@ -43,6 +48,7 @@ impl AgentConfig {
             enable_raw,
             capacity: None,
             labels: std::collections::BTreeMap::new(),
+            advertise_ip: None,
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
         }

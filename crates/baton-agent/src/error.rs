@@ -11,8 +11,8 @@ use nix::errno::Errno;
 /// Two tiers, as the rest of Baton: the `Start*`, `UnknownUser`, `NotRoot` and
 /// `DriverUnavailable` variants describe one task that cannot run (the task is
 /// reported `failed` with this message and the agent carries on); `Io` and
-/// `Record` on the agent's own data directory at start-up mean this node is
-/// broken and [`crate::Agent::run`] returns them.
+/// `Record` on the agent's own data directory at start-up, and `Config`,
+/// mean this node is broken and [`crate::Agent::run`] returns them.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// A file system operation on the agent's data failed.
@@ -59,6 +59,9 @@ pub enum AgentError {
         /// The driver.
         driver: DriverKind,
     },
+    /// The agent's configuration is unusable (e.g. an invalid label).
+    #[error("config: {0}")]
+    Config(String),
     /// Signalling or waiting for a task's process failed.
     #[error("process {pid}: {reason}")]
     Process {

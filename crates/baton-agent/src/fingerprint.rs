@@ -1,6 +1,7 @@
 //! What the node offers: its measured capacity and its drivers.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use baton_spec::{DriverKind, Resources};
 
@@ -20,6 +21,32 @@ pub fn host_capacity() -> Resources {
     )
 }
 
+/// The host's capacity as [`host_capacity`], plus the disk it offers: the
+/// space free to unprivileged users on the filesystem holding `data_dir`
+/// (0 when it cannot be read).
+pub fn measure_capacity(data_dir: &Path) -> Resources {
+    Resources {
+        disk_bytes: disk_free(data_dir).unwrap_or(0),
+        ..host_capacity()
+    }
+}
+
+/// Bytes free to unprivileged users on the filesystem holding `path`
+/// (`statvfs`: available blocks times the fragment size), `None` if it cannot
+/// be read. Measured once, when the agent starts: what tasks may use is
+/// reserved by the scheduler, not watched.
+pub fn disk_free(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    available_bytes(stat.blocks_available(), stat.fragment_size())
+}
+
+/// `blocks * block_size`, `None` on overflow.
+fn available_bytes(blocks: impl TryInto<u64>, block_size: impl TryInto<u64>) -> Option<u64> {
+    let blocks: u64 = blocks.try_into().ok()?;
+    let block_size: u64 = block_size.try_into().ok()?;
+    blocks.checked_mul(block_size)
+}
+
 /// `MemTotal` in bytes from the text of `/proc/meminfo` (which counts in kB,
 /// meaning KiB).
 pub(crate) fn parse_mem_total(meminfo: &str) -> Option<u64> {
@@ -35,7 +62,9 @@ pub(crate) fn parse_mem_total(meminfo: &str) -> Option<u64> {
 
 /// The capacity to offer: configured, or measured.
 pub(crate) fn capacity(config: &AgentConfig) -> Resources {
-    config.capacity.unwrap_or_else(host_capacity)
+    config
+        .capacity
+        .unwrap_or_else(|| measure_capacity(&config.data_dir))
 }
 
 /// The drivers this node offers.
@@ -56,6 +85,26 @@ mod tests {
         let text = "MemTotal:       24576000 kB\nMemFree:         1000 kB\n";
         assert_eq!(parse_mem_total(text), Some(24_576_000 * 1024));
         assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn disk_free_is_measured_on_the_data_dirs_filesystem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let free = disk_free(dir.path()).expect("statvfs of a temp dir");
+        assert!(free > 0);
+        assert!(measure_capacity(dir.path()).disk_bytes > 0);
+        assert_eq!(disk_free(&dir.path().join("missing")), None);
+        assert_eq!(available_bytes(10u64, 4096u64), Some(40_960));
+        assert_eq!(available_bytes(u64::MAX, 2u64), None);
+    }
+
+    #[test]
+    fn configured_capacity_wins_over_the_measure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = AgentConfig::new(dir.path().to_owned(), "h".to_owned(), true);
+        assert!(capacity(&config).disk_bytes > 0);
+        config.capacity = Some(Resources::new(500, 1 << 30));
+        assert_eq!(capacity(&config), Resources::new(500, 1 << 30));
     }
 
     #[test]

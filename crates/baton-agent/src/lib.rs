@@ -45,7 +45,7 @@ pub use error::AgentError;
 pub use executor::{
     Action, LOST_NOT_RUNNING, LocalTask, SHUTDOWN_BEFORE_START, moves_forward, step,
 };
-pub use fingerprint::host_capacity;
+pub use fingerprint::{disk_free, host_capacity, measure_capacity};
 pub use identity::{IdentityError, NodeIdentity, load_or_join, renew_loop};
 pub use log_file::{LOG_FILE, LogWriter, ROTATED_LOG_FILE};
 pub use managers::{FailoverDispatcher, ManagerList};

@@ -86,6 +86,8 @@ pub(crate) struct Runner {
     pub assignment: Assignment,
     /// This node.
     pub node: NodeId,
+    /// This node's address for published ports, if known.
+    pub advertise_ip: Option<std::net::IpAddr>,
     /// `data_dir/tasks/<task_id>`.
     pub task_dir: PathBuf,
     /// Log rotation size.
@@ -172,6 +174,8 @@ impl Runner {
             spec: self.assignment.spec.clone(),
             task_dir: self.task_dir.clone(),
             log,
+            ports: self.assignment.ports.clone(),
+            advertise_ip: self.advertise_ip,
         };
         let mut handle = match self.driver.start(run).await {
             Ok(handle) => handle,

@@ -421,3 +421,42 @@ async fn finished_task_dirs_beyond_the_limit_are_removed_oldest_first() {
     assert!(agent.task_dir(&tasks[2]).exists());
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_finds_its_host_ports_and_where_to_listen_in_its_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.advertise_ip = Some("10.9.8.7".parse().expect("ip"));
+    let agent = TestAgent::start_with(cfg);
+    let task = task_id("ports");
+    let mut ports = shell(&task, "env | grep '^BATON_.*_' | sort; echo end");
+    ports.spec.ports = vec![
+        baton_spec::PortSpec {
+            name: "http".to_owned(),
+            static_port: None,
+            publish: true,
+        },
+        baton_spec::PortSpec {
+            name: "metrics".to_owned(),
+            static_port: Some(9100),
+            publish: false,
+        },
+    ];
+    ports.ports = [("http".to_owned(), 20_321), ("metrics".to_owned(), 9100)].into();
+    agent.dispatcher.push(vec![ports]).await;
+    let log = agent.wait_log(&task, "end").await;
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("_PORT_") || l.contains("_ADDR_"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "BATON_ADDR_HTTP=10.9.8.7:20321",
+            "BATON_ADDR_METRICS=127.0.0.1:9100",
+            "BATON_PORT_HTTP=20321",
+            "BATON_PORT_METRICS=9100",
+        ]
+    );
+    agent.stop().await;
+}

@@ -18,7 +18,13 @@ async fn node_describes_itself_and_keeps_its_id_across_restarts() {
     let first = agent.dispatcher.description().expect("session");
     assert_eq!(first.hostname, "test-host");
     assert_eq!(first.drivers, BTreeSet::from([DriverKind::Raw]));
-    assert_eq!(first.capacity, baton_agent::host_capacity());
+    let host = baton_agent::host_capacity();
+    assert_eq!(
+        (first.capacity.cpu_millis, first.capacity.memory_bytes),
+        (host.cpu_millis, host.memory_bytes)
+    );
+    // The free space of the data dir's filesystem, measured at start.
+    assert!(first.capacity.disk_bytes > 0, "{:?}", first.capacity);
     assert_eq!(first.node_id.0.len(), 16);
     agent.stop().await;
 

@@ -22,8 +22,9 @@ use serde::de::DeserializeOwned;
 
 use crate::config::ClientConfig;
 use crate::types::{
-    AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo,
-    JoinTokenInfo, NodeInfo, RemovedNode, SubmitResponse, TaskInfo,
+    AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo, JobPlan,
+    JoinTokenInfo, NodeInfo, NodeLabelsRequest, RemovedNode, ScaleRequest, ScaleResponse,
+    SubmitResponse, TaskInfo,
 };
 
 /// A failed API call.
@@ -254,6 +255,35 @@ impl ApiClient {
         self.json(req).await
     }
 
+    /// `POST /v1/jobs/plan`: what submitting the spec bytes would do, without
+    /// changing anything. Same body and errors as [`ApiClient::submit_job`].
+    pub async fn plan_job(
+        &self,
+        source_name: &str,
+        bytes: Vec<u8>,
+        yaml: bool,
+    ) -> Result<JobPlan, ApiError> {
+        let content_type = if yaml {
+            "application/yaml"
+        } else {
+            "application/json"
+        };
+        let req = self
+            .request(Method::POST, "/v1/jobs/plan")
+            .query(&[("source", source_name)])
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes);
+        self.json(req).await
+    }
+
+    /// `POST /v1/jobs/{name}/scale`: sets a service's replica count.
+    pub async fn scale_job(&self, name: &str, replicas: u32) -> Result<ScaleResponse, ApiError> {
+        let req = self
+            .request(Method::POST, &format!("/v1/jobs/{name}/scale"))
+            .json(&ScaleRequest { replicas });
+        self.json(req).await
+    }
+
     /// `GET /v1/jobs`.
     pub async fn list_jobs(&self) -> Result<Vec<JobInfo>, ApiError> {
         self.json(self.request(Method::GET, "/v1/jobs")).await
@@ -310,17 +340,33 @@ impl ApiClient {
         self.json(self.request(Method::GET, "/v1/nodes")).await
     }
 
-    /// `POST /v1/nodes/{id}/availability`.
+    /// `POST /v1/nodes/{id}/availability`; `deadline` (a duration, e.g.
+    /// `10m`) only with `drain`.
     pub async fn set_node_availability(
         &self,
         id: &str,
         availability: &str,
+        deadline: Option<&str>,
     ) -> Result<NodeInfo, ApiError> {
         let req = self
             .request(Method::POST, &format!("/v1/nodes/{id}/availability"))
             .json(&AvailabilityRequest {
                 availability: availability.to_owned(),
+                deadline: deadline.map(str::to_owned),
             });
+        self.json(req).await
+    }
+
+    /// `POST /v1/nodes/{id}/labels`: sets and removes operator labels;
+    /// answers the node as it is afterwards.
+    pub async fn update_node_labels(
+        &self,
+        id: &str,
+        labels: &NodeLabelsRequest,
+    ) -> Result<NodeInfo, ApiError> {
+        let req = self
+            .request(Method::POST, &format!("/v1/nodes/{id}/labels"))
+            .json(labels);
         self.json(req).await
     }
 

@@ -1,5 +1,6 @@
 //! Request and response bodies.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,9 @@ pub struct TaskInfo {
     pub started_at: Option<u64>,
     /// Finished (ms since the epoch).
     pub finished_at: Option<u64>,
+    /// Host ports it holds on its node, by port name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// A node.
@@ -158,6 +162,39 @@ pub struct NodeInfo {
     pub cpu_reserved: u64,
     /// Memory reserved by its tasks.
     pub memory_reserved: u64,
+    /// Disk offered, bytes (what its agent measured, or `--disk`).
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Disk reserved by its tasks.
+    #[serde(default)]
+    pub disk_reserved: u64,
+    /// CPU not reserved, millicores.
+    #[serde(default)]
+    pub cpu_free: u64,
+    /// Memory not reserved, bytes.
+    #[serde(default)]
+    pub memory_free: u64,
+    /// Disk not reserved, bytes.
+    #[serde(default)]
+    pub disk_free: u64,
+    /// Host ports held by its tasks.
+    #[serde(default)]
+    pub ports_in_use: Vec<u16>,
+    /// The labels placement rules see (`node.labels.<key>`): its agent's,
+    /// overridden by the operator's.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The labels its agent registered (`baton agent --label`).
+    #[serde(default)]
+    pub agent_labels: BTreeMap<String, String>,
+    /// The labels an operator set (`baton node label`); they win over the
+    /// agent's and survive its restarts.
+    #[serde(default)]
+    pub operator_labels: BTreeMap<String, String>,
+    /// While it drains: when the tasks let finish are stopped anyway (ms
+    /// since the epoch).
+    #[serde(default)]
+    pub drain_deadline: Option<u64>,
     /// Its tasks that are not finished.
     pub tasks: u32,
     /// Expiry of its current certificate (ms since the epoch), if it is a member.
@@ -174,6 +211,98 @@ pub struct AvailabilityRequest {
     /// `active` (takes tasks), `pause` (keeps its tasks, takes no new ones) or
     /// `drain` (its tasks move elsewhere).
     pub availability: String,
+    /// With `drain` only: how long tasks that are let finish (batch) may run
+    /// before they are stopped anyway, as a duration (`10m`, `1h30m`). Refused
+    /// with any other availability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+}
+
+/// Body of `POST /v1/nodes/{id}/labels`: operator labels to set and to
+/// remove. Operator labels win over the agent's and survive its restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLabelsRequest {
+    /// Labels to set (`key: value`).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Operator labels to remove, by key. A key only the node's agent sets
+    /// cannot be removed here (restart the agent without that `--label`).
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Body of `POST /v1/jobs/{name}/scale`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The new number of replicas (0 to 10000).
+    pub replicas: u32,
+}
+
+/// Answer of `POST /v1/jobs/{name}/scale`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScaleResponse {
+    /// Replicas before (as this manager saw the job when the request came).
+    pub previous: u32,
+    /// Replicas now.
+    pub replicas: u32,
+    /// The job now.
+    pub job: JobInfo,
+}
+
+/// Answer of `POST /v1/jobs/plan`: what submitting the spec would do to
+/// that job, computed on a copy of the state; nothing is changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobPlan {
+    /// Job name.
+    pub job: String,
+    /// `service`, `batch` or `global`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether the submission would create the job, update it or change
+    /// nothing.
+    pub outcome: SubmitOutcome,
+    /// The version the job would have.
+    pub version: u64,
+    /// New tasks: each with the node it would go to, or, pending, why it
+    /// could be placed nowhere (`message`).
+    pub create: Vec<PlannedTask>,
+    /// Existing pending tasks that would get a node.
+    pub place: Vec<PlannedTask>,
+    /// Its tasks that would be stopped, each with why (`message`).
+    pub stop: Vec<PlannedTask>,
+    /// Tasks of other jobs that would be evicted to make room (preemption),
+    /// each with why (`message`).
+    pub preempt: Vec<PlannedTask>,
+    /// Its tasks that would keep running (or keep waiting) as they are.
+    pub keep: Vec<PlannedTask>,
+    /// Slots of a rolling update that are replaced after these, one at a
+    /// time, each once the previous new task runs.
+    pub later_updates: u32,
+}
+
+/// A task in a [`JobPlan`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlannedTask {
+    /// Task id (for a new task: the id this plan drew; a real submission
+    /// draws another).
+    pub id: String,
+    /// Job name.
+    pub job: String,
+    /// Job version it runs.
+    pub job_version: u64,
+    /// Slot.
+    pub slot: String,
+    /// Its node, if it has or would get one.
+    pub node: Option<String>,
+    /// Its state (`pending`, `assigned`, `running`, ...) after the plan.
+    pub state: String,
+    /// Why it is pending, or why it is stopped.
+    pub message: String,
+    /// Host ports it holds or would get, by port name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// Answer of `GET /v1/cluster/join-tokens/{role}` and of its rotation.

@@ -562,6 +562,16 @@ impl Dispatcher for DispatcherService {
                 desc.node_id
             )));
         }
+        // Labels go into the replicated state and into every placement
+        // decision: a worker (perhaps a compromised one) may not stuff it
+        // with many, long or unprintable labels. An honest agent checks its
+        // own at start, so this refusal is for the others.
+        if let Err(reason) = baton_spec::check_labels(&desc.labels) {
+            tracing::warn!(node_id = %desc.node_id, %reason, "session refused: invalid labels");
+            return Err(RpcError::PermissionDenied(format!(
+                "invalid node labels: {reason}"
+            )));
+        }
         let now = now();
         let node = Node {
             address: desc.address,
@@ -870,6 +880,58 @@ mod tests {
             dispatcher.heartbeat(&silent_id).await,
             Ok(MIN_HEARTBEAT_PERIOD)
         );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_session_with_invalid_or_too_many_labels_is_refused_and_valid_labels_are_registered()
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_with_workers(dir.path(), &["w1"]).await;
+        let shutdown = CancellationToken::new();
+        let dispatcher =
+            DispatcherService::new(store.clone(), shutdown.clone(), Duration::from_secs(5));
+        dispatcher.lead(shutdown.child_token());
+        let with_labels = |labels: &[(String, String)]| NodeDescription {
+            labels: labels.iter().cloned().collect(),
+            ..description("w1")
+        };
+        let too_many: Vec<(String, String)> = (0..=baton_spec::MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".to_owned()))
+            .collect();
+        for (labels, expected) in [
+            (
+                too_many,
+                "invalid node labels: 65 labels, more than the limit of 64",
+            ),
+            (
+                vec![("-zone".to_owned(), "a".to_owned())],
+                "invalid node labels: label key must start with a letter or digit",
+            ),
+            (
+                vec![("zone".to_owned(), "x".repeat(256))],
+                "invalid node labels: label zone: value is 256 characters long",
+            ),
+            (
+                vec![("zone".to_owned(), "a\u{1b}[2J".to_owned())],
+                "invalid node labels: label zone: value contains the control character",
+            ),
+        ] {
+            match dispatcher.open_session(with_labels(&labels)).await {
+                Err(RpcError::PermissionDenied(message)) => {
+                    assert!(message.starts_with(expected), "{message}");
+                }
+                other => panic!("expected a refusal for {expected:?}, got {other:?}"),
+            }
+            assert_eq!(node_state(&store, "w1"), None, "nothing registered");
+        }
+        let _session = dispatcher
+            .open_session(with_labels(&[("zone".to_owned(), "a".to_owned())]))
+            .await
+            .expect("valid labels");
+        let snapshot = store.snapshot();
+        let node = snapshot.state.node(&NodeId("w1".to_owned())).expect("node");
+        assert_eq!(node.label("zone"), Some("a"));
         shutdown.cancel();
     }
 

@@ -14,10 +14,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod constraint;
+mod label;
 mod parse;
 mod quantity;
 
 pub use constraint::{Attribute, Constraint, ConstraintError, NodeAttributes, Op};
+pub use label::{
+    MAX_LABEL_VALUE_CHARS, MAX_LABELS, check_label, check_label_key, check_labels, parse_label,
+};
 
 pub use parse::{
     MAX_REPORTED_ERRORS, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, SpecError, SpecErrors, parse_job,
@@ -51,6 +55,9 @@ pub struct JobSpec {
     #[serde(default)]
     pub placement: Placement,
 }
+
+/// Most replicas a service may ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
 
 /// Lowest job priority.
 pub const MIN_PRIORITY: u32 = 0;

@@ -80,6 +80,12 @@ pub enum ApplyError {
         /// Its kind.
         kind: String,
     },
+    /// More replicas than a spec may ask for.
+    #[error("{replicas} replicas is more than the limit of {max}", max = baton_spec::MAX_REPLICAS)]
+    TooManyReplicas {
+        /// The count asked for.
+        replicas: u32,
+    },
     /// A stopped job is not scaled (submitting it again starts it).
     #[error("job {name:?} is stopped; submit it again to run it")]
     JobStopped {
@@ -351,6 +357,9 @@ impl State {
             return Err(ApplyError::JobStopped {
                 name: name.to_owned(),
             });
+        }
+        if replicas > baton_spec::MAX_REPLICAS {
+            return Err(ApplyError::TooManyReplicas { replicas });
         }
         if current == replicas {
             return Ok(vec![Event::JobUnchanged {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_api::{
-    ApiClient, ClientConfig, ClusterInfo, ClusterSettingsRequest, JobInfo, SubmitOutcome, TaskInfo,
+    ApiClient, ClientConfig, ClusterInfo, ClusterSettingsRequest, JobInfo, JobPlan, NodeInfo,
+    NodeLabelsRequest, PlannedTask, SubmitOutcome, TaskInfo,
 };
 use baton_spec::SpecFormat;
 use clap::{Args, Subcommand};
@@ -48,6 +49,24 @@ pub enum JobCmd {
     Stop {
         /// Job name.
         name: String,
+    },
+    /// Set the number of replicas of a service. Running tasks are kept:
+    /// new slots are added, or the highest ones stopped.
+    Scale {
+        /// Job name.
+        name: String,
+        /// The new number of replicas.
+        replicas: u32,
+    },
+    /// Show what `job run` of a spec file would do, without doing it: whether
+    /// the job is new, updated or unchanged, which tasks would be created and
+    /// on which node (or why they fit nowhere), stopped, or kept.
+    Plan {
+        /// Spec file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
     },
 }
 
@@ -106,6 +125,36 @@ pub enum NodeCmd {
         /// `drain` moves its service tasks elsewhere (start, then stop).
         #[arg(long, value_parser = ["active", "pause", "drain"])]
         availability: String,
+        /// With `--availability drain`: how long tasks that are let finish
+        /// (batch) may keep running before they are stopped anyway (e.g. 10m).
+        #[arg(long, value_name = "DURATION", value_parser = duration_text)]
+        deadline: Option<String>,
+    },
+    /// Set or remove a node's labels (operator labels: they override the
+    /// labels its agent registers, and survive the agent's restarts).
+    Label {
+        /// Node id.
+        node: String,
+        #[command(subcommand)]
+        action: LabelAction,
+    },
+}
+
+/// `baton node label NODE …`
+#[derive(Debug, Subcommand)]
+pub enum LabelAction {
+    /// Set labels: `KEY=VALUE …`.
+    Add {
+        /// Labels to set.
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = crate::node::label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Remove labels set with `add`, by key. A label the node's agent sets
+    /// (`baton agent --label`) goes only by restarting the agent without it.
+    Rm {
+        /// Keys to remove.
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
     },
 }
 
@@ -157,6 +206,11 @@ pub enum ClusterCmd {
 
 fn duration(s: &str) -> Result<Duration, String> {
     baton_spec::parse_duration(s)
+}
+
+/// A duration, checked here and sent as written.
+fn duration_text(s: &str) -> Result<String, String> {
+    baton_spec::parse_duration(s).map(|_| s.to_owned())
 }
 
 fn print_cluster(info: &ClusterInfo) {
@@ -346,6 +400,140 @@ pub async fn job(client_args: ClientArgs, cmd: JobCmd) -> Result<(), Failure> {
             println!("job {} stopping (version {})", job.name, job.version);
             Ok(())
         }
+        JobCmd::Scale { name, replicas } => {
+            let resp = client(client_args)?.scale_job(&name, replicas).await?;
+            if resp.previous == resp.replicas {
+                println!(
+                    "job {} already has {} replicas (version {})",
+                    resp.job.name, resp.replicas, resp.job.version
+                );
+            } else {
+                println!(
+                    "job {} scaled from {} to {} replicas (version {})",
+                    resp.job.name, resp.previous, resp.replicas, resp.job.version
+                );
+            }
+            Ok(())
+        }
+        JobCmd::Plan { file, output } => {
+            let (name, bytes, format) = read_spec(&file)?;
+            // The same validation as `job run`, with the same exit code.
+            baton_spec::parse_job(&name, &bytes, format)
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            let plan = client(client_args)?
+                .plan_job(&name, bytes, format == SpecFormat::Yaml)
+                .await?;
+            if output == Format::Json {
+                print_json(&plan);
+            } else {
+                print_plan(&plan);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `s` when `n` is not 1.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn ports_text(task: &PlannedTask) -> String {
+    task.ports
+        .iter()
+        .map(|(name, port)| format!("{name}={port}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A human summary of a plan: one line for the job, a table of the tasks
+/// the plan touches, and what follows.
+fn print_plan(plan: &JobPlan) {
+    let what = match plan.outcome {
+        SubmitOutcome::Created => "would be created",
+        SubmitOutcome::Updated => "would be updated",
+        SubmitOutcome::Unchanged => "is unchanged",
+    };
+    println!(
+        "job {} ({}) {what} (version {})",
+        plan.job, plan.kind, plan.version
+    );
+    let placed = plan.create.iter().filter(|t| t.node.is_some()).count();
+    let waiting = plan.create.len() - placed;
+    let mut summary = vec![format!(
+        "create {} task{}",
+        plan.create.len(),
+        plural(plan.create.len())
+    )];
+    if waiting > 0 {
+        summary[0].push_str(&format!(" ({waiting} cannot be placed)"));
+    }
+    if !plan.place.is_empty() {
+        summary.push(format!("place {} pending", plan.place.len()));
+    }
+    summary.push(format!("stop {}", plan.stop.len()));
+    if !plan.preempt.is_empty() {
+        summary.push(format!("preempt {} of other jobs", plan.preempt.len()));
+    }
+    summary.push(format!("keep {}", plan.keep.len()));
+    println!("{}", summary.join(", "));
+    let rows: Vec<Vec<String>> = [
+        ("create", &plan.create),
+        ("place", &plan.place),
+        ("stop", &plan.stop),
+        ("preempt", &plan.preempt),
+        ("keep", &plan.keep),
+    ]
+    .into_iter()
+    .flat_map(|(action, tasks)| {
+        tasks.iter().map(move |t| {
+            let detail = match action {
+                "create" | "place" if t.node.is_none() => {
+                    format!("cannot be placed: {}", t.message)
+                }
+                "create" | "place" => "would run here".to_owned(),
+                "stop" | "preempt" => t.message.clone(),
+                _ if t.message.is_empty() => t.state.clone(),
+                _ => format!("{}: {}", t.state, t.message),
+            };
+            vec![
+                action.to_owned(),
+                t.job.clone(),
+                t.slot.clone(),
+                t.id.clone(),
+                or_dash(t.node.clone()),
+                if t.ports.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ports_text(t)
+                },
+                detail,
+            ]
+        })
+    })
+    .collect();
+    if !rows.is_empty() {
+        println!();
+        print_table(
+            &["action", "job", "slot", "task", "node", "ports", "detail"],
+            rows,
+        );
+    }
+    if plan.later_updates > 0 {
+        println!();
+        println!(
+            "then {} more slot{} replaced one at a time, each once the previous new task runs",
+            plan.later_updates,
+            plural(usize::try_from(plan.later_updates).unwrap_or(usize::MAX))
+        );
+    }
+    if plan.create.is_empty()
+        && plan.place.is_empty()
+        && plan.stop.is_empty()
+        && plan.preempt.is_empty()
+        && plan.later_updates == 0
+    {
+        println!("nothing would change");
     }
 }
 
@@ -590,6 +778,36 @@ pub async fn cluster(client_args: ClientArgs, cmd: ClusterCmd) -> Result<(), Fai
     }
 }
 
+/// Widest labels cell of `node ls`, in chars; `-o json` has them all.
+const LABELS_WIDTH: usize = 40;
+
+/// A node's labels in effect as `k=v,k=v`, an operator's marked `*`, cut
+/// to `width` chars with `…`; `-` for none.
+fn labels_text(node: &NodeInfo, width: usize) -> String {
+    if node.labels.is_empty() {
+        return "-".to_owned();
+    }
+    let text = node
+        .labels
+        .iter()
+        .map(|(key, value)| {
+            let mark = if node.operator_labels.contains_key(key) {
+                "*"
+            } else {
+                ""
+            };
+            format!("{key}={value}{mark}")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    if text.chars().count() <= width {
+        return text;
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// Runs a `node` subcommand.
 pub async fn node(client_args: ClientArgs, cmd: NodeCmd) -> Result<(), Failure> {
     match cmd {
@@ -614,11 +832,69 @@ pub async fn node(client_args: ClientArgs, cmd: NodeCmd) -> Result<(), Failure> 
             );
             Ok(())
         }
-        NodeCmd::Update { node, availability } => {
+        NodeCmd::Update {
+            node,
+            availability,
+            deadline,
+        } => {
+            if deadline.is_some() && availability != "drain" {
+                return Err(Failure::usage(format!(
+                    "--deadline is for --availability drain, not {availability}"
+                )));
+            }
             let node = client(client_args)?
-                .set_node_availability(&node, &availability)
+                .set_node_availability(&node, &availability, deadline.as_deref())
                 .await?;
-            println!("node {} is now {}", node.id, node.availability);
+            match node.drain_deadline {
+                Some(at) => println!(
+                    "node {} is now {}; tasks let finish are stopped at {} UTC",
+                    node.id,
+                    node.availability,
+                    format_utc_ms(at)
+                ),
+                None => println!("node {} is now {}", node.id, node.availability),
+            }
+            Ok(())
+        }
+        NodeCmd::Label { node, action } => {
+            let request = match &action {
+                LabelAction::Add { labels } => {
+                    let mut set = std::collections::BTreeMap::new();
+                    for (key, value) in labels {
+                        if set.insert(key.clone(), value.clone()).is_some() {
+                            return Err(Failure::usage(format!(
+                                "label {key} is given more than once"
+                            )));
+                        }
+                    }
+                    NodeLabelsRequest {
+                        set,
+                        remove: Vec::new(),
+                    }
+                }
+                LabelAction::Rm { keys } => NodeLabelsRequest {
+                    set: Default::default(),
+                    remove: keys.clone(),
+                },
+            };
+            let node = client(client_args)?
+                .update_node_labels(&node, &request)
+                .await?;
+            if let LabelAction::Rm { keys } = &action {
+                for key in keys {
+                    if let Some(value) = node.agent_labels.get(key) {
+                        println!("{key} is now {value}, as its agent sets it");
+                    }
+                }
+            }
+            println!(
+                "node {} labels: {}",
+                node.id,
+                labels_text(&node, usize::MAX)
+            );
+            if !node.operator_labels.is_empty() {
+                println!("(* set with baton node label; the others by its agent's --label)");
+            }
             Ok(())
         }
         NodeCmd::Ls { output } => {
@@ -640,7 +916,9 @@ pub async fn node(client_args: ClientArgs, cmd: NodeCmd) -> Result<(), Failure> 
                     "drivers",
                     "cpu",
                     "memory",
+                    "disk",
                     "tasks",
+                    "labels",
                 ],
                 nodes
                     .iter()
@@ -650,7 +928,12 @@ pub async fn node(client_args: ClientArgs, cmd: NodeCmd) -> Result<(), Failure> 
                             n.hostname.clone(),
                             n.role.clone(),
                             n.state.clone(),
-                            n.availability.clone(),
+                            match n.drain_deadline {
+                                Some(at) => {
+                                    format!("{} until {}", n.availability, format_utc_ms(at))
+                                }
+                                None => n.availability.clone(),
+                            },
                             or_dash(n.address.clone()),
                             or_dash(n.cert_expires_at.map(format_utc_ms)),
                             if n.version.is_empty() {
@@ -665,11 +948,20 @@ pub async fn node(client_args: ClientArgs, cmd: NodeCmd) -> Result<(), Failure> 
                                 baton_spec::human_memory(n.memory_reserved),
                                 baton_spec::human_memory(n.memory_bytes)
                             ),
+                            format!(
+                                "{}/{}",
+                                baton_spec::human_memory(n.disk_reserved),
+                                baton_spec::human_memory(n.disk_bytes)
+                            ),
                             n.tasks.to_string(),
+                            labels_text(n, LABELS_WIDTH),
                         ]
                     })
                     .collect(),
             );
+            if nodes.iter().any(|n| !n.operator_labels.is_empty()) {
+                println!("labels marked * are set with baton node label");
+            }
             Ok(())
         }
     }
@@ -695,6 +987,111 @@ mod tests {
         Cluster(ClusterCmd),
         #[command(subcommand)]
         Node(NodeCmd),
+        #[command(subcommand)]
+        Job(JobCmd),
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("baton").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn node_label_adds_and_removes() {
+        let cmd = parse(&["node", "label", "n1", "add", "zone=b", "rack=r1"]).expect("parse");
+        let Cmd::Node(NodeCmd::Label {
+            node,
+            action: LabelAction::Add { labels },
+        }) = cmd
+        else {
+            panic!("{cmd:?}");
+        };
+        assert_eq!(node, "n1");
+        assert_eq!(
+            labels,
+            [
+                ("zone".to_owned(), "b".to_owned()),
+                ("rack".to_owned(), "r1".to_owned())
+            ]
+        );
+        let cmd = parse(&["node", "label", "n1", "rm", "zone", "rack"]).expect("parse");
+        assert!(matches!(
+            cmd,
+            Cmd::Node(NodeCmd::Label { action: LabelAction::Rm { ref keys }, .. }) if keys == &["zone", "rack"]
+        ));
+        for bad in [
+            &["node", "label", "n1", "add"][..],
+            &["node", "label", "n1", "rm"],
+            &["node", "label", "n1", "add", "zone"],
+            &["node", "label", "n1", "add", "x y=a"],
+            &["node", "label", "n1"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_update_takes_a_drain_deadline() {
+        let cmd = parse(&[
+            "node",
+            "update",
+            "n1",
+            "--availability",
+            "drain",
+            "--deadline",
+            "10m",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cmd,
+            Cmd::Node(NodeCmd::Update { ref availability, deadline: Some(ref d), .. })
+                if availability == "drain" && d == "10m"
+        ));
+        let err = parse(&[
+            "node",
+            "update",
+            "n1",
+            "--availability",
+            "drain",
+            "--deadline",
+            "soon",
+        ])
+        .expect_err("bad duration");
+        assert!(err.to_string().contains("is not a duration"), "{err}");
+    }
+
+    #[test]
+    fn job_scale_and_plan_parse() {
+        let cmd = parse(&["job", "scale", "web", "5"]).expect("parse");
+        assert!(matches!(
+            cmd,
+            Cmd::Job(JobCmd::Scale { ref name, replicas: 5 }) if name == "web"
+        ));
+        assert!(parse(&["job", "scale", "web", "-1"]).is_err());
+        assert!(parse(&["job", "scale", "web"]).is_err());
+        let cmd = parse(&["job", "plan", "web.yaml", "-o", "json"]).expect("parse");
+        assert!(matches!(
+            cmd,
+            Cmd::Job(JobCmd::Plan { ref file, output: Format::Json }) if file == Path::new("web.yaml")
+        ));
+    }
+
+    #[test]
+    fn labels_are_shown_compactly_with_the_operators_marked() {
+        let mut node: NodeInfo = serde_json::from_value(serde_json::json!({
+            "id": "n1", "hostname": "h", "role": "worker", "state": "ready",
+            "availability": "active", "drivers": [], "cpu_millis": 1000,
+            "memory_bytes": 1, "cpu_reserved": 0, "memory_reserved": 0, "tasks": 0,
+            "cert_expires_at": null, "address": null, "version": "",
+        }))
+        .expect("an older manager's node decodes");
+        assert_eq!(labels_text(&node, LABELS_WIDTH), "-");
+        node.labels = [("zone", "b"), ("disk", "ssd")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        node.operator_labels = [("zone".to_owned(), "b".to_owned())].into();
+        assert_eq!(labels_text(&node, LABELS_WIDTH), "disk=ssd,zone=b*");
+        assert_eq!(labels_text(&node, 8), "disk=ss…");
     }
 
     #[test]

@@ -18,7 +18,9 @@ use baton_manager::runtime::{ManagerConfig, https_url};
 use clap::Args;
 
 use crate::Failure;
-use crate::node::{init_tracing, shutdown_signal, start_agent, start_manager};
+use crate::node::{
+    AgentOptions, LabelArgs, init_tracing, shutdown_signal, start_agent, start_manager,
+};
 
 /// `baton dev` options.
 #[derive(Debug, Args)]
@@ -29,6 +31,8 @@ pub struct DevArgs {
     /// API listen address. Loopback by default: the API is for this machine.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7450")]
     api: SocketAddr,
+    #[command(flatten)]
+    labels: LabelArgs,
     /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
     #[arg(long, env = "BATON_LOG", default_value = "info")]
     log: String,
@@ -37,6 +41,7 @@ pub struct DevArgs {
 /// Runs `baton dev` until SIGINT or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<(), Failure> {
     init_tracing(&args.log);
+    let labels = args.labels.to_map()?;
     let dir = args.data_dir;
     fs::create_dir_all(&dir)
         .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
@@ -74,8 +79,11 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
         dir.join("agent"),
         &manager.cluster_addr.to_string(),
         token.as_deref(),
-        true,
-        None,
+        AgentOptions {
+            enable_raw: true,
+            labels,
+            ..AgentOptions::default()
+        },
     )
     .await;
     let mut agent = match agent {

@@ -1,7 +1,8 @@
 //! `baton manager` and `baton agent`: the two long-running roles.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,9 +127,48 @@ pub struct AgentArgs {
     /// Memory to offer to tasks (e.g. 4Gi); default: all of it.
     #[arg(long, value_parser = memory)]
     pub memory: Option<u64>,
+    /// Disk to offer to tasks (e.g. 20Gi); default: the space free on the
+    /// filesystem holding --data-dir when the agent starts.
+    #[arg(long, value_name = "SIZE", value_parser = memory)]
+    pub disk: Option<u64>,
+    #[command(flatten)]
+    pub labels: LabelArgs,
+    /// The IP address other hosts reach this node at. Tasks find it in
+    /// BATON_ADDR_<NAME> of their published ports; default 0.0.0.0 (any
+    /// address of the node).
+    #[arg(long, value_name = "IP")]
+    pub advertise_ip: Option<IpAddr>,
     /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
     #[arg(long, env = "BATON_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// `--label KEY=VALUE`, of `baton agent` and `baton dev`.
+#[derive(Debug, Default, Args)]
+pub struct LabelArgs {
+    /// Label this node (repeatable): placement rules see it as
+    /// node.labels.KEY. Keys: 1 to 63 of A-Z a-z 0-9 . _ / -, starting with
+    /// a letter or digit; at most 64 labels. The node registers them at
+    /// every start; `baton node label` overrides them from the cluster.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+}
+
+impl LabelArgs {
+    /// The labels as a map: a key given twice, or too many labels, is a
+    /// usage error.
+    pub fn to_map(&self) -> Result<BTreeMap<String, String>, Failure> {
+        let mut labels = BTreeMap::new();
+        for (key, value) in &self.labels {
+            if labels.insert(key.clone(), value.clone()).is_some() {
+                return Err(Failure::usage(format!(
+                    "--label {key} is given more than once"
+                )));
+            }
+        }
+        baton_spec::check_labels(&labels).map_err(|e| Failure::usage(format!("--label: {e}")))?;
+        Ok(labels)
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -141,6 +181,11 @@ fn cpu(s: &str) -> Result<u64, String> {
 
 fn memory(s: &str) -> Result<u64, String> {
     baton_spec::parse_memory(s)
+}
+
+/// `KEY=VALUE`, checked.
+pub fn label(s: &str) -> Result<(String, String), String> {
+    baton_spec::parse_label(s)
 }
 
 /// Starts the tracing subscriber (plain text on stderr, colours on a terminal).
@@ -227,13 +272,45 @@ pub struct RunningAgent {
     pub node_id: baton_state::NodeId,
 }
 
+/// How an agent offers its node, besides the cluster it joins.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Offer the `raw` driver.
+    pub enable_raw: bool,
+    /// CPU to offer, millicores; `None` measures.
+    pub cpu: Option<u64>,
+    /// Memory to offer, bytes; `None` measures.
+    pub memory: Option<u64>,
+    /// Disk to offer, bytes; `None` measures the data dir's filesystem.
+    pub disk: Option<u64>,
+    /// The node's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The node's address for published ports.
+    pub advertise_ip: Option<IpAddr>,
+}
+
+impl AgentOptions {
+    /// The capacity to configure: `None` (the agent measures it all) unless
+    /// something is given, then the rest measured here.
+    fn capacity(&self, data_dir: &Path) -> Option<Resources> {
+        if self.cpu.is_none() && self.memory.is_none() && self.disk.is_none() {
+            return None;
+        }
+        let host = baton_agent::measure_capacity(data_dir);
+        Some(Resources {
+            cpu_millis: self.cpu.unwrap_or(host.cpu_millis),
+            memory_bytes: self.memory.unwrap_or(host.memory_bytes),
+            disk_bytes: self.disk.unwrap_or(host.disk_bytes),
+        })
+    }
+}
+
 /// Joins (or rejoins) a cluster and starts the agent.
 pub async fn start_agent(
     data_dir: PathBuf,
     manager_addr: &str,
     token: Option<&str>,
-    enable_raw: bool,
-    capacity: Option<Resources>,
+    options: AgentOptions,
 ) -> Result<RunningAgent, Failure> {
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| Failure::op(format!("cannot create {}: {e}", data_dir.display())))?;
@@ -260,8 +337,11 @@ pub async fn start_agent(
         managers.clone(),
         stop.clone(),
     ));
-    let mut config = baton_agent::AgentConfig::new(data_dir, hostname(), enable_raw);
+    let capacity = options.capacity(&data_dir);
+    let mut config = baton_agent::AgentConfig::new(data_dir, hostname(), options.enable_raw);
     config.capacity = capacity;
+    config.labels = options.labels;
+    config.advertise_ip = options.advertise_ip;
     let node_id = identity.node_id.clone();
     // What the cluster pushes for the node: roots (a root CA rotation) go to
     // the identity, the managers to the list.
@@ -295,25 +375,15 @@ pub async fn start_agent(
 /// Runs `baton agent` until SIGINT or SIGTERM.
 pub async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
     init_tracing(&args.log);
-    let capacity = match (args.cpu, args.memory) {
-        (None, None) => None,
-        (cpu, memory) => {
-            let host = baton_agent::host_capacity();
-            Some(Resources {
-                disk_bytes: 0,
-                cpu_millis: cpu.unwrap_or(host.cpu_millis),
-                memory_bytes: memory.unwrap_or(host.memory_bytes),
-            })
-        }
+    let options = AgentOptions {
+        enable_raw: args.enable_raw,
+        cpu: args.cpu,
+        memory: args.memory,
+        disk: args.disk,
+        labels: args.labels.to_map()?,
+        advertise_ip: args.advertise_ip,
     };
-    let mut agent = start_agent(
-        args.data_dir,
-        &args.join,
-        args.token.as_deref(),
-        args.enable_raw,
-        capacity,
-    )
-    .await?;
+    let mut agent = start_agent(args.data_dir, &args.join, args.token.as_deref(), options).await?;
     println!(
         "baton agent ready: node {} · manager {}",
         agent.node_id, args.join
@@ -341,4 +411,103 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let mut argv = vec!["agent", "--data-dir", "/tmp/x", "--join", "127.0.0.1:7451"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| cli.agent)
+    }
+
+    #[test]
+    fn labels_are_repeatable_key_value_pairs() {
+        let args = parse(&[
+            "--label", "zone=a", "--label", "disk=ssd", "--label", "note=",
+        ])
+        .expect("parse");
+        assert_eq!(
+            args.labels.to_map().expect("labels"),
+            BTreeMap::from([
+                ("disk".to_owned(), "ssd".to_owned()),
+                ("note".to_owned(), String::new()),
+                ("zone".to_owned(), "a".to_owned()),
+            ])
+        );
+        assert!(
+            parse(&[])
+                .expect("parse")
+                .labels
+                .to_map()
+                .expect("none")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_labels_are_usage_errors() {
+        for (label, expected) in [
+            ("zone", "is not a label (expected key=value"),
+            ("-zone=a", "must start with a letter or digit"),
+            ("zone=a\tb", "control character"),
+        ] {
+            let err = parse(&[&format!("--label={label}")]).expect_err(label);
+            assert!(err.to_string().contains(expected), "{label}: {err}");
+        }
+        let twice = parse(&["--label", "zone=a", "--label", "zone=b"]).expect("parse");
+        let err = twice.labels.to_map().expect_err("twice");
+        assert_eq!(err.code, 2);
+        assert_eq!(err.message, "--label zone is given more than once");
+        let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
+        let mut argv = Vec::new();
+        for label in &many {
+            argv.extend(["--label", label.as_str()]);
+        }
+        let err = parse(&argv)
+            .expect("parse")
+            .labels
+            .to_map()
+            .expect_err("too many");
+        assert_eq!(err.message, "--label: 65 labels, more than the limit of 64");
+    }
+
+    #[test]
+    fn disk_and_address_parse() {
+        let args = parse(&["--disk", "20Gi", "--advertise-ip", "10.0.0.5"]).expect("parse");
+        assert_eq!(args.disk, Some(20 << 30));
+        assert_eq!(args.advertise_ip, Some(IpAddr::from([10, 0, 0, 5])));
+        assert!(parse(&["--disk", "lots"]).is_err());
+        assert!(parse(&["--advertise-ip", "host.example"]).is_err());
+    }
+
+    #[test]
+    fn a_capacity_option_measures_only_what_is_not_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(AgentOptions::default().capacity(dir.path()), None);
+        let options = AgentOptions {
+            disk: Some(5 << 30),
+            ..AgentOptions::default()
+        };
+        let capacity = options.capacity(dir.path()).expect("configured");
+        assert_eq!(capacity.disk_bytes, 5 << 30);
+        assert_eq!(capacity.cpu_millis, baton_agent::host_capacity().cpu_millis);
+        let options = AgentOptions {
+            cpu: Some(500),
+            ..AgentOptions::default()
+        };
+        let capacity = options.capacity(dir.path()).expect("configured");
+        assert_eq!(capacity.cpu_millis, 500);
+        assert!(capacity.disk_bytes > 0, "measured");
+    }
 }

@@ -5,7 +5,9 @@
 //! task; `raw` ([`RawDriver`]) is the first, and `exec` (isolated) and `docker`
 //! come next behind the same trait.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use baton_state::{ExitInfo, NodeId, TaskId};
 use crate::error::AgentError;
 use crate::log_file::LogWriter;
 
+mod ports;
 mod raw;
 
 pub use raw::RawDriver;
@@ -37,6 +40,11 @@ pub struct TaskRun {
     pub task_dir: PathBuf,
     /// Where the task's stdout and stderr go.
     pub log: LogWriter,
+    /// Host ports the cluster gave the task on this node, by port name (see
+    /// `ports.rs` for what the task is told).
+    pub ports: BTreeMap<String, u16>,
+    /// The node's address for published ports, if the agent was told it.
+    pub advertise_ip: Option<IpAddr>,
 }
 
 // By hand: the spec's environment values must never reach a log.
@@ -50,6 +58,7 @@ impl fmt::Debug for TaskRun {
             .field("command", &self.spec.command)
             .field("env_keys", &self.spec.env.keys().collect::<Vec<_>>())
             .field("task_dir", &self.task_dir)
+            .field("ports", &self.ports)
             .finish_non_exhaustive()
     }
 }

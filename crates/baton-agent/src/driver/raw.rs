@@ -6,6 +6,11 @@
 //! agent's own never leaks into it), `/dev/null` as stdin, and its stdout and
 //! stderr go to the task's rotating log.
 //!
+//! Host ports: the task is told its ports in `BATON_PORT_<NAME>` and where to
+//! listen in `BATON_ADDR_<NAME>` (see `ports.rs`). It runs in the host's
+//! network namespace and binds them itself: the address is advice that
+//! nothing enforces.
+//!
 //! Only the uid and gid are switched (std also drops the agent's supplementary
 //! groups when it sets a uid). Adding the target user's own supplementary groups
 //! would need code between fork and exec (`pre_exec`, which is `unsafe`), which
@@ -25,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::ports::port_env;
 use super::{Driver, TaskHandle, TaskRun};
 use crate::error::{AgentError, describe_io};
 use crate::log_file::LogWriter;
@@ -109,6 +115,7 @@ fn task_env(run: &TaskRun, home: &str) -> BTreeMap<String, String> {
     env.insert("BATON_JOB".to_owned(), run.job.clone());
     env.insert("BATON_SLOT".to_owned(), run.slot.clone());
     env.insert("BATON_NODE_ID".to_owned(), run.node.0.clone());
+    env.extend(port_env(&run.spec.ports, &run.ports, run.advertise_ip));
     env
 }
 
@@ -294,5 +301,53 @@ impl TaskHandle for RawHandle {
                 self.wait().await.map(|exit| (exit, true))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use baton_spec::{DriverKind, PortSpec, Resources, TaskSpec};
+    use baton_state::{NodeId, TaskId};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_task_is_told_its_ports_and_a_spec_cannot_forge_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = LogWriter::open(dir.path(), 1 << 20).await.expect("log");
+        let run = TaskRun {
+            task: TaskId("web.0.a".to_owned()),
+            job: "web".to_owned(),
+            slot: "0".to_owned(),
+            node: NodeId("n1".to_owned()),
+            spec: TaskSpec {
+                driver: DriverKind::Raw,
+                command: vec!["/bin/true".to_owned()],
+                env: BTreeMap::from([
+                    ("BATON_PORT_HTTP".to_owned(), "1".to_owned()),
+                    ("APP".to_owned(), "x".to_owned()),
+                ]),
+                workdir: None,
+                user: None,
+                resources: Resources::default(),
+                kill_timeout: Duration::from_secs(1),
+                ports: vec![PortSpec {
+                    name: "http".to_owned(),
+                    static_port: None,
+                    publish: false,
+                }],
+            },
+            task_dir: dir.path().to_owned(),
+            log,
+            ports: BTreeMap::from([("http".to_owned(), 20_123)]),
+            advertise_ip: None,
+        };
+        let env = task_env(&run, "/home/x");
+        assert_eq!(env["BATON_PORT_HTTP"], "20123");
+        assert_eq!(env["BATON_ADDR_HTTP"], "127.0.0.1:20123");
+        assert_eq!(env["APP"], "x");
+        assert_eq!(env["BATON_NODE_ID"], "n1");
     }
 }

@@ -67,11 +67,13 @@ pub fn task_info(task: &Task) -> TaskInfo {
         created_at: task.created_at.0,
         started_at: task.status.started_at.map(|t| t.0),
         finished_at: task.status.finished_at.map(|t| t.0),
+        ports: task.ports.clone(),
     }
 }
 
 pub fn node_info(state: &State, node: &Node) -> NodeInfo {
     let reserved = state.reserved(&node.id);
+    let free = state.free(node);
     let member = state.member(&node.id);
     NodeInfo {
         id: node.id.0.clone(),
@@ -93,6 +95,19 @@ pub fn node_info(state: &State, node: &Node) -> NodeInfo {
         memory_bytes: node.capacity.memory_bytes,
         cpu_reserved: reserved.cpu_millis,
         memory_reserved: reserved.memory_bytes,
+        disk_bytes: node.capacity.disk_bytes,
+        disk_reserved: reserved.disk_bytes,
+        cpu_free: free.cpu_millis,
+        memory_free: free.memory_bytes,
+        disk_free: free.disk_bytes,
+        ports_in_use: state
+            .ports_in_use(&node.id)
+            .map(|ports| ports.iter().copied().collect())
+            .unwrap_or_default(),
+        labels: node.effective_labels(),
+        agent_labels: node.labels.clone(),
+        operator_labels: node.operator_labels.clone(),
+        drain_deadline: node.drain_deadline.map(|t| t.0),
         tasks: u32::try_from(
             state
                 .tasks_of_node(&node.id)

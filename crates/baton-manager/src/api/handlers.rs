@@ -43,18 +43,23 @@ pub struct SubmitParams {
     source: Option<String>,
 }
 
-/// Create or update a job. The body is the spec, YAML (`application/yaml`) or
-/// JSON (`application/json`); it is stored exactly as sent.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(SubmitParams),
-    request_body(content = String, description = "job spec (YAML or JSON)", content_type = "application/yaml"),
-    responses((status = 201, body = SubmitResponse), (status = 200, body = SubmitResponse),
-        (status = 400, body = ErrorBody, description = "invalid spec: one line per problem in `details`")))]
-pub async fn submit_job(
-    State(app): State<Arc<AppState>>,
-    Query(params): Query<SubmitParams>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<SubmitResponse>), ApiFailure> {
+/// A spec as submitted, validated.
+pub(super) struct SubmittedSpec {
+    /// The validated spec.
+    pub spec: baton_spec::JobSpec,
+    /// Its format.
+    pub format: SpecFormat,
+    /// The bytes as sent (UTF-8: the parser accepted them).
+    pub source: String,
+}
+
+/// Reads a submitted spec (`POST /v1/jobs` and `/v1/jobs/plan`): its format
+/// from the content type, then every validation error at once (400).
+pub(super) fn submitted_spec(
+    params: SubmitParams,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<SubmittedSpec, ApiFailure> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -76,7 +81,7 @@ pub async fn submit_job(
         }
     };
     let source_name = params.source.unwrap_or_else(|| "spec".to_owned());
-    let spec = baton_spec::parse_job(&source_name, &body, format).map_err(|errors| {
+    let spec = baton_spec::parse_job(&source_name, body, format).map_err(|errors| {
         let details: Vec<String> = errors.to_string().lines().map(str::to_owned).collect();
         ApiFailure {
             status: StatusCode::BAD_REQUEST,
@@ -91,7 +96,31 @@ pub async fn submit_job(
         }
     })?;
     // parse_job accepted the bytes, so they are UTF-8.
-    let source = String::from_utf8_lossy(&body).into_owned();
+    let source = String::from_utf8_lossy(body).into_owned();
+    Ok(SubmittedSpec {
+        spec,
+        format,
+        source,
+    })
+}
+
+/// Create or update a job. The body is the spec, YAML (`application/yaml`) or
+/// JSON (`application/json`); it is stored exactly as sent.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(SubmitParams),
+    request_body(content = String, description = "job spec (YAML or JSON)", content_type = "application/yaml"),
+    responses((status = 201, body = SubmitResponse), (status = 200, body = SubmitResponse),
+        (status = 400, body = ErrorBody, description = "invalid spec: one line per problem in `details`")))]
+pub async fn submit_job(
+    State(app): State<Arc<AppState>>,
+    Query(params): Query<SubmitParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiFailure> {
+    let SubmittedSpec {
+        spec,
+        format,
+        source,
+    } = submitted_spec(params, &headers, &body)?;
     let name = spec.name.clone();
     let applied = app
         .store
@@ -102,16 +131,7 @@ pub async fn submit_job(
             now: now(),
         })
         .await?;
-    let outcome = applied
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::JobCreated { .. } => Some(SubmitOutcome::Created),
-            Event::JobUpdated { .. } => Some(SubmitOutcome::Updated),
-            Event::JobUnchanged { .. } => Some(SubmitOutcome::Unchanged),
-            _ => None,
-        })
-        .unwrap_or(SubmitOutcome::Unchanged);
+    let outcome = submit_outcome(&applied.events);
     let snapshot = app.store.snapshot();
     let job = snapshot
         .state
@@ -130,6 +150,19 @@ pub async fn submit_job(
             job: job_info(&snapshot.state, job, false),
         }),
     ))
+}
+
+/// What a `PutJob` did, from its events.
+pub(super) fn submit_outcome(events: &[Event]) -> SubmitOutcome {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::JobCreated { .. } => Some(SubmitOutcome::Created),
+            Event::JobUpdated { .. } => Some(SubmitOutcome::Updated),
+            Event::JobUnchanged { .. } => Some(SubmitOutcome::Unchanged),
+            _ => None,
+        })
+        .unwrap_or(SubmitOutcome::Unchanged)
 }
 
 /// List jobs.
@@ -327,7 +360,9 @@ pub async fn list_nodes(State(app): State<Arc<AppState>>) -> Json<Vec<NodeInfo>>
 }
 
 /// Set a node's availability: `active`, `pause` (no new tasks) or `drain`
-/// (its service tasks are replaced elsewhere, then stopped).
+/// (its service tasks are replaced elsewhere, then stopped). A drain may have
+/// a `deadline` (a duration from now, e.g. `10m`): tasks it lets finish
+/// (batch) are stopped once it passes. Another availability clears it.
 #[utoipa::path(post, path = "/v1/nodes/{id}/availability", tag = "nodes", params(("id" = String, Path)),
     request_body = AvailabilityRequest,
     responses((status = 200, body = NodeInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -348,12 +383,36 @@ pub async fn set_node_availability(
             ));
         }
     };
+    let now = now();
+    let deadline = match req.deadline.as_deref() {
+        None => None,
+        Some(_) if availability != NodeAvailability::Drain => {
+            return Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "deadline: only a drain has a deadline, not {:?} (drop --deadline, or use drain)",
+                    req.availability
+                ),
+            ));
+        }
+        Some(text) => {
+            let after = baton_spec::parse_duration(text).map_err(|e| {
+                ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("deadline: {e}"),
+                )
+            })?;
+            Some(now.plus(after))
+        }
+    };
     let node_id = NodeId(id.clone());
     app.store
         .propose(Command::SetNodeAvailability {
             id: node_id.clone(),
             availability,
-            deadline: None,
+            deadline,
         })
         .await?;
     let snapshot = app.store.snapshot();
@@ -361,7 +420,7 @@ pub async fn set_node_availability(
         .state
         .node(&node_id)
         .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))?;
-    tracing::info!(node_id = %id, availability = %req.availability, "node availability set");
+    tracing::info!(node_id = %id, availability = %req.availability, deadline = ?req.deadline, "node availability set");
     Ok(Json(node_info(&snapshot.state, node)))
 }
 

@@ -10,6 +10,8 @@
 
 mod convert;
 mod handlers;
+mod placement;
+mod plan;
 mod tls;
 
 #[cfg(test)]
@@ -278,13 +280,16 @@ pub fn router(app: Arc<AppState>) -> Router {
     let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(handlers::health))
         .routes(routes!(handlers::list_jobs, handlers::submit_job))
+        .routes(routes!(placement::plan_job))
         .routes(routes!(handlers::get_job))
         .routes(routes!(handlers::stop_job))
+        .routes(routes!(placement::scale_job))
         .routes(routes!(handlers::list_tasks))
         .routes(routes!(handlers::get_task))
         .routes(routes!(handlers::task_logs))
         .routes(routes!(handlers::list_nodes))
         .routes(routes!(handlers::set_node_availability))
+        .routes(routes!(placement::update_node_labels))
         .routes(routes!(handlers::remove_node))
         .routes(routes!(handlers::promote_node))
         .routes(routes!(handlers::demote_node))
@@ -296,6 +301,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .split_for_parts();
     let openapi = Arc::new(openapi);
     routes
+        .route(
+            "/v1/jobs/plan",
+            axum::routing::get(placement::get_job_named_plan),
+        )
         .route(
             "/v1/openapi.json",
             axum::routing::get(move || {

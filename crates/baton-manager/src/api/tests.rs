@@ -19,6 +19,8 @@ use tower::ServiceExt;
 use super::*;
 use crate::identity::{self, DEFAULT_CERT_VALIDITY, ManagerIdentity};
 
+mod placement;
+
 const HOUR: Duration = Duration::from_secs(3600);
 
 struct Fixture {

@@ -17,9 +17,9 @@ use super::tree::{
 };
 use crate::{
     Affinity, Attribute, Constraint, DEFAULT_PRIORITY, DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN,
-    DriverKind, JobKind, JobSpec, MAX_PRIORITY, MIN_PRIORITY, Placement, PortSpec, Resources,
-    RestartCondition, RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec, format_duration,
-    parse_cpu, parse_duration, parse_memory,
+    DriverKind, JobKind, JobSpec, MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, Placement, PortSpec,
+    Resources, RestartCondition, RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec,
+    format_duration, parse_cpu, parse_duration, parse_memory,
 };
 
 const JOB_FIELDS: &[&str] = &[
@@ -61,7 +61,6 @@ const RESTART_FIELDS: &[&str] = &["policy", "max_attempts", "delay", "max_delay"
 
 const MAX_NAME_LEN: usize = 63;
 const MAX_USER_NAME_LEN: usize = 32;
-const MAX_REPLICAS: u32 = 10_000;
 const MAX_COMPLETIONS: u32 = 100_000;
 const MAX_PARALLELISM: u32 = 10_000;
 const DEFAULT_CPU_MILLIS: u64 = 100;

@@ -10,5 +10,6 @@ mod cluster;
 mod crash;
 mod ha;
 mod jobs;
+mod placement;
 mod rotation;
 mod validation;
