@@ -22,6 +22,8 @@ mod schedule;
 mod timefmt;
 
 #[cfg(test)]
+mod placement_props;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod sim;
@@ -60,9 +62,21 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
     } = reconcile::reconcile(state, now, &mut ids);
     let scheduled = schedule::schedule(state, now, &mut create, &pending);
     for room in make_room {
-        let helps = room.old.node.as_ref().is_some_and(|node| {
-            scheduled.fits_once_freed(node, room.driver, &room.resources, &room.old.resources)
-        });
+        let task = &room.spec.task;
+        let helps = room
+            .old
+            .node
+            .as_ref()
+            .and_then(|id| state.node(id))
+            .is_some_and(|node| {
+                feasible::takes_new(state, node, room.spec)
+                    && scheduled.fits_once_freed(
+                        &node.id,
+                        task.driver,
+                        &task.resources,
+                        &room.old.resources,
+                    )
+            });
         if scheduled.is_unplaced(&room.new_task) && helps {
             stop.push(PlanStop {
                 task: room.old.id.clone(),
@@ -80,6 +94,7 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
             });
         }
     }
+    stop.extend(scheduled.preempt);
     PlanOutput {
         plan: Plan {
             create,

@@ -401,9 +401,11 @@ fn check_safety(state: &State) -> Result<(), TestCaseError> {
         // runs (start, then stop): it is neither a duplicate nor an update step.
         let leaving = |task: &baton_state::Task| {
             task.status.state == TaskState::Running
-                && task.node.as_ref().and_then(|n| state.node(n)).is_some_and(|n| {
-                    n.availability == NodeAvailability::Drain
-                })
+                && task
+                    .node
+                    .as_ref()
+                    .and_then(|n| state.node(n))
+                    .is_some_and(|n| n.availability == NodeAvailability::Drain)
         };
         for task in state
             .tasks_of_job(&job.name)

@@ -36,7 +36,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_spec::{DriverKind, JobKind, Resources};
+use baton_spec::{JobKind, JobSpec};
 use baton_state::{
     Job, JobDesired, NodeAvailability, PlanStop, RestartDecision, Slot, State, Task, TaskDesired,
     TaskId, TaskState, TaskStatus, Timestamp, restart_decision,
@@ -81,10 +81,8 @@ pub(crate) struct Reconciled<'a> {
 pub(crate) struct MakeRoom<'a> {
     /// The new-version task.
     pub(crate) new_task: TaskId,
-    /// Its driver.
-    pub(crate) driver: DriverKind,
-    /// Its resources.
-    pub(crate) resources: Resources,
+    /// Its job's spec (driver, resources, constraints).
+    pub(crate) spec: &'a JobSpec,
     /// The old-version task running on the node.
     pub(crate) old: &'a Task,
     /// Stop reason for the old task.
@@ -229,7 +227,9 @@ impl<'a> Pass<'a, '_> {
     /// Why a live task of `job` must leave its node, if it must: the node
     /// drains, lost the task's driver, or no longer satisfies a constraint.
     /// Global tasks are pinned and handled by [`Pass::global`]; a batch task
-    /// is let finish on a draining node until the drain deadline passes.
+    /// is let finish on a draining node until the drain deadline passes. The
+    /// job's constraints are those of its current version: a task of an older
+    /// version is not held to them (the rolling update replaces it).
     fn must_move(&mut self, job: &Job, task: &Task) -> Option<String> {
         let node_id = task.node.as_ref()?;
         let node = self.state.node(node_id)?;
@@ -239,9 +239,9 @@ impl<'a> Pass<'a, '_> {
                 return Some(format!("node {node_id} is draining"));
             }
             return match node.drain_deadline {
-                Some(deadline) if deadline <= self.now => {
-                    Some(format!("node {node_id} is draining and its deadline passed"))
-                }
+                Some(deadline) if deadline <= self.now => Some(format!(
+                    "node {node_id} is draining and its deadline passed"
+                )),
                 Some(deadline) => {
                     self.wake_at(deadline);
                     None
@@ -258,7 +258,7 @@ impl<'a> Pass<'a, '_> {
                 job.spec.task.driver.as_str()
             ));
         }
-        if job.spec.placement.constraints.is_empty() {
+        if job.spec.placement.constraints.is_empty() || task.job_version < job.version {
             return None;
         }
         let view = self.state.node_view(node);
@@ -559,12 +559,11 @@ impl<'a> Pass<'a, '_> {
         id
     }
 
-    fn make_room(&mut self, new_task: TaskId, job: &Job, old: &[&'a Task], reason: &str) {
+    fn make_room(&mut self, new_task: TaskId, job: &'a Job, old: &[&'a Task], reason: &str) {
         for &old in old {
             self.out.make_room.push(MakeRoom {
                 new_task: new_task.clone(),
-                driver: job.spec.task.driver,
-                resources: job.spec.task.resources,
+                spec: &job.spec,
                 old,
                 reason: reason.to_owned(),
             });

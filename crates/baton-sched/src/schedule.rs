@@ -1,33 +1,71 @@
-//! The scheduler: places new tasks and pending tasks on nodes.
+//! The scheduler: places new and pending tasks on nodes, explains the ones
+//! that fit nowhere, and evicts lower-priority tasks for those whose job may
+//! preempt.
 //!
-//! A task may go to a node eligible for its driver ([`State::node_eligible`])
-//! whose free resources (capacity, minus what the node's unfinished tasks
-//! reserve, minus what this pass already placed there) hold it. A global task
-//! (slot [`Slot::Node`]) may only go to its own node.
+//! **Feasibility.** A node takes a task if it takes new tasks of the job at
+//! all ([`crate::feasible::takes_new`]: ready, active, the driver, every
+//! constraint), holds its resources (CPU, memory, disk: free capacity minus
+//! what this pass already placed there), has every static port of the task
+//! free and a free dynamic port for each dynamic one (the lowest free ports
+//! of the dynamic range), and holds fewer than `max_per_node` of the job's
+//! unfinished tasks. A global task (slot [`Slot::Node`]) only goes to its node.
 //!
-//! Ranking is best fit (bin packing): the eligible node with the least free
-//! memory that still holds the task, then the least free CPU, then the lowest
-//! node id. Packing leaves whole nodes free for large tasks and for draining.
+//! **Order.** By job priority, highest first; within a priority, global
+//! tasks first (each has one possible node, the others have many); then by
+//! job name and slot. Priority comes before the global-first rule so that
+//! nothing of a lower priority takes room a higher one needs: a preempting
+//! task's freed room would otherwise go to the lower-priority global task it
+//! evicted, and the two would evict each other forever. Nothing depends on
+//! hash order: the same snapshot always yields the same plan.
 //!
-//! Cost: each driver has a [`BTreeSet`] of nodes keyed by free memory, so the
-//! search starts at the first node with enough memory in O(log n) and walks
-//! forward past nodes short of CPU. Two cuts keep that walk short: a node that
-//! cannot hold the smallest task of the pass leaves the index, and a request
-//! shape that fit nowhere fails at once for every request at least as large
-//! (free resources only shrink during a pass).
+//! **Ranking.** Among the nodes that take a task: with a spread, the
+//! attribute value furthest below its share of the job's tasks (nodes without
+//! the attribute only when no valued node has room; see `spread.rs`); then
+//! the highest affinity score; then the job's strategy: binpack takes the
+//! fullest node that holds the task (least free memory, then CPU), which
+//! leaves whole nodes free for big tasks and for draining, spread the
+//! emptiest; then the lowest node id.
 //!
-//! A task that fits nowhere stays pending with an explanation counted per
-//! reason, computed once per request shape against the pass's final free
-//! resources, so the same state always yields the same text and a pass does
-//! not rewrite a message that did not change.
+//! **Cost.** Tasks are grouped in placement classes (`class.rs`); each class
+//! keeps its nodes in trees ordered by free resources (`index.rs`), one per
+//! spread value and affinity score, so a placement is a few O(log n) searches
+//! and re-files its node in each class holding it, O(log n) each. No pass
+//! scans nodes per task. A node that can no longer take a class's smallest
+//! request leaves the class, and a request shape that fit nowhere in a class
+//! fails at once for every request of the class at least as large (free
+//! resources only shrink during a pass).
+//!
+//! **Explanations.** A task that fits nowhere stays pending with the reasons
+//! nodes refused it, counted per reason (`explain.rs`), computed once per
+//! request shape against the pass's final free resources, so the same state
+//! always yields the same text and a pass does not rewrite a message that
+//! did not change.
+//!
+//! **Preemption.** A task that fits nowhere, of a job with `preempt: true`,
+//! waits for room being freed or evicts tasks of lower-priority jobs
+//! (`preempt.rs`); it stays pending until a later pass places it.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod class;
+mod explain;
+mod index;
+mod jobs;
+mod nodes;
+mod preempt;
+mod spread;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use baton_spec::{DriverKind, Resources};
 use baton_state::{
-    Node, NodeAvailability, NodeId, NodeState, PlanPlacement, PlanUnplaced, Slot, State, Task,
-    TaskId, TaskState, Timestamp,
+    NodeId, PlanPlacement, PlanStop, PlanUnplaced, Slot, State, Task, TaskId, TaskState, Timestamp,
 };
+
+use self::class::{ClassKey, Classes};
+use self::jobs::JobRules;
+use self::nodes::Nodes;
+use self::preempt::Preemption;
+use self::spread::SpreadCounts;
 
 /// What the scheduler decided.
 #[derive(Debug)]
@@ -36,9 +74,11 @@ pub(crate) struct Scheduled<'a> {
     pub(crate) place: Vec<PlanPlacement>,
     /// Tasks that fit nowhere, with why (existing ones only when the text changed).
     pub(crate) unplaced: Vec<PlanUnplaced>,
+    /// Tasks evicted for higher-priority ones.
+    pub(crate) preempt: Vec<PlanStop>,
     /// Every task tried and not placed, whether or not its text changed.
     failed: BTreeSet<TaskId>,
-    cluster: Cluster<'a>,
+    nodes: Nodes<'a>,
 }
 
 impl Scheduled<'_> {
@@ -56,303 +96,314 @@ impl Scheduled<'_> {
         need: &Resources,
         freed: &Resources,
     ) -> bool {
-        self.cluster.get(node).is_some_and(|entry| {
-            State::node_eligible(entry.node, driver)
-                && need.fits_in(&entry.free.saturating_add(freed))
+        self.nodes.position(node).is_some_and(|idx| {
+            State::node_eligible(self.nodes.list[idx], driver)
+                && need.fits_in(&self.nodes.free[idx].saturating_add(freed))
         })
     }
 }
 
-/// Places `create` (new tasks, updated in place: node set, state `assigned`) and
-/// `pending` (existing tasks, into [`Scheduled::place`]). Tasks whose backoff
-/// runs past `now` are left alone.
+/// Places `create` (new tasks, updated in place: node, ports and state
+/// `assigned` set) and `pending` (existing tasks, into [`Scheduled::place`]).
+/// Tasks whose backoff runs past `now` are left alone.
 pub(crate) fn schedule<'a>(
     state: &'a State,
     now: Timestamp,
     create: &mut [Task],
     pending: &[&Task],
 ) -> Scheduled<'a> {
-    let ready = |task: &Task| task.not_before.is_none_or(|at| at <= now);
-    let pinned = |task: &Task| matches!(task.slot, Slot::Node(_));
-    // Global tasks go first: each has one possible node, the others have many.
-    let mut order: Vec<Item> = Vec::with_capacity(create.len() + pending.len());
-    for first in [true, false] {
-        order.extend(
-            (0..pending.len())
-                .filter(|&i| pinned(pending[i]) == first && ready(pending[i]))
-                .map(Item::Pending),
-        );
-        order.extend(
-            (0..create.len())
-                .filter(|&i| pinned(&create[i]) == first && ready(&create[i]))
-                .map(Item::Create),
-        );
-    }
-    let mut smallest: BTreeMap<DriverKind, Resources> = BTreeMap::new();
-    for item in &order {
-        let task = item.task(create, pending);
-        if !pinned(task) {
-            smallest
-                .entry(task.driver)
-                .and_modify(|least| *least = component_min(least, &task.resources))
-                .or_insert(task.resources);
-        }
-    }
-    let mut cluster = Cluster::new(state, &smallest);
+    let mut pass = Pass {
+        state,
+        nodes: Nodes::new(state),
+        jobs: Vec::new(),
+        classes: Classes::default(),
+        preemption: Preemption::default(),
+        preempted: Vec::new(),
+    };
+    let items = pass.order(now, create, pending);
     let mut place = Vec::new();
-    let mut misses: Vec<Item> = Vec::new();
-    for item in order {
-        let task = item.task(create, pending);
-        let found = match &task.slot {
-            Slot::Node(id) => cluster.check(id, task.driver, &task.resources),
-            Slot::Index(_) => cluster.best_fit(task.driver, &task.resources),
-        };
-        let Some(idx) = found else {
-            misses.push(item);
+    let mut misses: Vec<(Item, bool)> = Vec::new();
+    for item in items {
+        let need = item.src.task(create, pending).resources;
+        let Some(idx) = pass.find(&item, &need) else {
+            let waits = match item.target {
+                _ if !pass.jobs[item.job].preempt => false,
+                Target::Unregistered => false,
+                Target::Node(idx) => {
+                    let id = item.src.task(create, pending).id.clone();
+                    pass.preempt(item.job, &id, &need, Some(idx))
+                }
+                Target::Anywhere => {
+                    let id = item.src.task(create, pending).id.clone();
+                    pass.preempt(item.job, &id, &need, None)
+                }
+            };
+            misses.push((item, waits));
             continue;
         };
-        let resources = task.resources;
-        cluster.commit(idx, &resources);
-        let node = cluster.nodes[idx].node.id.clone();
-        match item {
-            Item::Pending(i) => place.push(PlanPlacement {
+        let ports = pass.commit(idx, item.job, &need);
+        let node = pass.nodes.list[idx].id.clone();
+        match item.src {
+            Src::Pending(i) => place.push(PlanPlacement {
                 task: pending[i].id.clone(),
                 node,
-                ports: Default::default(),
+                ports,
             }),
-            Item::Create(i) => {
+            Src::Create(i) => {
                 let task = &mut create[i];
                 task.node = Some(node);
+                task.ports = ports;
                 task.status.state = TaskState::Assigned;
             }
         }
     }
-    // Explanations use the final free resources, so the next pass over the
-    // applied plan computes the same text.
-    let mut reasons: BTreeMap<(DriverKind, Resources, Option<NodeId>), String> = BTreeMap::new();
-    let mut unplaced = Vec::new();
-    let mut failed = BTreeSet::new();
-    for item in misses {
-        let task = item.task(create, pending);
-        let target = match &task.slot {
-            Slot::Node(id) => Some(id.clone()),
-            Slot::Index(_) => None,
-        };
-        let reason = reasons
-            .entry((task.driver, task.resources, target))
-            .or_insert_with_key(|(driver, need, target)| {
-                cluster.explain(*driver, need, target.as_ref())
-            })
-            .clone();
-        failed.insert(task.id.clone());
-        match item {
-            Item::Pending(i) => {
-                if pending[i].status.message != reason {
-                    unplaced.push(PlanUnplaced {
-                        task: pending[i].id.clone(),
-                        reason,
-                    });
-                }
-            }
-            Item::Create(i) => {
-                create[i].status.message = reason.clone();
-                unplaced.push(PlanUnplaced {
-                    task: create[i].id.clone(),
-                    reason,
-                });
-            }
-        }
-    }
+    let (unplaced, failed) = pass.explain(&misses, create, pending);
     Scheduled {
         place,
         unplaced,
+        preempt: pass.preempted,
         failed,
-        cluster,
+        nodes: pass.nodes,
     }
 }
 
 /// A task to place: an index into `pending` or into `create`.
 #[derive(Clone, Copy, Debug)]
-enum Item {
+enum Src {
     Pending(usize),
     Create(usize),
 }
 
-impl Item {
+impl Src {
     fn task<'t>(self, create: &'t [Task], pending: &[&'t Task]) -> &'t Task {
         match self {
-            Item::Pending(i) => pending[i],
-            Item::Create(i) => &create[i],
+            Src::Pending(i) => pending[i],
+            Src::Create(i) => &create[i],
         }
     }
 }
 
-/// Index key: free memory, free CPU, node index (node ids sort like indexes).
-type FreeKey = (u64, u64, usize);
-
-fn key(free: &Resources, idx: usize) -> FreeKey {
-    (free.memory_bytes, free.cpu_millis, idx)
+/// Where a task may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// Any node of its class.
+    Anywhere,
+    /// Only this node (a global task).
+    Node(usize),
+    /// A global task for a node the state does not know.
+    Unregistered,
 }
 
-fn component_min(a: &Resources, b: &Resources) -> Resources {
-    a.min(b)
+/// One task to place, with what its order and its search need.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    src: Src,
+    /// Index into [`Pass::jobs`].
+    job: usize,
+    target: Target,
+    /// Slot number, or the node's rank for a global task.
+    slot: u64,
 }
 
+/// One scheduling pass.
 #[derive(Debug)]
-struct NodeFree<'a> {
-    node: &'a Node,
-    free: Resources,
+struct Pass<'a> {
+    state: &'a State,
+    nodes: Nodes<'a>,
+    /// The jobs with tasks to place.
+    jobs: Vec<JobRules<'a>>,
+    classes: Classes<'a>,
+    preemption: Preemption<'a>,
+    /// Tasks evicted so far.
+    preempted: Vec<PlanStop>,
 }
 
-/// The nodes eligible for one driver, ordered by free resources.
-#[derive(Debug, Default)]
-struct DriverIndex {
-    by_free: BTreeSet<FreeKey>,
-    /// The smallest request of the pass: a node that cannot hold it is dropped.
-    smallest: Resources,
-    /// Request shapes that fit nowhere.
-    failed: Vec<Resources>,
-}
-
-/// Every node's free resources during a pass, with a free-resource index per driver.
-#[derive(Debug)]
-struct Cluster<'a> {
-    /// Every node of the state, by id.
-    nodes: Vec<NodeFree<'a>>,
-    index: BTreeMap<DriverKind, DriverIndex>,
-}
-
-impl<'a> Cluster<'a> {
-    fn new(state: &'a State, smallest: &BTreeMap<DriverKind, Resources>) -> Cluster<'a> {
-        let nodes: Vec<NodeFree<'a>> = state
-            .nodes()
-            .map(|node| NodeFree {
-                node,
-                free: state.free(node),
-            })
-            .collect();
-        let mut index = BTreeMap::new();
-        for (&driver, &least) in smallest {
-            let by_free = nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| State::node_eligible(n.node, driver) && least.fits_in(&n.free))
-                .map(|(idx, n)| key(&n.free, idx))
-                .collect();
-            index.insert(
-                driver,
-                DriverIndex {
-                    by_free,
-                    smallest: least,
-                    failed: Vec::new(),
-                },
-            );
-        }
-        Cluster { nodes, index }
-    }
-
-    fn position(&self, id: &NodeId) -> Option<usize> {
-        self.nodes.binary_search_by(|n| n.node.id.cmp(id)).ok()
-    }
-
-    fn get(&self, id: &NodeId) -> Option<&NodeFree<'a>> {
-        self.position(id).map(|idx| &self.nodes[idx])
-    }
-
-    /// The best-fitting node for a request, if any.
-    fn best_fit(&mut self, driver: DriverKind, need: &Resources) -> Option<usize> {
-        let index = self.index.get_mut(&driver)?;
-        if index.failed.iter().any(|shape| shape.fits_in(need)) {
-            return None;
-        }
-        let found = index
-            .by_free
-            .range((need.memory_bytes, 0, 0)..)
-            .find(|(_, cpu, _)| *cpu >= need.cpu_millis)
-            .map(|&(_, _, idx)| idx);
-        if found.is_none() {
-            index.failed.push(*need);
-        }
-        found
-    }
-
-    /// Whether a pinned request fits its node.
-    fn check(&self, id: &NodeId, driver: DriverKind, need: &Resources) -> Option<usize> {
-        let idx = self.position(id)?;
-        let entry = &self.nodes[idx];
-        (State::node_eligible(entry.node, driver) && need.fits_in(&entry.free)).then_some(idx)
-    }
-
-    /// Takes `need` from a node and re-files it in every index it is in.
-    fn commit(&mut self, idx: usize, need: &Resources) {
-        let entry = &mut self.nodes[idx];
-        let before = key(&entry.free, idx);
-        entry.free = entry.free.saturating_sub(need);
-        let after = key(&entry.free, idx);
-        let free = entry.free;
-        for index in self.index.values_mut() {
-            if index.by_free.remove(&before) && index.smallest.fits_in(&free) {
-                index.by_free.insert(after);
+impl<'a> Pass<'a> {
+    /// The tasks to place (backoff over), in placement order; sets up their
+    /// jobs and classes.
+    fn order(&mut self, now: Timestamp, create: &[Task], pending: &[&Task]) -> Vec<Item> {
+        let ready = |task: &Task| task.not_before.is_none_or(|at| at <= now);
+        let tasks = pending
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (Src::Pending(i), t))
+            .chain(create.iter().enumerate().map(|(i, t)| (Src::Create(i), t)));
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let mut last: Option<(&str, usize)> = None;
+        let mut items = Vec::with_capacity(create.len() + pending.len());
+        for (src, task) in tasks {
+            if !ready(task) {
+                continue;
             }
-        }
-    }
-
-    /// Why a request fits nowhere (or not on `target`), counted per reason:
-    /// `no node fits: 3 nodes: insufficient memory; 1 node: down`.
-    fn explain(&self, driver: DriverKind, need: &Resources, target: Option<&NodeId>) -> String {
-        if let Some(id) = target {
-            return match self.get(id) {
-                None => format!("node {id} is not registered"),
-                Some(entry) => match refusal(entry, driver, need) {
-                    Some(reason) => format!("cannot run on node {id}: {reason}"),
-                    None => format!("cannot run on node {id}"),
+            let job = match last {
+                Some((name, job)) if name == task.job => job,
+                _ => {
+                    let n = self.jobs.len();
+                    let job = *by_name.entry(task.job.as_str()).or_insert(n);
+                    if job == n {
+                        let rules = JobRules::new(self.state, &self.nodes, &task.job, task.driver);
+                        self.jobs.push(rules);
+                    }
+                    job
+                }
+            };
+            last = Some((task.job.as_str(), job));
+            let (target, slot) = match &task.slot {
+                Slot::Index(i) => (Target::Anywhere, u64::from(*i)),
+                Slot::Node(id) => match self.nodes.position(id) {
+                    Some(idx) => (Target::Node(idx), idx as u64),
+                    None => (Target::Unregistered, u64::MAX),
                 },
             };
+            if target == Target::Anywhere {
+                let c = match self.jobs[job].class {
+                    Some(c) => self.classes.grow(c, &task.resources),
+                    None => {
+                        let key = ClassKey::of(job, &self.jobs[job]);
+                        self.classes.join(key, job, &task.resources)
+                    }
+                };
+                self.jobs[job].class = Some(c);
+            }
+            items.push(Item {
+                src,
+                job,
+                target,
+                slot,
+            });
         }
-        if self.nodes.is_empty() {
-            return "no node fits: no nodes registered".to_owned();
+        jobs::count_tasks(self.state, &self.nodes, &mut self.jobs);
+        let mut by_rank: Vec<usize> = (0..self.jobs.len()).collect();
+        by_rank.sort_by(|&a, &b| self.jobs[a].name.cmp(&self.jobs[b].name));
+        let mut rank = vec![0; self.jobs.len()];
+        for (r, &job) in by_rank.iter().enumerate() {
+            rank[job] = r;
         }
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for entry in &self.nodes {
-            if let Some(reason) = refusal(entry, driver, need) {
-                *counts.entry(reason).or_default() += 1;
+        // Stable: equal keys (two tasks of one slot) keep the reconciler's order.
+        items.sort_by_key(|item| {
+            (
+                Reverse(self.jobs[item.job].priority),
+                item.target == Target::Anywhere,
+                rank[item.job],
+                item.slot,
+            )
+        });
+        items
+    }
+
+    /// The node for a task, if any takes it.
+    fn find(&mut self, item: &Item, need: &Resources) -> Option<usize> {
+        match item.target {
+            Target::Unregistered => None,
+            Target::Node(idx) => {
+                let rules = &self.jobs[item.job];
+                explain::refusal(self.state, &self.nodes, rules, idx, need)
+                    .is_none()
+                    .then_some(idx)
+            }
+            Target::Anywhere => {
+                let c = self.jobs[item.job]
+                    .class
+                    .expect("tasks that may go anywhere have a class");
+                self.classes.build(c, self.state, &self.nodes, &self.jobs);
+                let rules = &mut self.jobs[item.job];
+                if rules.spread.is_none()
+                    && let Some(spread) = rules.spread_spec()
+                {
+                    let class = self.classes.get(c);
+                    let mut counts = SpreadCounts::new(spread, &class.values);
+                    for (idx, &n) in rules.per_node().iter().enumerate() {
+                        for _ in 0..n {
+                            counts.add(class.value_of(idx));
+                        }
+                    }
+                    rules.spread = Some(counts);
+                }
+                self.classes
+                    .find(c, rules.spread.as_ref(), rules.strategy, need)
             }
         }
-        let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
-        // Most common reason first; equal counts stay in text order (stable sort).
-        counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-        let parts: Vec<String> = counts
-            .iter()
-            .map(|(reason, n)| {
-                let noun = if *n == 1 { "node" } else { "nodes" };
-                format!("{n} {noun}: {reason}")
-            })
-            .collect();
-        format!("no node fits: {}", parts.join("; "))
     }
-}
 
-/// Why one node refuses a request; `None` if it would take it.
-fn refusal(entry: &NodeFree<'_>, driver: DriverKind, need: &Resources) -> Option<String> {
-    let node = entry.node;
-    if node.state == NodeState::Down {
-        return Some("down".to_owned());
+    /// Places a task of job `job` on node `idx`: takes its resources and
+    /// ports, counts it, and re-files the node. Returns its ports.
+    fn commit(&mut self, idx: usize, job: usize, need: &Resources) -> BTreeMap<String, u16> {
+        self.nodes.take(idx, need);
+        let ports = self.nodes.take_ports(idx, self.jobs[job].ports);
+        let rules = &mut self.jobs[job];
+        rules.placed_on(idx);
+        if let (Some(counts), Some(c)) = (rules.spread.as_mut(), rules.class) {
+            counts.add(self.classes.get(c).value_of(idx));
+        }
+        self.classes.refresh(idx, &self.nodes, &self.jobs);
+        ports
     }
-    match node.availability {
-        NodeAvailability::Drain => return Some("draining".to_owned()),
-        NodeAvailability::Pause => return Some("paused".to_owned()),
-        NodeAvailability::Active => {}
-    }
-    if !node.drivers.contains(&driver) {
-        return Some(format!("driver {} not available", driver.as_str()));
-    }
-    let short_memory = need.memory_bytes > entry.free.memory_bytes;
-    let short_cpu = need.cpu_millis > entry.free.cpu_millis;
-    match (short_cpu, short_memory) {
-        (true, true) => Some("insufficient cpu and memory".to_owned()),
-        (true, false) => Some("insufficient cpu".to_owned()),
-        (false, true) => Some("insufficient memory".to_owned()),
-        (false, false) => None,
+
+    /// Explanations for the tasks that fit nowhere (`waits`: a preempting
+    /// task waits for room being freed); new tasks get theirs in place.
+    fn explain(
+        &self,
+        misses: &[(Item, bool)],
+        create: &mut [Task],
+        pending: &[&Task],
+    ) -> (Vec<PlanUnplaced>, BTreeSet<TaskId>) {
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        enum Shape {
+            Class(usize, Resources),
+            Node(usize, usize, Resources),
+        }
+        let mut texts: BTreeMap<Shape, String> = BTreeMap::new();
+        let mut unplaced = Vec::new();
+        let mut failed = BTreeSet::new();
+        for &(item, waits) in misses {
+            let task = item.src.task(create, pending);
+            let need = task.resources;
+            let mut reason = match (item.target, &task.slot) {
+                (Target::Anywhere, _) => {
+                    let c = self.jobs[item.job].class.expect("class set");
+                    texts
+                        .entry(Shape::Class(c, need))
+                        .or_insert_with(|| {
+                            let rules = &self.jobs[self.classes.get(c).job];
+                            explain::anywhere(self.state, &self.nodes, rules, &need)
+                        })
+                        .clone()
+                }
+                (Target::Node(idx), _) => texts
+                    .entry(Shape::Node(item.job, idx, need))
+                    .or_insert_with(|| {
+                        let rules = &self.jobs[item.job];
+                        explain::on_node(self.state, &self.nodes, rules, idx, &need)
+                    })
+                    .clone(),
+                (Target::Unregistered, Slot::Node(id)) => format!("node {id} is not registered"),
+                (Target::Unregistered, Slot::Index(_)) => "no node fits".to_owned(),
+            };
+            if waits {
+                // Not naming the node: the next pass may claim the same room
+                // on another node, and the text must not change for that.
+                reason.push_str("; waiting for stopping tasks to free room");
+            }
+            failed.insert(task.id.clone());
+            match item.src {
+                Src::Pending(i) => {
+                    if pending[i].status.message != reason {
+                        unplaced.push(PlanUnplaced {
+                            task: pending[i].id.clone(),
+                            reason,
+                        });
+                    }
+                }
+                Src::Create(i) => {
+                    create[i].status.message = reason.clone();
+                    unplaced.push(PlanUnplaced {
+                        task: create[i].id.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        (unplaced, failed)
     }
 }
 

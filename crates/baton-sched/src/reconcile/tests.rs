@@ -303,10 +303,7 @@ fn global_runs_on_each_eligible_node_and_on_a_node_that_joins_later() {
     sim.converge();
     // Draining: the node's task stops and is not replaced.
     sim.set_availability("n2", NodeAvailability::Drain);
-    assert_eq!(
-        lines(&sim),
-        vec!["stop agent.n2 v1 r0: node draining"]
-    );
+    assert_eq!(lines(&sim), vec!["stop agent.n2 v1 r0: node draining"]);
     sim.converge();
     // Paused: keeps its task.
     sim.set_availability("n1", NodeAvailability::Pause);
@@ -559,7 +556,10 @@ fn service_tasks_leave_a_node_that_no_longer_satisfies_a_constraint() {
     sim.add_node(labelled("n2", &[("zone", "b")]));
     sim.put(constrained(service("web", 1), "node.labels.zone == a"));
     sim.converge();
-    assert_eq!(sim.live("web")[0].node.as_ref().map(|n| n.0.as_str()), Some("n1"));
+    assert_eq!(
+        sim.live("web")[0].node.as_ref().map(|n| n.0.as_str()),
+        Some("n1")
+    );
     // The operator moves zone a to n2: the task moves there, start first.
     set_labels(&mut sim, "n1", &[("zone", "c")], &[]);
     set_labels(&mut sim, "n2", &[("zone", "a")], &[]);
