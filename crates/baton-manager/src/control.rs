@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_state::{Command, Event};
+use baton_state::{ChangeMark, Command, Event};
 use baton_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -25,13 +25,20 @@ pub const MAX_PLAN_ITEMS: usize = 5_000;
 /// Runs the control loop until `shutdown` is cancelled.
 pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
     let mut changes = store.subscribe();
+    // The state's mark at the last pass whose plan was wholly applied: the
+    // next pass reconciles only the jobs changed since (its cost follows the
+    // changes, not the cluster's size). None: a full pass.
+    let mut mark: Option<ChangeMark> = None;
     loop {
         changes.borrow_and_update();
         let snapshot = store.snapshot();
         let now = now();
         let seed: u64 = rand::random();
-        let pass =
-            tokio::task::spawn_blocking(move || baton_sched::plan(&snapshot.state, now, seed));
+        let planned_at = snapshot.state.change_mark();
+        let since = mark;
+        let pass = tokio::task::spawn_blocking(move || {
+            baton_sched::plan_since(&snapshot.state, since, now, seed)
+        });
         let output = match pass.await {
             Ok(output) => output,
             Err(e) => {
@@ -40,6 +47,7 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
             }
         };
         let mut progressed = false;
+        mark = Some(planned_at);
         for plan in output.plan.into_batches(MAX_PLAN_ITEMS) {
             if plan.is_empty() {
                 continue;
@@ -59,6 +67,7 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "plan not applied");
+                    mark = None;
                     break;
                 }
             }

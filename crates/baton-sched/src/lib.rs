@@ -32,7 +32,7 @@ mod testkit;
 #[cfg(test)]
 mod tests;
 
-use baton_state::{Plan, PlanStop, State, Timestamp};
+use baton_state::{ChangeMark, Plan, PlanStop, State, Timestamp};
 
 use crate::ids::IdGen;
 use crate::reconcile::Reconciled;
@@ -50,6 +50,31 @@ pub struct PlanOutput {
 /// One reconcile + schedule pass over `state` at time `now`. Task ids are drawn
 /// from `seed`: `<job>.<slot>.<12 lowercase hex>`.
 pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
+    plan_scoped(state, now, seed, None)
+}
+
+/// The same pass as [`plan`], reconciling only the jobs that may have
+/// something to do since `mark` (see [`State::jobs_changed_since`]): what a
+/// pass over the state at `mark` planned was applied, so the jobs untouched
+/// since then have nothing new to do. The result equals [`plan`]'s; its cost
+/// follows the changes, not the size of the cluster. Without a mark, or when
+/// nodes changed, every job is reconciled.
+pub fn plan_since(
+    state: &State,
+    mark: Option<ChangeMark>,
+    now: Timestamp,
+    seed: u64,
+) -> PlanOutput {
+    let scope = mark.and_then(|mark| state.jobs_changed_since(mark));
+    plan_scoped(state, now, seed, scope.as_ref())
+}
+
+fn plan_scoped(
+    state: &State,
+    now: Timestamp,
+    seed: u64,
+    scope: Option<&std::collections::BTreeSet<&str>>,
+) -> PlanOutput {
     let mut ids = IdGen::new(seed);
     let Reconciled {
         mut create,
@@ -59,7 +84,7 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
         make_room,
         evict_if_unplaced,
         next_wakeup,
-    } = reconcile::reconcile(state, now, &mut ids);
+    } = reconcile::reconcile(state, now, &mut ids, scope);
     let scheduled = schedule::schedule(state, now, &mut create, &pending);
     for room in make_room {
         let task = &room.spec.task;

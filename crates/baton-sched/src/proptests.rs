@@ -181,6 +181,8 @@ struct World {
     specs: Vec<JobSpec>,
     rng: Rng,
     generation: u32,
+    /// The state's mark when the last pass's plan was applied.
+    mark: Option<baton_state::ChangeMark>,
 }
 
 impl World {
@@ -212,6 +214,7 @@ impl World {
             specs,
             rng: Rng(seed),
             generation: 0,
+            mark: None,
         }
     }
 
@@ -308,6 +311,11 @@ impl World {
         self.sim.seed += 1;
         let out = plan(&self.sim.state, self.sim.now, self.sim.seed);
         prop_assert_eq!(&out, &plan(&self.sim.state, self.sim.now, self.sim.seed));
+        // Reconciling only what changed since the last applied pass plans
+        // exactly what a full pass plans.
+        let since = crate::plan_since(&self.sim.state, self.mark, self.sim.now, self.sim.seed);
+        prop_assert_eq!(&out, &since, "incremental pass differs from the full pass");
+        let mark = self.sim.state.change_mark();
         let now = self.sim.now;
         let events = self
             .sim
@@ -326,6 +334,7 @@ impl World {
             "a fresh plan had stale items: {:?}",
             ignored
         );
+        self.mark = Some(mark);
         check_safety(&self.sim.state)?;
         Ok(out)
     }

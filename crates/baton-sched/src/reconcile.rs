@@ -100,8 +100,13 @@ pub(crate) struct Evict<'a> {
     pub(crate) reason: String,
 }
 
-/// One reconcile pass over every job.
-pub(crate) fn reconcile<'a>(state: &'a State, now: Timestamp, ids: &mut IdGen) -> Reconciled<'a> {
+/// One reconcile pass over every job, or over the jobs in `scope`.
+pub(crate) fn reconcile<'a>(
+    state: &'a State,
+    now: Timestamp,
+    ids: &mut IdGen,
+    scope: Option<&BTreeSet<&str>>,
+) -> Reconciled<'a> {
     let mut pass = Pass {
         state,
         now,
@@ -109,8 +114,12 @@ pub(crate) fn reconcile<'a>(state: &'a State, now: Timestamp, ids: &mut IdGen) -
         out: Reconciled::default(),
         stopped: BTreeSet::new(),
     };
-    for job in state.jobs() {
-        pass.job(job);
+    match scope {
+        None => state.jobs().for_each(|job| pass.job(job)),
+        Some(names) => names
+            .iter()
+            .filter_map(|name| state.job(name))
+            .for_each(|job| pass.job(job)),
     }
     pass.out
 }

@@ -238,18 +238,13 @@ impl Sim {
         self.apply_plan(plan);
     }
 
-    /// Changes a node's availability. No command does that yet, so this edits the
-    /// persisted form and loads it back (indexes are rebuilt on load).
+    /// Changes a node's availability (a drain without a deadline).
     pub(crate) fn set_availability(&mut self, id: &str, availability: NodeAvailability) {
-        let mut value = serde_json::to_value(&self.state).expect("state serialises");
-        let nodes = value["nodes"].as_array_mut().expect("nodes array");
-        for node in nodes {
-            if node["id"] == id {
-                node["availability"] =
-                    serde_json::to_value(availability).expect("availability serialises");
-            }
-        }
-        self.state = serde_json::from_value(value).expect("state loads");
+        self.apply(Command::SetNodeAvailability {
+            id: NodeId(id.to_owned()),
+            availability,
+            deadline: None,
+        });
     }
 
     /// The job's tasks that are meant to run and have not finished.

@@ -24,4 +24,4 @@ pub use objects::{
 };
 pub use restart::{RestartDecision, restart_decision};
 pub use secret::Secret;
-pub use state::{ApplyError, MIN_CERT_VALIDITY, State};
+pub use state::{ApplyError, ChangeMark, MIN_CERT_VALIDITY, State};

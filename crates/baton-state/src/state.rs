@@ -112,9 +112,50 @@ pub struct State {
     tasks_by_node: OrdMap<NodeId, OrdSet<TaskId>>,
     reserved: OrdMap<NodeId, Resources>,
     ports_used: OrdMap<NodeId, OrdSet<u16>>,
+    /// Jobs with a task waiting for a node (pending, unplaced, meant to run),
+    /// with how many.
+    waiting: OrdMap<String, u32>,
+    /// Change tracking, never persisted: see [`ChangeMark`].
+    changes: Changes,
     cluster: Option<Cluster>,
     members: OrdMap<NodeId, Member>,
     revoked: OrdSet<NodeId>,
+}
+
+/// Where a state is in its history, for [`State::jobs_changed_since`]: the
+/// state's lineage (every state built from scratch or loaded starts a new
+/// one; clones share it) and the number of commands applied since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeMark {
+    lineage: u64,
+    generation: u64,
+}
+
+/// Which jobs and nodes changed, by generation.
+#[derive(Clone, Debug)]
+struct Changes {
+    lineage: u64,
+    /// Commands applied to this lineage (successful or not).
+    generation: u64,
+    /// The generation at which each job, or one of its tasks, last changed.
+    jobs: OrdMap<String, u64>,
+    /// The generation at which each node (what it offers, its state,
+    /// availability, labels or role) last changed.
+    nodes: OrdMap<NodeId, u64>,
+}
+
+impl Default for Changes {
+    fn default() -> Changes {
+        // A process-wide counter, not randomness: it only tells two
+        // histories apart and never influences what `apply` does.
+        static LINEAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Changes {
+            lineage: LINEAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            generation: 0,
+            jobs: OrdMap::new(),
+            nodes: OrdMap::new(),
+        }
+    }
 }
 
 /// The persisted form: the primary tables only.
@@ -254,6 +295,88 @@ impl State {
         NodeView { node, role }
     }
 
+    /// Where this state is in its history.
+    pub fn change_mark(&self) -> ChangeMark {
+        ChangeMark {
+            lineage: self.changes.lineage,
+            generation: self.changes.generation,
+        }
+    }
+
+    /// The jobs that may need reconciling since `mark` (taken from an earlier
+    /// version of this state): jobs changed since (the job or any of its
+    /// tasks), jobs with tasks waiting for a node, jobs with tasks on a node
+    /// that changed since or drains with a deadline, and every global job if
+    /// any node changed. `None` means every job: `mark` is of another
+    /// history.
+    pub fn jobs_changed_since(&self, mark: ChangeMark) -> Option<std::collections::BTreeSet<&str>> {
+        if mark.lineage != self.changes.lineage || mark.generation > self.changes.generation {
+            return None;
+        }
+        let mut jobs: std::collections::BTreeSet<&str> = self
+            .changes
+            .jobs
+            .iter()
+            .filter(|(_, generation)| **generation > mark.generation)
+            .map(|(job, _)| job.as_str())
+            .collect();
+        jobs.extend(self.waiting.keys().map(String::as_str));
+        // A node that changed concerns the jobs with tasks on it (they may
+        // have to leave) and every global job (one task per eligible node);
+        // jobs waiting for room are in already.
+        let mut any_node = false;
+        for (id, generation) in &self.changes.nodes {
+            if *generation > mark.generation {
+                any_node = true;
+                jobs.extend(self.tasks_of_node(id).map(|t| t.job.as_str()));
+            }
+        }
+        if any_node {
+            jobs.extend(
+                self.jobs
+                    .values()
+                    .filter(|job| matches!(job.spec.kind, JobKind::Global))
+                    .map(|job| job.name.as_str()),
+            );
+        }
+        // A node that changed concerns the jobs with tasks on it (they may
+        // have to leave) and every global job (one task per eligible node);
+        // jobs waiting for room are in already.
+        let mut any_node = false;
+        for (id, generation) in &self.changes.nodes {
+            if *generation > mark.generation {
+                any_node = true;
+                jobs.extend(self.tasks_of_node(id).map(|t| t.job.as_str()));
+            }
+        }
+        if any_node {
+            jobs.extend(
+                self.jobs
+                    .values()
+                    .filter(|job| matches!(job.spec.kind, JobKind::Global))
+                    .map(|job| job.name.as_str()),
+            );
+        }
+        // A drain deadline wakes the pass up (before) and moves batch tasks
+        // (after): the jobs on such nodes are looked at every time.
+        for node in self.nodes.values() {
+            if node.drain_deadline.is_some() {
+                jobs.extend(self.tasks_of_node(&node.id).map(|t| t.job.as_str()));
+            }
+        }
+        Some(jobs)
+    }
+
+    fn touch(&mut self, job: &str) {
+        let generation = self.changes.generation;
+        match self.changes.jobs.get_mut(job) {
+            Some(at) => *at = generation,
+            None => {
+                self.changes.jobs.insert(job.to_owned(), generation);
+            }
+        }
+    }
+
     /// Whether a node takes new tasks of a driver.
     pub fn node_eligible(node: &Node, driver: baton_spec::DriverKind) -> bool {
         node.state == NodeState::Ready
@@ -263,6 +386,33 @@ impl State {
 
     /// Applies one command. On error nothing changed.
     pub fn apply(&mut self, cmd: Command) -> Result<Vec<Event>, ApplyError> {
+        self.changes.generation += 1;
+        // Every command that can change what a node offers to placement is
+        // listed here (the match is exhaustive on purpose: a new command
+        // must decide).
+        let node = match &cmd {
+            Command::RegisterNode { node, .. } => Some(node.id.clone()),
+            Command::NodeDown { id, .. }
+            | Command::RemoveNode { id, .. }
+            | Command::SetNodeAvailability { id, .. }
+            | Command::UpdateNodeLabels { id, .. }
+            | Command::AdmitNode { id, .. } => Some(id.clone()),
+            Command::PutJob { .. }
+            | Command::StopJob { .. }
+            | Command::ScaleJob { .. }
+            | Command::ApplyPlan { .. }
+            | Command::ReportTasks { .. }
+            | Command::InitCluster { .. }
+            | Command::RotateJoinToken { .. }
+            | Command::RenewNodeCert { .. }
+            | Command::SetCertValidity { .. }
+            | Command::StartRootRotation { .. }
+            | Command::FinishRootRotation { .. }
+            | Command::SetManagerAddresses { .. } => None,
+        };
+        if let Some(id) = node {
+            self.changes.nodes.insert(id, self.changes.generation);
+        }
         match cmd {
             Command::PutJob {
                 spec,
@@ -341,6 +491,7 @@ impl State {
         replicas: u32,
         now: Timestamp,
     ) -> Result<Vec<Event>, ApplyError> {
+        self.touch(name);
         let job = self
             .jobs
             .get_mut(name)
@@ -388,6 +539,7 @@ impl State {
         now: Timestamp,
     ) -> Vec<Event> {
         let name = spec.name.clone();
+        self.touch(&name);
         match self.jobs.get_mut(&name) {
             Some(job) if job.spec == spec && job.desired == JobDesired::Run => {
                 vec![Event::JobUnchanged {
@@ -432,6 +584,7 @@ impl State {
     }
 
     fn stop_job(&mut self, name: &str, now: Timestamp) -> Result<Vec<Event>, ApplyError> {
+        self.touch(name);
         let job = self
             .jobs
             .get_mut(name)
@@ -613,18 +766,24 @@ impl State {
     }
 
     fn stop_task(&mut self, id: &TaskId, reason: String, now: Timestamp) -> Vec<Event> {
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.tasks.get(id) else {
             return Vec::new();
         };
         if task.desired == TaskDesired::Shutdown || task.status.state.is_terminal() {
             return Vec::new();
         }
+        // Out and in again, so the indexes (tasks waiting, changed jobs) follow.
+        let Some(mut task) = self.remove_task(id) else {
+            return Vec::new();
+        };
         task.desired = TaskDesired::Shutdown;
         task.status.message = reason.clone();
+        let placed = task.node.is_some();
+        self.insert_task(task);
         let mut events = vec![Event::TaskStopping { id: id.clone() }];
         // A task no node has yet is stopped at once; otherwise its node stops it
         // and reports `shutdown`.
-        if task.node.is_none() {
+        if !placed {
             events.extend(self.set_task_state(
                 TaskReport {
                     task: id.clone(),
@@ -720,7 +879,23 @@ impl State {
         })
     }
 
+    /// Whether a task waits for a node: pending, unplaced, meant to run.
+    fn is_waiting(task: &Task) -> bool {
+        task.status.state == TaskState::Pending
+            && task.node.is_none()
+            && task.desired == TaskDesired::Running
+    }
+
     fn insert_task(&mut self, task: Task) {
+        self.touch(&task.job);
+        if Self::is_waiting(&task) {
+            match self.waiting.get_mut(&task.job) {
+                Some(n) => *n += 1,
+                None => {
+                    self.waiting.insert(task.job.clone(), 1);
+                }
+            }
+        }
         // Keys are cloned only when an entry is new: this runs once per task
         // placed, a million times for a large plan.
         match self.tasks_by_job.get_mut(&task.job) {
@@ -760,6 +935,15 @@ impl State {
 
     fn remove_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
+        self.touch(&task.job);
+        if Self::is_waiting(&task)
+            && let Some(n) = self.waiting.get_mut(&task.job)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&task.job);
+            }
+        }
         if let Some(ids) = self.tasks_by_job.get_mut(&task.job) {
             ids.remove(id);
             if ids.is_empty() {

@@ -18,9 +18,6 @@ use super::plan::plan_submission;
 use super::{ApiFailure, AppState};
 use crate::now;
 
-/// Most replicas a service may have: the limit a spec's `replicas` has
-/// (`baton-spec`'s validation), which a scale must not get around.
-
 fn invalid(message: impl Into<String>) -> ApiFailure {
     ApiFailure::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
@@ -119,6 +116,7 @@ pub async fn scale_job(
     Path(name): Path<String>,
     Json(req): Json<ScaleRequest>,
 ) -> Result<Json<ScaleResponse>, ApiFailure> {
+    // The limit a spec's `replicas` has, which a scale must not get around.
     if req.replicas > baton_spec::MAX_REPLICAS {
         return Err(invalid(format!(
             "replicas: {} is more than the limit of {}",

@@ -8,7 +8,7 @@ use crate::testkit::{GI, Sim, T0, batch, global, node, render, service, short, t
 
 /// The reconciler's output on the sim's state, one line per item.
 fn lines(sim: &Sim) -> Vec<String> {
-    let out = reconcile(&sim.state, sim.now, &mut IdGen::new(1));
+    let out = reconcile(&sim.state, sim.now, &mut IdGen::new(1), None);
     let mut lines = render(
         &sim.state,
         &Plan {
@@ -416,7 +416,7 @@ fn duplicate_live_tasks_keep_the_running_one() {
         TaskState::Running,
         None,
     );
-    let out = reconcile(&sim.state, sim.now, &mut IdGen::new(1));
+    let out = reconcile(&sim.state, sim.now, &mut IdGen::new(1), None);
     assert_eq!(
         out.stop,
         vec![PlanStop {
@@ -450,7 +450,7 @@ fn history_keeps_five_terminal_tasks_per_slot() {
     spec.restart.condition = RestartCondition::Never;
     // Same template, other policy: the tasks carry over to version 2.
     sim.put(spec);
-    let out = reconcile(&sim.state, sim.now, &mut IdGen::new(1));
+    let out = reconcile(&sim.state, sim.now, &mut IdGen::new(1), None);
     let removed: Vec<&str> = out.remove.iter().map(|id| id.0.as_str()).collect();
     assert_eq!(
         removed,
