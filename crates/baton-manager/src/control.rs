@@ -59,6 +59,11 @@ pub async fn run(store: Arc<dyn Store>, shutdown: CancellationToken) {
                         .events
                         .iter()
                         .any(|e| !matches!(e, Event::Ignored { .. }));
+                    for event in &applied.events {
+                        if let Event::TaskPreempted { id, by } = event {
+                            tracing::info!(task = %id, by = %by, "task preempted");
+                        }
+                    }
                     tracing::debug!(index = applied.index, n_items, "plan applied");
                 }
                 Err(StoreError::Unavailable(reason)) => {

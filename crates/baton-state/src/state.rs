@@ -844,7 +844,12 @@ impl State {
         let mut task = self.remove_task(&report.task).expect("looked up above");
         task.status.state = report.state;
         task.status.since = now;
-        if !report.message.is_empty() || report.state.is_terminal() {
+        // A task the cluster stopped keeps the cluster's reason (scaled
+        // down, preempted by…, node draining): the node's "stopped" says less.
+        let keeps_reason = report.state == TaskState::Shutdown
+            && task.desired == TaskDesired::Shutdown
+            && !task.status.message.is_empty();
+        if !keeps_reason && (!report.message.is_empty() || report.state.is_terminal()) {
             task.status.message = report.message;
         }
         if report.state == TaskState::Running {

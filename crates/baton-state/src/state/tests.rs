@@ -1014,4 +1014,17 @@ fn a_preempting_stop_says_who_evicted_whom() {
             by: id("db.0.x")
         }
     );
+    // The node's report of the stop keeps the cluster's reason.
+    report(&mut state, "n1", "web.0.a", TaskState::Shutdown);
+    let task = state.task(&id("web.0.a")).expect("task");
+    assert_eq!(task.status.state, TaskState::Shutdown);
+    assert_eq!(task.status.message, "preempted");
+    // A task that fails on its own still says why.
+    report(&mut state, "n1", "web.1.b", TaskState::Failed);
+    assert_eq!(
+        state
+            .task(&id("web.1.b"))
+            .map(|t| t.status.message.as_str()),
+        Some("now failed")
+    );
 }

@@ -486,3 +486,63 @@ fn draining_a_node_moves_a_service_task_to_the_other_node() {
         (moved && old_stopped).then_some(())
     });
 }
+
+#[test]
+fn a_higher_priority_job_evicts_a_lower_one_only_when_it_may_preempt() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path());
+    cluster.add_agent("a1", &[]); // 1 CPU
+    let sized = |name: &str, extra: &str| service(name, 1, extra).replace("cpu: 10m", "cpu: 600m");
+    cluster.run_job("low", &sized("low", "priority: 10\n"));
+    // Higher priority without `preempt`: it waits, the low task keeps running.
+    let polite = spec_file(
+        tmp.path(),
+        "polite.yaml",
+        &sized("polite", "priority: 90\n"),
+    );
+    cluster.ok(&["job", "run", "--detach", polite.to_str().expect("path")]);
+    wait_for("polite pending with a reason", CONVERGE, || {
+        let tasks = cluster.json(&["task", "ls", "--job", "polite"]);
+        tasks
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .any(|t| {
+                t["state"] == "pending"
+                    && t["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("insufficient cpu"))
+            })
+            .then_some(())
+    });
+    assert_eq!(cluster.running_by_node("low").values().sum::<usize>(), 1);
+    cluster.ok(&["job", "stop", "polite"]);
+    // With `preempt: true` it evicts the low task, which says by whom.
+    let urgent = spec_file(
+        tmp.path(),
+        "urgent.yaml",
+        &sized("urgent", "priority: 90\npreempt: true\n"),
+    );
+    cluster.ok(&["job", "run", "--detach", urgent.to_str().expect("path")]);
+    wait_for("urgent running", CONVERGE, || {
+        (cluster.running_by_node("urgent").values().sum::<usize>() == 1).then_some(())
+    });
+    let low = cluster.json(&["task", "ls", "--job", "low"]);
+    let low = low.as_array().expect("tasks");
+    let evicted = low
+        .iter()
+        .find(|t| t["desired"] == "shutdown")
+        .unwrap_or_else(|| panic!("an evicted low task: {low:?}"));
+    let message = evicted["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("preempted by task urgent.") && message.contains("(priority 90)"),
+        "{message}"
+    );
+    // Its replacement waits: nothing lower takes the room back.
+    assert!(
+        low.iter()
+            .any(|t| t["state"] == "pending" && t["desired"] == "running"),
+        "{low:?}"
+    );
+    assert_eq!(cluster.running_by_node("low").values().sum::<usize>(), 0);
+}
