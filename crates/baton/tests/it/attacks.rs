@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +21,7 @@ use baton_rpc::{Dispatcher, NodeDescription, SessionMessage, pb};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::harness::{Proc, baton_bin, run_cli, spec_file, text, wait_for};
+use crate::harness::{Cluster, Proc, baton_bin, text, wait_for};
 
 const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
@@ -43,133 +43,9 @@ fn now() -> i64 {
     .expect("now")
 }
 
-/// One manager and its agents.
-struct Cluster {
-    dir: PathBuf,
-    manager: Proc,
-    cluster_addr: String,
-    worker_token: String,
-    admin: PathBuf,
-    agents: BTreeMap<String, Proc>,
-}
-
 impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["manager", "--data-dir"])
-            .arg(dir.join("manager"))
-            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
-        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
-        let worker_token = manager
-            .line("  worker: ")
-            .trim_start_matches("  worker: ")
-            .trim()
-            .to_owned();
-        let ready = manager.line("baton manager ready");
-        let cluster_addr = ready
-            .split(" · ")
-            .find_map(|part| part.strip_prefix("cluster port "))
-            .expect("cluster port in the ready line")
-            .to_owned();
-        Cluster {
-            dir: dir.to_owned(),
-            manager,
-            cluster_addr,
-            worker_token,
-            admin: dir.join("manager/admin.toml"),
-            agents: BTreeMap::new(),
-        }
-    }
-
-    fn agent_cmd(&self, name: &str, join: &str, token: Option<&str>, cpu: &str) -> Command {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["agent", "--data-dir"])
-            .arg(self.dir.join(name))
-            .args([
-                "--join",
-                join,
-                "--enable-raw",
-                "--cpu",
-                cpu,
-                "--memory",
-                "1Gi",
-            ])
-            .env_remove("BATON_JOIN_TOKEN");
-        if let Some(token) = token {
-            cmd.env("BATON_JOIN_TOKEN", token);
-        }
-        cmd
-    }
-
-    /// Starts an agent (joining through `join`) and waits for its ready line;
-    /// returns its node id.
-    fn add_agent_via(&mut self, name: &str, join: &str, token: Option<&str>, cpu: &str) -> String {
-        let cmd = self.agent_cmd(name, join, token, cpu);
-        let mut agent = Proc::spawn(cmd, &self.dir.join(format!("{name}.log")));
-        let ready = agent.line("baton agent ready: node ");
-        let id = ready
-            .trim_start_matches("baton agent ready: node ")
-            .split(' ')
-            .next()
-            .expect("node id")
-            .to_owned();
-        self.agents.insert(name.to_owned(), agent);
-        id
-    }
-
-    fn add_agent(&mut self, name: &str, cpu: &str) -> String {
-        let join = self.cluster_addr.clone();
-        let token = self.worker_token.clone();
-        let id = self.add_agent_via(name, &join, Some(&token), cpu);
-        self.wait_node_state(&id, "ready");
-        id
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        run_cli(&self.admin, args)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.cli(&all);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        serde_json::from_str(&stdout).expect("json")
-    }
-
-    fn node_state(&self, id: &str) -> Option<String> {
-        self.json(&["node", "ls"])
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["id"] == id)
-            .map(|n| n["state"].as_str().expect("state").to_owned())
-    }
-
-    fn wait_node_state(&self, id: &str, state: &str) {
-        wait_for(
-            &format!("node {id} to be {state}"),
-            Duration::from_secs(30),
-            || (self.node_state(id).as_deref() == Some(state)).then_some(()),
-        );
-    }
-
-    fn run_job(&self, name: &str, spec: &str) {
-        let file = spec_file(&self.dir, &format!("{name}.yaml"), spec);
-        let out = self.cli(&["job", "run", file.to_str().expect("path")]);
-        assert!(out.status.success(), "{}", text(&out).1);
-    }
-
-    fn tasks(&self, job: &str) -> Vec<serde_json::Value> {
-        self.json(&["task", "ls", "--job", job])
-            .as_array()
-            .expect("tasks")
-            .clone()
-    }
-
     /// Running task ids of `job` by node.
-    fn running_by_node(&self, job: &str) -> BTreeMap<String, BTreeSet<String>> {
+    fn running_ids_by_node(&self, job: &str) -> BTreeMap<String, BTreeSet<String>> {
         let mut by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for task in self.tasks(job) {
             if task["state"] == "running" {
@@ -527,7 +403,7 @@ fn a_worker_certificate_is_refused_by_every_user_api_endpoint_alike_whether_the_
     assert_eq!(jobs, vec!["web".to_owned()]);
     assert_eq!(
         cluster
-            .running_by_node("web")
+            .running_ids_by_node("web")
             .values()
             .map(BTreeSet::len)
             .sum::<usize>(),
@@ -743,7 +619,7 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
     let b = cluster.add_agent("b", "200m");
     cluster.run_job("web", &service("web", 4, "hunter2"));
     let by_node = wait_for("two tasks on each agent", Duration::from_secs(30), || {
-        let by_node = cluster.running_by_node("web");
+        let by_node = cluster.running_ids_by_node("web");
         (by_node.get(&a).map(BTreeSet::len) == Some(2)
             && by_node.get(&b).map(BTreeSet::len) == Some(2))
         .then_some(by_node)

@@ -2,104 +2,13 @@
 //! processes joined with tokens over mutual TLS.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Proc, alive, baton_bin, run_cli, signal, spec_file, text, wait_for};
-
-struct Cluster {
-    dir: PathBuf,
-    /// Held for its `Drop`: the manager stops with the cluster.
-    _manager: Proc,
-    cluster_addr: String,
-    worker_token: String,
-    admin: PathBuf,
-    agents: BTreeMap<String, Proc>,
-}
+use crate::harness::{Cluster, alive, signal, spec_file, text, wait_for};
 
 impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["manager", "--data-dir"])
-            .arg(dir.join("manager"))
-            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
-        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
-        let worker_token = manager
-            .line("  worker: ")
-            .trim_start_matches("  worker: ")
-            .trim()
-            .to_owned();
-        let ready = manager.line("baton manager ready");
-        let cluster_addr = ready
-            .split(" · ")
-            .find_map(|part| part.strip_prefix("cluster port "))
-            .expect("cluster port in the ready line")
-            .to_owned();
-        Cluster {
-            dir: dir.to_owned(),
-            _manager: manager,
-            cluster_addr,
-            worker_token,
-            admin: dir.join("manager/admin.toml"),
-            agents: BTreeMap::new(),
-        }
-    }
-
-    fn agent_cmd(&self, name: &str, token: Option<&str>, cpu: &str) -> Command {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["agent", "--data-dir"])
-            .arg(self.dir.join(name))
-            .args([
-                "--join",
-                &self.cluster_addr,
-                "--enable-raw",
-                "--cpu",
-                cpu,
-                "--memory",
-                "1Gi",
-            ])
-            .env_remove("BATON_JOIN_TOKEN");
-        if let Some(token) = token {
-            cmd.env("BATON_JOIN_TOKEN", token);
-        }
-        cmd
-    }
-
-    /// Starts an agent and waits until it is ready; returns its node id.
-    fn add_agent(&mut self, name: &str, cpu: &str) -> String {
-        let token = self.worker_token.clone();
-        let cmd = self.agent_cmd(name, Some(&token), cpu);
-        self.run_agent(name, cmd)
-    }
-
-    fn run_agent(&mut self, name: &str, cmd: Command) -> String {
-        let mut agent = Proc::spawn(cmd, &self.dir.join(format!("{name}.log")));
-        let ready = agent.line("baton agent ready: node ");
-        let id = ready
-            .trim_start_matches("baton agent ready: node ")
-            .split(' ')
-            .next()
-            .expect("node id")
-            .to_owned();
-        self.agents.insert(name.to_owned(), agent);
-        id
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        run_cli(&self.admin, args)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.cli(&all);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        serde_json::from_str(&stdout).expect("json")
-    }
-
-    fn running_by_node(&self, job: &str) -> BTreeMap<String, Vec<String>> {
+    /// Running slots of `job` by node.
+    fn running_slots_by_node(&self, job: &str) -> BTreeMap<String, Vec<String>> {
         let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for task in self
             .json(&["task", "ls", "--job", job])
@@ -149,7 +58,7 @@ fn three_agents_join_with_the_token_and_a_service_spreads_over_them() {
     let file = spec_file(tmp.path(), "web.yaml", &service("web", 6));
     let out = cluster.cli(&["job", "run", file.to_str().expect("path")]);
     assert!(out.status.success(), "{}", text(&out).1);
-    let by_node = cluster.running_by_node("web");
+    let by_node = cluster.running_slots_by_node("web");
     assert_eq!(by_node.len(), 3, "{by_node:?}");
     assert!(
         by_node.values().all(|slots| slots.len() == 2),
@@ -179,6 +88,7 @@ fn bad_tokens_are_refused_with_a_clear_message() {
         let out = cluster
             .agent_cmd(
                 &format!("bad-{}", what.replace(' ', "-")),
+                &cluster.cluster_addr,
                 Some(token),
                 "100m",
             )
@@ -208,7 +118,7 @@ fn a_killed_agent_goes_down_its_tasks_move_and_it_rejoins_without_duplicates() {
     let file = spec_file(tmp.path(), "web.yaml", &service("web", 2));
     let out = cluster.cli(&["job", "run", file.to_str().expect("path")]);
     assert!(out.status.success(), "{}", text(&out).1);
-    let before = cluster.running_by_node("web");
+    let before = cluster.running_slots_by_node("web");
     let (victim_id, victim_slots) = before
         .iter()
         .next()
@@ -241,14 +151,14 @@ fn a_killed_agent_goes_down_its_tasks_move_and_it_rejoins_without_duplicates() {
         "the tasks to run elsewhere",
         Duration::from_secs(20),
         || {
-            let now = cluster.running_by_node("web");
+            let now = cluster.running_slots_by_node("web");
             let total: usize = now.values().map(Vec::len).sum();
             (total == 2 && !now.contains_key(&victim_id)).then_some(())
         },
     );
 
     // It rejoins with its old identity (no token) and kills what it left behind.
-    let cmd = cluster.agent_cmd(&victim, None, "1");
+    let cmd = cluster.agent_cmd(&victim, &cluster.cluster_addr, None, "1");
     let id = cluster.run_agent(&victim, cmd);
     assert_eq!(id, victim_id);
     for pid in pids {
@@ -270,7 +180,7 @@ fn a_killed_agent_goes_down_its_tasks_move_and_it_rejoins_without_duplicates() {
         },
     );
     let mut slots: Vec<String> = cluster
-        .running_by_node("web")
+        .running_slots_by_node("web")
         .into_values()
         .flatten()
         .collect();

@@ -335,3 +335,156 @@ impl Drop for Proc {
         }
     }
 }
+
+/// One `baton manager` and its agents, each a process on loopback, joined
+/// with the worker token over mutual TLS.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub manager: Proc,
+    pub cluster_addr: String,
+    pub worker_token: String,
+    pub admin: PathBuf,
+    pub agents: std::collections::BTreeMap<String, Proc>,
+}
+
+impl Cluster {
+    /// Starts the manager on `dir/manager` and waits for its ready line.
+    pub fn start(dir: &Path) -> Cluster {
+        let mut cmd = Command::new(baton_bin());
+        cmd.args(["manager", "--data-dir"])
+            .arg(dir.join("manager"))
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
+        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
+        let worker_token = manager
+            .line("  worker: ")
+            .trim_start_matches("  worker: ")
+            .trim()
+            .to_owned();
+        let ready = manager.line("baton manager ready");
+        let cluster_addr = ready
+            .split(" · ")
+            .find_map(|part| part.strip_prefix("cluster port "))
+            .expect("cluster port in the ready line")
+            .to_owned();
+        Cluster {
+            dir: dir.to_owned(),
+            manager,
+            cluster_addr,
+            worker_token,
+            admin: dir.join("manager/admin.toml"),
+            agents: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// An agent (raw driver, `cpu`, 1 GiB) on `dir/name` joining through
+    /// `join` with `token` (none: it must already have an identity).
+    pub fn agent_cmd(&self, name: &str, join: &str, token: Option<&str>, cpu: &str) -> Command {
+        let mut cmd = Command::new(baton_bin());
+        cmd.args(["agent", "--data-dir"])
+            .arg(self.dir.join(name))
+            .args([
+                "--join",
+                join,
+                "--enable-raw",
+                "--cpu",
+                cpu,
+                "--memory",
+                "1Gi",
+            ])
+            .env_remove("BATON_JOIN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("BATON_JOIN_TOKEN", token);
+        }
+        cmd
+    }
+
+    /// Spawns an agent and waits for its ready line; returns its node id.
+    pub fn run_agent(&mut self, name: &str, cmd: Command) -> String {
+        let mut agent = Proc::spawn(cmd, &self.dir.join(format!("{name}.log")));
+        let ready = agent.line("baton agent ready: node ");
+        let id = ready
+            .trim_start_matches("baton agent ready: node ")
+            .split(' ')
+            .next()
+            .expect("node id")
+            .to_owned();
+        self.agents.insert(name.to_owned(), agent);
+        id
+    }
+
+    /// An agent joining through `join` with `token`; returns its node id.
+    pub fn add_agent_via(
+        &mut self,
+        name: &str,
+        join: &str,
+        token: Option<&str>,
+        cpu: &str,
+    ) -> String {
+        let cmd = self.agent_cmd(name, join, token, cpu);
+        self.run_agent(name, cmd)
+    }
+
+    /// An agent joining with the worker token, with `extra` options, once
+    /// the cluster lists it `ready`; returns its node id.
+    pub fn add_agent_with(&mut self, name: &str, cpu: &str, extra: &[&str]) -> String {
+        let mut cmd = self.agent_cmd(name, &self.cluster_addr, Some(&self.worker_token), cpu);
+        cmd.args(extra);
+        let id = self.run_agent(name, cmd);
+        self.wait_node_state(&id, "ready");
+        id
+    }
+
+    /// [`Cluster::add_agent_with`] without extra options.
+    pub fn add_agent(&mut self, name: &str, cpu: &str) -> String {
+        self.add_agent_with(name, cpu, &[])
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run_cli(&self.admin, args)
+    }
+
+    /// A command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "baton {args:?}: {stderr}\n{stdout}");
+        stdout
+    }
+
+    /// A command's `-o json` output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("json")
+    }
+
+    /// Submits a spec file written to `dir/<name>.yaml` and waits until it runs.
+    pub fn run_job(&self, name: &str, spec: &str) {
+        let file = spec_file(&self.dir, &format!("{name}.yaml"), spec);
+        self.ok(&["job", "run", file.to_str().expect("path")]);
+    }
+
+    pub fn tasks(&self, job: &str) -> Vec<Value> {
+        self.json(&["task", "ls", "--job", job])
+            .as_array()
+            .expect("tasks")
+            .clone()
+    }
+
+    pub fn node_state(&self, id: &str) -> Option<String> {
+        self.json(&["node", "ls"])
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().expect("state").to_owned())
+    }
+
+    pub fn wait_node_state(&self, id: &str, state: &str) {
+        wait_for(
+            &format!("node {id} to be {state}"),
+            Duration::from_secs(30),
+            || (self.node_state(id).as_deref() == Some(state)).then_some(()),
+        );
+    }
+}

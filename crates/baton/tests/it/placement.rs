@@ -3,102 +3,18 @@
 //! submission without making it, and draining a node.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Dev, Proc, baton_bin, run_cli, spec_file, text, wait_for};
+use crate::harness::{Cluster, Dev, baton_bin, spec_file, text, wait_for};
 
 /// Long enough for a task to be placed and started on a loaded machine;
 /// the tests wait for conditions, this only bounds a hung one.
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// One `baton manager` and agents started with their own options.
-struct Cluster {
-    dir: PathBuf,
-    _manager: Proc,
-    cluster_addr: String,
-    worker_token: String,
-    admin: PathBuf,
-    agents: BTreeMap<String, Proc>,
-}
-
 impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["manager", "--data-dir"])
-            .arg(dir.join("manager"))
-            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
-        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
-        let worker_token = manager
-            .line("  worker: ")
-            .trim_start_matches("  worker: ")
-            .trim()
-            .to_owned();
-        let ready = manager.line("baton manager ready");
-        let cluster_addr = ready
-            .split(" · ")
-            .find_map(|part| part.strip_prefix("cluster port "))
-            .expect("cluster port in the ready line")
-            .to_owned();
-        Cluster {
-            dir: dir.to_owned(),
-            _manager: manager,
-            cluster_addr,
-            worker_token,
-            admin: dir.join("manager/admin.toml"),
-            agents: BTreeMap::new(),
-        }
-    }
-
-    /// Starts an agent (raw driver, 1 CPU, 1 GiB) with `extra` options and
-    /// waits until it is ready; returns its node id.
-    fn add_agent(&mut self, name: &str, extra: &[&str]) -> String {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["agent", "--data-dir"])
-            .arg(self.dir.join(name))
-            .args([
-                "--join",
-                &self.cluster_addr,
-                "--enable-raw",
-                "--cpu",
-                "1",
-                "--memory",
-                "1Gi",
-            ])
-            .args(extra)
-            .env("BATON_JOIN_TOKEN", &self.worker_token);
-        let mut agent = Proc::spawn(cmd, &self.dir.join(format!("{name}.log")));
-        let ready = agent.line("baton agent ready: node ");
-        let id = ready
-            .trim_start_matches("baton agent ready: node ")
-            .split(' ')
-            .next()
-            .expect("node id")
-            .to_owned();
-        self.agents.insert(name.to_owned(), agent);
-        id
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        run_cli(&self.admin, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "baton {args:?}: {stderr}\n{stdout}");
-        stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).expect("json")
-    }
-
     fn node(&self, id: &str) -> Value {
         self.json(&["node", "ls"])
             .as_array()
@@ -110,14 +26,8 @@ impl Cluster {
     }
 
     /// Running tasks of `job`: node id -> how many.
-    fn running_by_node(&self, job: &str) -> BTreeMap<String, usize> {
+    fn running_counts_by_node(&self, job: &str) -> BTreeMap<String, usize> {
         running_by_node(&self.json(&["task", "ls", "--job", job]))
-    }
-
-    /// Submits a spec and waits until every task runs.
-    fn run_job(&self, name: &str, spec: &str) {
-        let file = spec_file(&self.dir, &format!("{name}.yaml"), spec);
-        self.ok(&["job", "run", file.to_str().expect("path")]);
     }
 }
 
@@ -151,8 +61,8 @@ fn the_only_node(dev: &Dev) -> String {
 fn agent_labels_steer_constraints_and_operator_labels_override_them() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::start(tmp.path());
-    let a = cluster.add_agent("a", &["--label", "zone=a", "--label", "disk=ssd"]);
-    let b = cluster.add_agent("b", &["--label", "zone=b"]);
+    let a = cluster.add_agent_with("a", "1", &["--label", "zone=a", "--label", "disk=ssd"]);
+    let b = cluster.add_agent_with("b", "1", &["--label", "zone=b"]);
 
     // The cluster sees each agent's labels; the table shows them compactly.
     let node_a = cluster.node(&a);
@@ -174,7 +84,7 @@ fn agent_labels_steer_constraints_and_operator_labels_override_them() {
         "pinned",
         &service("pinned", 3, "constraints: [\"node.labels.zone == b\"]\n"),
     );
-    let by_node = cluster.running_by_node("pinned");
+    let by_node = cluster.running_counts_by_node("pinned");
     assert_eq!(by_node, BTreeMap::from([(b.clone(), 3)]), "only on zone b");
 
     // An operator relabels a: zone=b wins over its agent's zone=a.
@@ -197,7 +107,7 @@ fn agent_labels_steer_constraints_and_operator_labels_override_them() {
         ),
     );
     assert_eq!(
-        cluster.running_by_node("both"),
+        cluster.running_counts_by_node("both"),
         BTreeMap::from([(a.clone(), 1), (b.clone(), 1)])
     );
 
@@ -223,7 +133,7 @@ fn agent_labels_steer_constraints_and_operator_labels_override_them() {
         &service("spread", 4, "spread: {attribute: node.labels.zone}\n"),
     );
     assert_eq!(
-        cluster.running_by_node("spread"),
+        cluster.running_counts_by_node("spread"),
         BTreeMap::from([(a, 2), (b, 2)])
     );
 }
@@ -434,10 +344,10 @@ fn a_plan_shows_where_tasks_would_go_and_changes_nothing() {
 fn draining_a_node_moves_a_service_task_to_the_other_node() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::start(tmp.path());
-    let first = cluster.add_agent("a", &[]);
-    let second = cluster.add_agent("b", &[]);
+    let first = cluster.add_agent("a", "1");
+    let second = cluster.add_agent("b", "1");
     cluster.run_job("web", &service("web", 1, ""));
-    let by_node = cluster.running_by_node("web");
+    let by_node = cluster.running_counts_by_node("web");
     let (from, _) = by_node.first_key_value().expect("running");
     let from = from.clone();
     let to = if from == first { second } else { first };
@@ -491,7 +401,7 @@ fn draining_a_node_moves_a_service_task_to_the_other_node() {
 fn a_higher_priority_job_evicts_a_lower_one_only_when_it_may_preempt() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::start(tmp.path());
-    cluster.add_agent("a1", &[]); // 1 CPU
+    cluster.add_agent("a1", "1"); // 1 CPU
     let sized = |name: &str, extra: &str| service(name, 1, extra).replace("cpu: 10m", "cpu: 600m");
     cluster.run_job("low", &sized("low", "priority: 10\n"));
     // Higher priority without `preempt`: it waits, the low task keeps running.
@@ -515,7 +425,13 @@ fn a_higher_priority_job_evicts_a_lower_one_only_when_it_may_preempt() {
             })
             .then_some(())
     });
-    assert_eq!(cluster.running_by_node("low").values().sum::<usize>(), 1);
+    assert_eq!(
+        cluster
+            .running_counts_by_node("low")
+            .values()
+            .sum::<usize>(),
+        1
+    );
     cluster.ok(&["job", "stop", "polite"]);
     // With `preempt: true` it evicts the low task, which says by whom.
     let urgent = spec_file(
@@ -525,7 +441,12 @@ fn a_higher_priority_job_evicts_a_lower_one_only_when_it_may_preempt() {
     );
     cluster.ok(&["job", "run", "--detach", urgent.to_str().expect("path")]);
     wait_for("urgent running", CONVERGE, || {
-        (cluster.running_by_node("urgent").values().sum::<usize>() == 1).then_some(())
+        (cluster
+            .running_counts_by_node("urgent")
+            .values()
+            .sum::<usize>()
+            == 1)
+            .then_some(())
     });
     let low = cluster.json(&["task", "ls", "--job", "low"]);
     let low = low.as_array().expect("tasks");
@@ -544,5 +465,11 @@ fn a_higher_priority_job_evicts_a_lower_one_only_when_it_may_preempt() {
             .any(|t| t["state"] == "pending" && t["desired"] == "running"),
         "{low:?}"
     );
-    assert_eq!(cluster.running_by_node("low").values().sum::<usize>(), 0);
+    assert_eq!(
+        cluster
+            .running_counts_by_node("low")
+            .values()
+            .sum::<usize>(),
+        0
+    );
 }
