@@ -407,21 +407,29 @@ pub async fn set_node_availability(
             Some(now.plus(after))
         }
     };
-    let node_id = NodeId(id.clone());
-    app.store
-        .propose(Command::SetNodeAvailability {
-            id: node_id.clone(),
-            availability,
-            deadline,
-        })
-        .await?;
+    let command = Command::SetNodeAvailability {
+        id: NodeId(id.clone()),
+        availability,
+        deadline,
+    };
+    let node = change_node(&app, &id, command).await?;
+    tracing::info!(node_id = %id, availability = %req.availability, deadline = ?req.deadline, "node availability set");
+    Ok(Json(node))
+}
+
+/// Proposes a command about node `id`; the node as the state shows it after.
+pub(super) async fn change_node(
+    app: &AppState,
+    id: &str,
+    command: Command,
+) -> Result<baton_api::NodeInfo, ApiFailure> {
+    app.store.propose(command).await?;
     let snapshot = app.store.snapshot();
     let node = snapshot
         .state
-        .node(&node_id)
+        .node(&NodeId(id.to_owned()))
         .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))?;
-    tracing::info!(node_id = %id, availability = %req.availability, deadline = ?req.deadline, "node availability set");
-    Ok(Json(node_info(&snapshot.state, node)))
+    Ok(node_info(&snapshot.state, node))
 }
 
 /// Options of a node removal.

@@ -12,8 +12,8 @@ use baton_api::{ErrorBody, JobPlan, NodeInfo, NodeLabelsRequest, ScaleRequest, S
 use baton_spec::JobKind;
 use baton_state::{Command, NodeId};
 
-use super::convert::{job_info, node_info};
-use super::handlers::{SubmitParams, SubmittedSpec, submitted_spec};
+use super::convert::job_info;
+use super::handlers::{SubmitParams, SubmittedSpec, change_node, submitted_spec};
 use super::plan::plan_submission;
 use super::{ApiFailure, AppState};
 use crate::now;
@@ -82,25 +82,19 @@ pub async fn update_node_labels(
             )));
         }
     }
-    app.store
-        .propose(Command::UpdateNodeLabels {
-            id: node_id.clone(),
-            set: req.set.clone(),
-            remove,
-        })
-        .await?;
-    let snapshot = app.store.snapshot();
-    let node = snapshot
-        .state
-        .node(&node_id)
-        .ok_or_else(|| ApiFailure::not_found(format!("node {id} not found")))?;
+    let command = Command::UpdateNodeLabels {
+        id: node_id,
+        set: req.set.clone(),
+        remove,
+    };
+    let node = change_node(&app, &id, command).await?;
     tracing::info!(
         node_id = %id,
         set = ?req.set.keys().collect::<Vec<_>>(),
         remove = ?req.remove,
         "node labels changed"
     );
-    Ok(Json(node_info(&snapshot.state, node)))
+    Ok(Json(node))
 }
 
 /// Set a service's number of replicas. The running tasks are kept; slots
