@@ -69,6 +69,20 @@ pub fn plan_since(
     plan_scoped(state, now, seed, scope.as_ref())
 }
 
+/// Whether every static port of `task` is free on `node` once `old` (and
+/// the ports it holds) is gone.
+fn static_ports_free_once_freed(
+    state: &State,
+    node: &baton_state::Node,
+    task: &baton_spec::TaskSpec,
+    old: &baton_state::Task,
+) -> bool {
+    let in_use = state.ports_in_use(&node.id);
+    task.ports.iter().filter_map(|p| p.static_port).all(|port| {
+        in_use.is_none_or(|used| !used.contains(&port)) || old.ports.values().any(|p| *p == port)
+    })
+}
+
 fn plan_scoped(
     state: &State,
     now: Timestamp,
@@ -95,6 +109,7 @@ fn plan_scoped(
             .and_then(|id| state.node(id))
             .is_some_and(|node| {
                 feasible::takes_new(state, node, room.spec)
+                    && static_ports_free_once_freed(state, node, task, room.old)
                     && scheduled.fits_once_freed(
                         &node.id,
                         task.driver,

@@ -249,7 +249,10 @@ impl<'a> Pass<'a> {
             };
             last = Some((task.job.as_str(), job));
             let (target, slot) = match &task.slot {
-                Slot::Index(i) => (Target::Anywhere, u64::from(*i)),
+                Slot::Index(i) => {
+                    self.jobs[job].placing(*i);
+                    (Target::Anywhere, u64::from(*i))
+                }
                 Slot::Node(id) => match self.nodes.position(id) {
                     Some(idx) => (Target::Node(idx), idx as u64),
                     None => (Target::Unregistered, u64::MAX),
@@ -297,9 +300,9 @@ impl<'a> Pass<'a> {
             Target::Unregistered => None,
             Target::Node(idx) => {
                 let rules = &self.jobs[item.job];
-                explain::refusal(self.state, &self.nodes, rules, idx, need)
-                    .is_none()
-                    .then_some(idx)
+                (explain::refusal(self.state, &self.nodes, rules, idx, need).is_none()
+                    && rules.below_cap(idx))
+                .then_some(idx)
             }
             Target::Anywhere => {
                 let c = self.jobs[item.job]
@@ -312,7 +315,7 @@ impl<'a> Pass<'a> {
                 {
                     let class = self.classes.get(c);
                     let mut counts = SpreadCounts::new(spread, &class.values);
-                    for (idx, &n) in rules.per_node().iter().enumerate() {
+                    for (idx, &n) in rules.spread_per_node().iter().enumerate() {
                         for _ in 0..n {
                             counts.add(class.value_of(idx));
                         }
@@ -320,7 +323,7 @@ impl<'a> Pass<'a> {
                     rules.spread = Some(counts);
                 }
                 self.classes
-                    .find(c, rules.spread.as_ref(), rules.strategy, need)
+                    .find(c, rules.spread.as_mut(), rules.strategy, need)
             }
         }
     }

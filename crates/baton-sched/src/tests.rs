@@ -1175,3 +1175,108 @@ fn an_update_does_not_stop_the_old_task_where_the_new_one_may_not_go() {
     );
     assert_eq!(sim.live("web").len(), 2, "old running, new pending");
 }
+
+// ---- Review: regressions found in the scheduler rewrite.
+
+/// A rolling update under a zone spread ends as balanced as it started: the
+/// old task a new one replaces does not count against its zone.
+#[test]
+fn a_rolling_update_keeps_the_spread_balanced() {
+    let mut sim = Sim::new();
+    sim.add_node(labelled("n1", 4000, 4 * GI, &[("zone", "a")]));
+    sim.add_node(labelled("n2", 4000, 4 * GI, &[("zone", "b")]));
+    let mut spec = sized("web", 2, 100);
+    spec.placement.spread = Some(zone_spread(&[]));
+    sim.put(spec.clone());
+    sim.converge();
+    assert_eq!(
+        count_by_zone(&sim, "web"),
+        BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)])
+    );
+    spec.task.command.push("--v2".to_owned());
+    sim.put(spec);
+    sim.converge();
+    assert_eq!(
+        count_by_zone(&sim, "web"),
+        BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)])
+    );
+}
+
+/// Room set aside for a preempting task counts against its job's
+/// `max_per_node`: a second task of the job does not evict on a node the job
+/// may no longer use.
+#[test]
+fn preemption_does_not_evict_where_max_per_node_leaves_no_place() {
+    let mut sim = Sim::new();
+    sim.add_node(node("n1", 1000, 4 * GI));
+    sim.add_node(node("n2", 1000, 4 * GI));
+    let mut low = sized("low", 2, 500);
+    low.placement.priority = 10;
+    low.placement.constraints = vec![constraint("node.id == n1")];
+    sim.put(low);
+    let mut mid = sized("mid", 1, 1000);
+    mid.placement.priority = 20;
+    mid.placement.constraints = vec![constraint("node.id == n2")];
+    sim.put(mid);
+    sim.converge();
+    assert_eq!(
+        count_by_node(&sim, "low").into_keys().collect::<Vec<_>>(),
+        vec!["n1"]
+    );
+    assert_eq!(
+        count_by_node(&sim, "mid").into_keys().collect::<Vec<_>>(),
+        vec!["n2"]
+    );
+    let mut high = sized("high", 2, 500);
+    high.placement.priority = 90;
+    high.placement.preempt = true;
+    high.placement.max_per_node = Some(1);
+    sim.put(high);
+    let out = sim.step();
+    let mut stopped: Vec<&str> = out
+        .plan
+        .stop
+        .iter()
+        .filter_map(|s| sim.state.task(&s.task).map(|t| t.job.as_str()))
+        .collect();
+    stopped.sort_unstable();
+    assert_eq!(stopped, vec!["low", "mid"]);
+    // The victims stop; each high task takes the room set aside for it.
+    sim.agents_ack();
+    sim.converge();
+    assert_eq!(
+        count_by_node(&sim, "high").len(),
+        2,
+        "{:?}",
+        pending_messages(&sim, "high")
+    );
+}
+
+#[test]
+fn an_update_does_not_stop_the_old_task_when_its_new_port_is_held_by_another() {
+    let mut sim = Sim::new();
+    sim.add_node(node("n1", 300, 1024 * MI));
+    // Another job holds port 9001 on the only node.
+    let mut holder = service("holder", 1);
+    holder.task.ports.push(baton_spec::PortSpec {
+        name: "p".to_owned(),
+        static_port: Some(9001),
+        publish: false,
+    });
+    sim.put(holder);
+    let mut agent = crate::testkit::global("agent");
+    agent.task.resources = res(150, 64 * MI);
+    sim.put(agent.clone());
+    sim.converge();
+    // Version 2 needs port 9001 too: stopping version 1 would not help.
+    agent.task.command.push("--v2".to_owned());
+    agent.task.ports.push(baton_spec::PortSpec {
+        name: "p".to_owned(),
+        static_port: Some(9001),
+        publish: false,
+    });
+    sim.put(agent);
+    let out = sim.step();
+    assert!(out.plan.stop.is_empty(), "{:?}", out.plan.stop);
+    assert_eq!(sim.live("agent").len(), 2, "old running, new pending");
+}

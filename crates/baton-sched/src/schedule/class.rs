@@ -280,7 +280,7 @@ impl<'a> Classes<'a> {
     pub(super) fn find(
         &mut self,
         c: usize,
-        spread: Option<&SpreadCounts>,
+        spread: Option<&mut SpreadCounts>,
         strategy: Strategy,
         need: &Resources,
     ) -> Option<usize> {
@@ -289,29 +289,21 @@ impl<'a> Classes<'a> {
             return None;
         }
         let no_value = class.values.len();
-        let order: Vec<usize> = match spread {
-            Some(counts) => {
-                let mut order = counts.order();
-                order.push(no_value);
-                order
-            }
-            None => (0..class.groups.len()).collect(),
-        };
-        for group in order {
-            for &(_, tree) in &class.groups[group] {
+        let forest = &self.forest;
+        let search = |group: usize| -> Option<usize> {
+            class.groups[group].iter().find_map(|&(_, tree)| {
                 let found = match strategy {
-                    Strategy::Binpack => self.forest.first_fit(
+                    Strategy::Binpack => forest.first_fit(
                         tree,
                         (need.memory_bytes, 0, 0),
                         need.cpu_millis,
                         need.disk_bytes,
                     ),
-                    Strategy::Spread => self
-                        .forest
+                    Strategy::Spread => forest
                         .last_fit(tree, need.memory_bytes, need.cpu_millis, need.disk_bytes)
                         // The emptiest (memory, CPU); among equals, the lowest id.
                         .and_then(|(memory, cpu, _)| {
-                            self.forest.first_fit(
+                            forest.first_fit(
                                 tree,
                                 (memory, cpu, 0),
                                 need.cpu_millis,
@@ -319,10 +311,38 @@ impl<'a> Classes<'a> {
                             )
                         }),
                 };
-                if let Some((_, _, idx)) = found {
-                    return Some(idx as usize);
+                found.map(|(_, _, idx)| idx as usize)
+            })
+        };
+        let found = match spread {
+            Some(counts) => {
+                // Values whose nodes have all left the class are not offered
+                // again: a spread over `node.id` would otherwise walk every
+                // full node for every task.
+                let mut gone = Vec::new();
+                let mut found = None;
+                for group in counts.ordered() {
+                    if class.groups[group]
+                        .iter()
+                        .all(|&(_, tree)| forest.is_empty(tree))
+                    {
+                        gone.push(group);
+                        continue;
+                    }
+                    found = search(group);
+                    if found.is_some() {
+                        break;
+                    }
                 }
+                for group in gone {
+                    counts.retire(group);
+                }
+                found.or_else(|| search(no_value))
             }
+            None => (0..class.groups.len()).find_map(search),
+        };
+        if found.is_some() {
+            return found;
         }
         // Free resources only shrink during a pass, so anything at least this
         // large fails too; keep only the minimal failed shapes.

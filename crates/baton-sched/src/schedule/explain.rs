@@ -97,8 +97,10 @@ pub(super) fn refusal<'a>(
             .find(|c| !c.matches(&view));
         return Some(failed.map_or(Refusal::Ineligible, |c| Refusal::Constraint(c.as_str())));
     }
+    // Tasks already there, not those room was set aside for: their room
+    // shows as taken below, as it does for a task that may exceed no cap.
     if let Some(max) = rules.max_per_node
-        && !rules.below_cap(idx)
+        && rules.on_node(idx) >= max
     {
         return Some(Refusal::MaxPerNode(max));
     }

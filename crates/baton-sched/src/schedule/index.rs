@@ -106,6 +106,11 @@ impl Forest {
         }
     }
 
+    /// Whether `tree` has no entry.
+    pub(super) fn is_empty(&self, tree: u32) -> bool {
+        self.roots[tree as usize] == NIL
+    }
+
     /// The smallest key at or after `from` whose CPU and disk are at least
     /// `cpu` and `disk`.
     pub(super) fn first_fit(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use baton_spec::{
     Affinity, DEFAULT_PRIORITY, DriverKind, JobKind, JobSpec, PortSpec, Spread, Strategy,
 };
-use baton_state::{Node, State};
+use baton_state::{Node, Slot, State, Task};
 
 use super::nodes::Nodes;
 use super::spread::SpreadCounts;
@@ -40,6 +40,16 @@ pub(super) struct JobRules<'a> {
     /// Its unfinished tasks per node index, the state's (see [`count_tasks`])
     /// and this pass's; only with `max_per_node` or a spread.
     per_node: Vec<u32>,
+    /// What its spread counts per node index: the tasks that stay, that is
+    /// live ones (not being stopped) of slots this pass does not place (a
+    /// slot placed now gets a new task that replaces the one it has), and
+    /// this pass's; only with a spread.
+    spread_per_node: Vec<u32>,
+    /// The slots this pass places, sorted once counted; only with a spread.
+    placing: Vec<u32>,
+    /// Per node index, its tasks that preemption set room aside for in this
+    /// pass (they go there next pass); only with `max_per_node`, once any.
+    claimed: Vec<u32>,
     /// The placement class of its tasks that may go anywhere.
     pub(super) class: Option<usize>,
     /// Its tasks per spread value, once its class is built.
@@ -65,6 +75,11 @@ impl<'a> JobRules<'a> {
         } else {
             Vec::new()
         };
+        let spread_per_node = if spec.is_some_and(|s| s.placement.spread.is_some()) {
+            vec![0; nodes.len()]
+        } else {
+            Vec::new()
+        };
         JobRules {
             name: name.to_owned(),
             spec,
@@ -77,6 +92,9 @@ impl<'a> JobRules<'a> {
             n_dynamic: u32::try_from(n_dynamic).expect("few ports"),
             max_per_node,
             per_node,
+            spread_per_node,
+            placing: Vec::new(),
+            claimed: Vec::new(),
             class: None,
             spread: None,
         }
@@ -107,9 +125,26 @@ impl<'a> JobRules<'a> {
         self.per_node.get(idx).copied().unwrap_or(0)
     }
 
-    /// Whether `max_per_node` still lets a task onto the node.
+    /// Whether `max_per_node` still lets a task onto the node, counting the
+    /// tasks room was set aside for there.
     pub(super) fn below_cap(&self, idx: usize) -> bool {
-        self.max_per_node.is_none_or(|max| self.on_node(idx) < max)
+        self.max_per_node.is_none_or(|max| {
+            let claimed = self.claimed.get(idx).copied().unwrap_or(0);
+            self.on_node(idx).saturating_add(claimed) < max
+        })
+    }
+
+    /// Counts a task that preemption set room aside for on a node, against
+    /// `max_per_node`.
+    pub(super) fn claimed_on(&mut self, idx: usize) {
+        if self.max_per_node.is_some() {
+            if self.claimed.is_empty() {
+                self.claimed = vec![0; self.per_node.len()];
+            }
+            if let Some(count) = self.claimed.get_mut(idx) {
+                *count += 1;
+            }
+        }
     }
 
     /// Whether it counts its tasks per node.
@@ -117,9 +152,28 @@ impl<'a> JobRules<'a> {
         !self.per_node.is_empty()
     }
 
-    /// Its tasks per node index, where it counts them.
-    pub(super) fn per_node(&self) -> &[u32] {
-        &self.per_node
+    /// Its tasks per node index as its spread counts them: the tasks that
+    /// stay, and this pass's.
+    pub(super) fn spread_per_node(&self) -> &[u32] {
+        &self.spread_per_node
+    }
+
+    /// Notes that this pass places a task of slot `slot` (with a spread only).
+    pub(super) fn placing(&mut self, slot: u32) {
+        if !self.spread_per_node.is_empty() {
+            self.placing.push(slot);
+        }
+    }
+
+    /// Counts one of its tasks of the state on node `idx`.
+    fn count(&mut self, task: &Task, idx: usize) {
+        self.per_node[idx] += 1;
+        if !self.spread_per_node.is_empty()
+            && task.is_live()
+            && !matches!(task.slot, Slot::Index(i) if self.placing.binary_search(&i).is_ok())
+        {
+            self.spread_per_node[idx] += 1;
+        }
     }
 
     /// A rough number of its tasks in the state, to choose how to count them.
@@ -140,6 +194,9 @@ impl<'a> JobRules<'a> {
         if let Some(count) = self.per_node.get_mut(idx) {
             *count += 1;
         }
+        if let Some(count) = self.spread_per_node.get_mut(idx) {
+            *count += 1;
+        }
     }
 }
 
@@ -153,6 +210,10 @@ pub(super) fn count_tasks(state: &State, nodes: &Nodes<'_>, jobs: &mut [JobRules
     if counted.is_empty() {
         return;
     }
+    for &j in &counted {
+        jobs[j].placing.sort_unstable();
+        jobs[j].placing.dedup();
+    }
     let estimate: usize = counted.iter().map(|&j| jobs[j].estimate(nodes.len())).sum();
     if estimate.saturating_mul(6) >= state.n_tasks() {
         let by_name: HashMap<String, usize> =
@@ -162,7 +223,7 @@ pub(super) fn count_tasks(state: &State, nodes: &Nodes<'_>, jobs: &mut [JobRules
                 by_name.get(task.job.as_str()),
                 task.node.as_ref().and_then(|id| nodes.position(id)),
             ) {
-                jobs[j].per_node[idx] += 1;
+                jobs[j].count(task, idx);
             }
         }
     } else {
@@ -170,7 +231,7 @@ pub(super) fn count_tasks(state: &State, nodes: &Nodes<'_>, jobs: &mut [JobRules
             let rules = &mut jobs[j];
             for task in state.tasks_of_job(&rules.name).filter(|t| t.is_active()) {
                 if let Some(idx) = task.node.as_ref().and_then(|id| nodes.position(id)) {
-                    rules.per_node[idx] += 1;
+                    rules.count(task, idx);
                 }
             }
         }

@@ -14,7 +14,8 @@
 //!   id. Victims chosen in this pass are not chosen twice.
 //!
 //! Either way the room is set aside for the rest of the pass (free resources
-//! and free ports it will use are taken), so a lower-priority task does not
+//! and free ports it will use are taken, and the task counts against its
+//! job's `max_per_node` there), so a lower-priority task does not
 //! take it in the meantime; tasks are placed highest priority first, so the
 //! next pass gives it to the preempting task before anything lower.
 
@@ -369,7 +370,7 @@ impl<'a> Pass<'a> {
 
     /// Sets the room on node `idx` aside for the task: first what tasks being
     /// stopped release, then free resources and ports, which this pass then
-    /// no longer hands to anything else.
+    /// no longer hands to anything else; the task counts on the node.
     fn claim(&mut self, idx: usize, job: usize, need: &Resources) {
         let table = self.node_tasks(idx);
         // Component-wise (`Ord::min` would pick one of the two).
@@ -389,6 +390,10 @@ impl<'a> Pass<'a> {
             self.nodes.hold(idx, port);
         }
         self.nodes.take(idx, &need.saturating_sub(&from_pool));
+        // The task will go there: it counts against its job's `max_per_node`
+        // for the rest of the pass, so another task of the job does not set
+        // room aside (or evict) on a node the job can no longer use.
+        self.jobs[job].claimed_on(idx);
         self.classes.refresh(idx, &self.nodes, &self.jobs);
     }
 }
