@@ -94,17 +94,65 @@ impl RotatingLog {
     }
 }
 
+/// Opens a log file for appending, never through a symlink and never
+/// anything but a regular file: a task whose directory it can write must not
+/// make the agent append its output to another file (`task.log` ->
+/// `/etc/shadow`) or block on a FIFO.
 async fn open_append(path: &Path) -> Result<File, AgentError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(no_follow_flags())
         .open(path)
         .await
-        .map_err(|e| AgentError::io("open", path, e))
+        .map_err(|e| AgentError::io("open", path, e))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| AgentError::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(AgentError::io(
+            "open",
+            path,
+            std::io::Error::other("not a regular file"),
+        ));
+    }
+    Ok(file)
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a symlink fails to open (ELOOP) and a FIFO
+/// does not block the open (regular files ignore O_NONBLOCK).
+pub(crate) fn no_follow_flags() -> i32 {
+    (nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits()
 }
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_symlink_planted_as_the_log_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        let task = dir.path().join("task");
+        std::fs::create_dir(&task).expect("task dir");
+        std::os::unix::fs::symlink(&victim, task.join(LOG_FILE)).expect("symlink");
+        let err = LogWriter::open(&task, 1 << 20).await.expect_err("refused");
+        assert!(err.to_string().contains("task.log"), "{err}");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    }
+
+    #[tokio::test]
+    async fn a_fifo_planted_as_the_log_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        nix::unistd::mkfifo(&dir.path().join(LOG_FILE), nix::sys::stat::Mode::S_IRWXU)
+            .expect("mkfifo");
+        // Refused at once (no reader: ENXIO; with one: not a regular file).
+        let err = LogWriter::open(dir.path(), 1 << 20)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("task.log"), "{err}");
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -137,9 +137,27 @@ async fn rotated_away(path: &Path, held: Option<&File>) -> Result<Option<File>, 
     }
 }
 
+/// Opens a log for reading, never through a symlink (a task that can write
+/// its directory must not make `baton logs` read another file) and never
+/// anything but a regular file.
 async fn open(path: &Path) -> Result<Option<File>, Stop> {
-    match File::open(path).await {
-        Ok(file) => Ok(Some(file)),
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(crate::log_file::no_follow_flags())
+        .open(path)
+        .await;
+    match opened {
+        Ok(file) => {
+            let regular = file.metadata().await.is_ok_and(|m| m.is_file());
+            if regular {
+                Ok(Some(file))
+            } else {
+                Err(Stop::Failed(format!(
+                    "cannot read {}: not a regular file",
+                    path.display()
+                )))
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Stop::Failed(format!(
             "cannot read {}: {}",
@@ -169,5 +187,41 @@ async fn drain(sender: &Sender<'_>, file: &mut File) -> Result<(), Stop> {
             return Ok(());
         }
         sender.send(LogEvent::Data(buf[..n].to_vec())).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_symlink_planted_as_the_log_is_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"host secret").expect("secret");
+        let log = dir.path().join(LOG_FILE);
+        std::os::unix::fs::symlink(&secret, &log).expect("symlink");
+        match open(&log).await {
+            Err(Stop::Failed(message)) => assert!(message.contains("task.log"), "{message}"),
+            Err(_) => panic!("refused for another reason"),
+            Ok(file) => panic!("followed the symlink: {file:?}"),
+        }
+        // A regular log still opens, and a missing one is no error.
+        std::fs::remove_file(&log).expect("rm");
+        assert!(
+            open(&log)
+                .await
+                .map_err(|_| "failed")
+                .expect("missing")
+                .is_none()
+        );
+        std::fs::write(&log, b"line\n").expect("log");
+        assert!(
+            open(&log)
+                .await
+                .map_err(|_| "failed")
+                .expect("opens")
+                .is_some()
+        );
     }
 }
