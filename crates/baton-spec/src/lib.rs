@@ -56,6 +56,24 @@ pub struct JobSpec {
     pub placement: Placement,
 }
 
+/// What is wrong with an absolute working directory, if anything: a
+/// directory in a kernel filesystem is how a task reaches the host through
+/// a leaked descriptor (`/proc/self/fd/7`: runc's CVE-2024-21626), and `..`
+/// would hide such a path. Checked at submission and again by the agent
+/// (which does not trust the manager's copy).
+pub fn workdir_problem(dir: &str) -> Option<String> {
+    let components: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+    if components.contains(&"..") {
+        return Some("contains \"..\" (expected a plain absolute path)".to_owned());
+    }
+    match components.first() {
+        Some(first @ (&"proc" | &"sys" | &"dev")) => Some(format!(
+            "is under /{first} (a task's working directory cannot be in a kernel filesystem)"
+        )),
+        _ => None,
+    }
+}
+
 /// Most replicas a service may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
 

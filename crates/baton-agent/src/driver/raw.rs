@@ -139,6 +139,12 @@ impl Driver for RawDriver {
             .as_ref()
             .map(PathBuf::from)
             .unwrap_or_else(|| run.task_dir.clone());
+        if let Some(problem) = baton_spec::workdir_problem(&workdir.to_string_lossy()) {
+            return Err(AgentError::StartFailed {
+                what: format!("workdir {}", workdir.display()),
+                reason: problem,
+            });
+        }
         // Checked here because a failing chdir in the child would be reported
         // under the program's name.
         match tokio::fs::metadata(&workdir).await {
@@ -349,5 +355,36 @@ mod tests {
         assert_eq!(env["BATON_ADDR_HTTP"], "127.0.0.1:20123");
         assert_eq!(env["APP"], "x");
         assert_eq!(env["BATON_NODE_ID"], "n1");
+    }
+
+    #[tokio::test]
+    async fn a_workdir_in_proc_is_refused_even_if_the_manager_sent_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = LogWriter::open(dir.path(), 1 << 20).await.expect("log");
+        let run = TaskRun {
+            task: TaskId("web.0.a".to_owned()),
+            job: "web".to_owned(),
+            slot: "0".to_owned(),
+            node: NodeId("n1".to_owned()),
+            spec: TaskSpec {
+                driver: DriverKind::Raw,
+                command: vec!["/bin/true".to_owned()],
+                env: BTreeMap::new(),
+                workdir: Some("/proc/self/cwd".to_owned()),
+                user: None,
+                resources: Resources::default(),
+                kill_timeout: Duration::from_secs(1),
+                ports: Vec::new(),
+            },
+            task_dir: dir.path().to_owned(),
+            log,
+            ports: BTreeMap::new(),
+            advertise_ip: None,
+        };
+        let err = match RawDriver::new().start(run).await {
+            Ok(_) => panic!("started in /proc"),
+            Err(err) => err,
+        };
+        assert!(err.to_string().contains("kernel filesystem"), "{err}");
     }
 }

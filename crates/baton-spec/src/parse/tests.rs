@@ -517,6 +517,18 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             "web.yaml:11:18: task.ports[0].name: \"HTTP\" is not a valid port name (expected 1 to 32 characters of a-z, 0-9 and _, starting with a letter)",
         ),
         (
+            "workdir under /proc",
+            Yaml,
+            yaml(("workdir: /tmp", "workdir: /proc/self/fd/7")),
+            "web.yaml:8:12: task.workdir: \"/proc/self/fd/7\" is under /proc (a task's working directory cannot be in a kernel filesystem)",
+        ),
+        (
+            "workdir hiding /proc behind ..",
+            Yaml,
+            yaml(("workdir: /tmp", "workdir: /tmp/../proc/1/cwd")),
+            "web.yaml:8:12: task.workdir: \"/tmp/../proc/1/cwd\" contains \"..\" (expected a plain absolute path)",
+        ),
+        (
             "json: empty",
             Json,
             b" \n".to_vec(),

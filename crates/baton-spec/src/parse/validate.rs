@@ -744,6 +744,10 @@ impl Validator<'_> {
             );
             return None;
         }
+        if let Some(problem) = crate::workdir_problem(dir) {
+            self.error(path, node.pos, format!("{} {problem}", quote(dir)));
+            return None;
+        }
         self.no_nul(path, node.pos, dir).map(str::to_owned)
     }
 
