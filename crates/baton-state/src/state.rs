@@ -339,24 +339,6 @@ impl State {
                     .map(|job| job.name.as_str()),
             );
         }
-        // A node that changed concerns the jobs with tasks on it (they may
-        // have to leave) and every global job (one task per eligible node);
-        // jobs waiting for room are in already.
-        let mut any_node = false;
-        for (id, generation) in &self.changes.nodes {
-            if *generation > mark.generation {
-                any_node = true;
-                jobs.extend(self.tasks_of_node(id).map(|t| t.job.as_str()));
-            }
-        }
-        if any_node {
-            jobs.extend(
-                self.jobs
-                    .values()
-                    .filter(|job| matches!(job.spec.kind, JobKind::Global))
-                    .map(|job| job.name.as_str()),
-            );
-        }
         // A drain deadline wakes the pass up (before) and moves batch tasks
         // (after): the jobs on such nodes are looked at every time.
         for node in self.nodes.values() {
@@ -369,12 +351,12 @@ impl State {
 
     fn touch(&mut self, job: &str) {
         let generation = self.changes.generation;
-        match self.changes.jobs.get_mut(job) {
-            Some(at) => *at = generation,
-            None => {
-                self.changes.jobs.insert(job.to_owned(), generation);
-            }
-        }
+        upsert(
+            &mut self.changes.jobs,
+            job,
+            || generation,
+            |at| *at = generation,
+        );
     }
 
     /// Whether a node takes new tasks of a driver.
@@ -894,44 +876,46 @@ impl State {
     fn insert_task(&mut self, task: Task) {
         self.touch(&task.job);
         if Self::is_waiting(&task) {
-            match self.waiting.get_mut(&task.job) {
-                Some(n) => *n += 1,
-                None => {
-                    self.waiting.insert(task.job.clone(), 1);
-                }
-            }
+            upsert(&mut self.waiting, &task.job, || 1, |n| *n += 1);
         }
-        // Keys are cloned only when an entry is new: this runs once per task
-        // placed, a million times for a large plan.
-        match self.tasks_by_job.get_mut(&task.job) {
-            Some(ids) => {
-                ids.insert(task.id.clone());
-            }
-            None => {
-                self.tasks_by_job
-                    .insert(task.job.clone(), OrdSet::unit(task.id.clone()));
-            }
-        }
+        let id = &task.id;
+        upsert(
+            &mut self.tasks_by_job,
+            &task.job,
+            || OrdSet::unit(id.clone()),
+            |ids| {
+                ids.insert(id.clone());
+            },
+        );
         if let Some(node) = &task.node {
-            match self.tasks_by_node.get_mut(node) {
-                Some(ids) => {
-                    ids.insert(task.id.clone());
-                }
-                None => {
-                    self.tasks_by_node
-                        .insert(node.clone(), OrdSet::unit(task.id.clone()));
-                }
-            }
+            upsert(
+                &mut self.tasks_by_node,
+                node,
+                || OrdSet::unit(id.clone()),
+                |ids| {
+                    ids.insert(id.clone());
+                },
+            );
             if task.is_active() {
-                match self.reserved.get_mut(node) {
-                    Some(held) => *held = held.saturating_add(&task.resources),
-                    None => {
-                        self.reserved.insert(node.clone(), task.resources);
-                    }
-                }
+                let need = task.resources;
+                upsert(
+                    &mut self.reserved,
+                    node,
+                    || need,
+                    |held| {
+                        *held = held.saturating_add(&need);
+                    },
+                );
                 if !task.ports.is_empty() {
-                    let used = self.ports_used.entry(node.clone()).or_default();
-                    used.extend(task.ports.values().copied());
+                    let ports = || task.ports.values().copied();
+                    upsert(
+                        &mut self.ports_used,
+                        node,
+                        || ports().collect(),
+                        |used| {
+                            used.extend(ports());
+                        },
+                    );
                 }
             }
         }
@@ -941,38 +925,24 @@ impl State {
     fn remove_task(&mut self, id: &TaskId) -> Option<Task> {
         let task = self.tasks.remove(id)?;
         self.touch(&task.job);
-        if Self::is_waiting(&task)
-            && let Some(n) = self.waiting.get_mut(&task.job)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.waiting.remove(&task.job);
-            }
+        if Self::is_waiting(&task) {
+            shrink(&mut self.waiting, &task.job, |n| *n -= 1, |n| *n == 0);
         }
-        if let Some(ids) = self.tasks_by_job.get_mut(&task.job) {
+        let forget = |ids: &mut OrdSet<TaskId>| {
             ids.remove(id);
-            if ids.is_empty() {
-                self.tasks_by_job.remove(&task.job);
-            }
-        }
+        };
+        shrink(&mut self.tasks_by_job, &task.job, forget, OrdSet::is_empty);
         if let Some(node) = &task.node {
-            if let Some(ids) = self.tasks_by_node.get_mut(node) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.tasks_by_node.remove(node);
-                }
-            }
+            shrink(&mut self.tasks_by_node, node, forget, OrdSet::is_empty);
             if task.is_active() {
                 let held = self.reserved(node).saturating_sub(&task.resources);
                 self.reserved.insert(node.clone(), held);
-                if let Some(used) = self.ports_used.get_mut(node) {
+                let release = |used: &mut OrdSet<u16>| {
                     for port in task.ports.values() {
                         used.remove(port);
                     }
-                    if used.is_empty() {
-                        self.ports_used.remove(node);
-                    }
-                }
+                };
+                shrink(&mut self.ports_used, node, release, OrdSet::is_empty);
             }
         }
         Some(task)
@@ -1062,6 +1032,47 @@ impl State {
             JobPhase::Pending
         };
         summary
+    }
+}
+
+/// Updates the value at `key`, or inserts `new()` there: the key is cloned
+/// only for a new entry (indexes are updated once per task placed, a million
+/// times for a large plan).
+fn upsert<K, Q, V>(
+    map: &mut OrdMap<K, V>,
+    key: &Q,
+    new: impl FnOnce() -> V,
+    update: impl FnOnce(&mut V),
+) where
+    K: Ord + Clone + std::borrow::Borrow<Q>,
+    Q: Ord + ToOwned<Owned = K> + ?Sized,
+    V: Clone,
+{
+    match map.get_mut(key) {
+        Some(value) => update(value),
+        None => {
+            map.insert(key.to_owned(), new());
+        }
+    }
+}
+
+/// Updates the value at `key`, if there is one, and drops the entry once it
+/// is `empty`.
+fn shrink<K, Q, V>(
+    map: &mut OrdMap<K, V>,
+    key: &Q,
+    update: impl FnOnce(&mut V),
+    empty: impl FnOnce(&V) -> bool,
+) where
+    K: Ord + Clone + std::borrow::Borrow<Q>,
+    Q: Ord + ?Sized,
+    V: Clone,
+{
+    if let Some(value) = map.get_mut(key) {
+        update(value);
+        if empty(value) {
+            map.remove(key);
+        }
     }
 }
 
