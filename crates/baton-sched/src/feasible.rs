@@ -18,11 +18,36 @@ pub(crate) fn takes_new(state: &State, node: &Node, spec: &JobSpec) -> bool {
     State::node_eligible(node, spec.task.driver) && constraints_hold(state, node, spec)
 }
 
-/// Whether `node` may keep running a task of `spec` it already runs: paused
-/// nodes keep their tasks; a node that lost the driver, is down or draining,
-/// or no longer satisfies a constraint does not.
-pub(crate) fn may_keep(state: &State, node: &Node, spec: &JobSpec) -> bool {
-    node.availability != NodeAvailability::Drain
-        && node.drivers.contains(&spec.task.driver)
-        && constraints_hold(state, node, spec)
+/// Why `node` may no longer run a task of `spec`, if so: it drains, no
+/// longer offers the task's driver, or (when `constraints`) fails one of
+/// the job's constraints. A paused node keeps its tasks; a down node's tasks
+/// are already lost. `constraints` is off for a task of an older job
+/// version: it is held to its own version's rules, and the rolling update
+/// replaces it.
+pub(crate) fn why_leave(
+    state: &State,
+    node: &Node,
+    spec: &JobSpec,
+    constraints: bool,
+) -> Option<String> {
+    let id = &node.id;
+    if node.availability == NodeAvailability::Drain {
+        return Some(format!("node {id} is draining"));
+    }
+    let driver = spec.task.driver;
+    if !node.drivers.contains(&driver) {
+        return Some(format!(
+            "node {id} no longer offers the {} driver",
+            driver.as_str()
+        ));
+    }
+    if !constraints {
+        return None;
+    }
+    let view = state.node_view(node);
+    spec.placement
+        .constraints
+        .iter()
+        .find(|c| !c.matches(&view))
+        .map(|c| format!("node {id} no longer satisfies constraint {c}"))
 }

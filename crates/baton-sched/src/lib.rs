@@ -57,8 +57,8 @@ pub fn plan(state: &State, now: Timestamp, seed: u64) -> PlanOutput {
 /// something to do since `mark` (see [`State::jobs_changed_since`]): what a
 /// pass over the state at `mark` planned was applied, so the jobs untouched
 /// since then have nothing new to do. The result equals [`plan`]'s; its cost
-/// follows the changes, not the size of the cluster. Without a mark, or when
-/// nodes changed, every job is reconciled.
+/// follows the changes, not the size of the cluster. Without a mark (or one
+/// of another history), every job is reconciled.
 pub fn plan_since(
     state: &State,
     mark: Option<ChangeMark>,
@@ -67,20 +67,6 @@ pub fn plan_since(
 ) -> PlanOutput {
     let scope = mark.and_then(|mark| state.jobs_changed_since(mark));
     plan_scoped(state, now, seed, scope.as_ref())
-}
-
-/// Whether every static port of `task` is free on `node` once `old` (and
-/// the ports it holds) is gone.
-fn static_ports_free_once_freed(
-    state: &State,
-    node: &baton_state::Node,
-    task: &baton_spec::TaskSpec,
-    old: &baton_state::Task,
-) -> bool {
-    let in_use = state.ports_in_use(&node.id);
-    task.ports.iter().filter_map(|p| p.static_port).all(|port| {
-        in_use.is_none_or(|used| !used.contains(&port)) || old.ports.values().any(|p| *p == port)
-    })
 }
 
 fn plan_scoped(
@@ -95,44 +81,24 @@ fn plan_scoped(
         pending,
         mut stop,
         remove,
-        make_room,
-        evict_if_unplaced,
+        if_unplaced,
         next_wakeup,
     } = reconcile::reconcile(state, now, &mut ids, scope);
     let scheduled = schedule::schedule(state, now, &mut create, &pending);
-    for room in make_room {
-        let task = &room.spec.task;
-        let helps = room
-            .old
-            .node
-            .as_ref()
-            .and_then(|id| state.node(id))
-            .is_some_and(|node| {
-                feasible::takes_new(state, node, room.spec)
-                    && static_ports_free_once_freed(state, node, task, room.old)
-                    && scheduled.fits_once_freed(
-                        &node.id,
-                        task.driver,
-                        &task.resources,
-                        &room.old.resources,
-                    )
-            });
-        if scheduled.is_unplaced(&room.new_task) && helps {
-            stop.push(PlanStop {
-                task: room.old.id.clone(),
-                reason: room.reason,
-                preempted_by: None,
-            });
+    for fallback in if_unplaced {
+        if !scheduled.is_unplaced(&fallback.new_task) {
+            continue;
         }
-    }
-    for evict in evict_if_unplaced {
-        if scheduled.is_unplaced(&evict.new_task) {
-            stop.push(PlanStop {
-                task: evict.old.id.clone(),
-                reason: format!("{} (its replacement fits nowhere)", evict.reason),
-                preempted_by: None,
-            });
-        }
+        let reason = match fallback.room_for {
+            Some(spec) if scheduled.frees_room(state, spec, fallback.old) => fallback.reason,
+            Some(_) => continue,
+            None => format!("{} (its replacement fits nowhere)", fallback.reason),
+        };
+        stop.push(PlanStop {
+            task: fallback.old.id.clone(),
+            reason,
+            preempted_by: None,
+        });
     }
     stop.extend(scheduled.preempt);
     PlanOutput {

@@ -63,41 +63,31 @@ pub(crate) struct Reconciled<'a> {
     /// Terminal tasks to forget.
     pub(crate) remove: Vec<TaskId>,
     /// Old tasks to stop if their replacement cannot be placed.
-    pub(crate) make_room: Vec<MakeRoom<'a>>,
-    /// Tasks that must leave their node, kept running until their
-    /// replacement runs, unless the replacement fits nowhere: then they are
-    /// stopped anyway (a drain completes even on a full cluster).
-    pub(crate) evict_if_unplaced: Vec<Evict<'a>>,
+    pub(crate) if_unplaced: Vec<IfUnplaced<'a>>,
     /// The earliest backoff deadline after `now`.
     pub(crate) next_wakeup: Option<Timestamp>,
 }
 
-/// An update step whose new task may need the room its old task holds. If the
-/// scheduler cannot place the new task but it would fit on the old task's node
-/// once that task is gone, the old one is stopped (stop-first); otherwise the
-/// update would wait forever on a full cluster, and always for a global job on
-/// a node without room for two.
+/// An old task to stop if its replacement fits nowhere this pass.
+///
+/// - An update step (`room_for` set): if the new task fits nowhere but would
+///   fit where the old one runs once it is gone, the old one is stopped first
+///   (stop-first); otherwise the update would wait forever on a full cluster,
+///   and always for a global job on a node without room for two.
+/// - A task that must leave its node (`room_for` unset) keeps running until
+///   its replacement runs, unless the replacement fits nowhere: then it is
+///   stopped anyway, so a drain completes even on a full cluster.
 #[derive(Debug)]
-pub(crate) struct MakeRoom<'a> {
-    /// The new-version task.
+pub(crate) struct IfUnplaced<'a> {
+    /// The replacement.
     pub(crate) new_task: TaskId,
-    /// Its job's spec (driver, resources, constraints).
-    pub(crate) spec: &'a JobSpec,
-    /// The old-version task running on the node.
+    /// The task it replaces.
     pub(crate) old: &'a Task,
     /// Stop reason for the old task.
     pub(crate) reason: String,
-}
-
-/// A task that must leave its node, and its replacement.
-#[derive(Debug)]
-pub(crate) struct Evict<'a> {
-    /// The replacement.
-    pub(crate) new_task: TaskId,
-    /// The task leaving.
-    pub(crate) old: &'a Task,
-    /// Why it leaves.
-    pub(crate) reason: String,
+    /// For an update step, the new task's job spec: stop the old task only
+    /// if that frees room the new one may use.
+    pub(crate) room_for: Option<&'a JobSpec>,
 }
 
 /// One reconcile pass over every job, or over the jobs in `scope`.
@@ -210,73 +200,44 @@ impl<'a> Pass<'a, '_> {
         }
         for (slot, tasks) in slots {
             let reason = match slot {
-                Slot::Index(_) => "job type changed",
+                Slot::Index(_) => "job type changed".to_owned(),
                 Slot::Node(id) => match self.state.node(id) {
-                    None => "node removed",
+                    None => "node removed".to_owned(),
                     Some(node) if feasible::takes_new(self.state, node, spec) => continue,
-                    // A paused node keeps what it runs; it only takes nothing new.
-                    Some(node)
-                        if node.availability == NodeAvailability::Pause
-                            && feasible::may_keep(self.state, node, spec) =>
-                    {
-                        continue;
-                    }
-                    Some(node) if node.availability == NodeAvailability::Drain => "node draining",
-                    Some(node) if !feasible::constraints_hold(self.state, node, spec) => {
-                        "node no longer satisfies the job's constraints"
-                    }
-                    Some(_) => "node no longer eligible",
+                    Some(node) => match feasible::why_leave(self.state, node, spec, true) {
+                        Some(reason) => reason,
+                        // A paused node keeps what it runs; it only takes nothing new.
+                        None if node.availability == NodeAvailability::Pause => continue,
+                        None => "node no longer eligible".to_owned(),
+                    },
                 },
             };
-            self.stop_live(tasks, reason);
+            self.stop_live(tasks, &reason);
         }
         self.rolling(job, slots, &wanted);
     }
 
-    /// Why a live task of `job` must leave its node, if it must: the node
-    /// drains, lost the task's driver, or no longer satisfies a constraint.
-    /// Global tasks are pinned and handled by [`Pass::global`]; a batch task
-    /// is let finish on a draining node until the drain deadline passes. The
-    /// job's constraints are those of its current version: a task of an older
-    /// version is not held to them (the rolling update replaces it).
+    /// Why a live task of `job` must leave its node, if it must (see
+    /// [`feasible::why_leave`]). Global tasks are pinned and handled by
+    /// [`Pass::global`]. A batch task finishes where it is, unless its node
+    /// drains with a deadline that passed.
     fn must_move(&mut self, job: &Job, task: &Task) -> Option<String> {
-        let node_id = task.node.as_ref()?;
-        let node = self.state.node(node_id)?;
-        let batch = matches!(job.spec.kind, JobKind::Batch { .. });
-        if node.availability == NodeAvailability::Drain {
-            if !batch {
-                return Some(format!("node {node_id} is draining"));
+        let node = self.state.node(task.node.as_ref()?)?;
+        if matches!(job.spec.kind, JobKind::Batch { .. }) {
+            let deadline = node
+                .drain_deadline
+                .filter(|_| node.availability == NodeAvailability::Drain)?;
+            if deadline > self.now {
+                self.wake_at(deadline);
+                return None;
             }
-            return match node.drain_deadline {
-                Some(deadline) if deadline <= self.now => Some(format!(
-                    "node {node_id} is draining and its deadline passed"
-                )),
-                Some(deadline) => {
-                    self.wake_at(deadline);
-                    None
-                }
-                None => None,
-            };
-        }
-        if batch {
-            return None;
-        }
-        if !node.drivers.contains(&job.spec.task.driver) {
             return Some(format!(
-                "node {node_id} no longer offers the {} driver",
-                job.spec.task.driver.as_str()
+                "node {} is draining and its deadline passed",
+                node.id
             ));
         }
-        if job.spec.placement.constraints.is_empty() || task.job_version < job.version {
-            return None;
-        }
-        let view = self.state.node_view(node);
-        job.spec
-            .placement
-            .constraints
-            .iter()
-            .find(|c| !c.matches(&view))
-            .map(|c| format!("node {node_id} no longer satisfies constraint {c}"))
+        let current = task.job_version == job.version;
+        feasible::why_leave(self.state, node, &job.spec, current)
     }
 
     /// Services and global jobs: fill empty slots, roll updates one slot at a time.
@@ -570,20 +531,21 @@ impl<'a> Pass<'a, '_> {
 
     fn make_room(&mut self, new_task: TaskId, job: &'a Job, old: &[&'a Task], reason: &str) {
         for &old in old {
-            self.out.make_room.push(MakeRoom {
+            self.out.if_unplaced.push(IfUnplaced {
                 new_task: new_task.clone(),
-                spec: &job.spec,
                 old,
                 reason: reason.to_owned(),
+                room_for: Some(&job.spec),
             });
         }
     }
 
     fn evict_if_unplaced(&mut self, new_task: TaskId, old: &'a Task, reason: String) {
-        self.out.evict_if_unplaced.push(Evict {
+        self.out.if_unplaced.push(IfUnplaced {
             new_task,
             old,
             reason,
+            room_for: None,
         });
     }
 

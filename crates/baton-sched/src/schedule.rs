@@ -56,9 +56,9 @@ mod spread;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use baton_spec::{DriverKind, Resources};
+use baton_spec::{JobSpec, Resources};
 use baton_state::{
-    NodeId, PlanPlacement, PlanStop, PlanUnplaced, Slot, State, Task, TaskId, TaskState, Timestamp,
+    PlanPlacement, PlanStop, PlanUnplaced, Slot, State, Task, TaskId, TaskState, Timestamp,
 };
 
 use self::class::{ClassKey, Classes};
@@ -87,19 +87,33 @@ impl Scheduled<'_> {
         self.failed.contains(task)
     }
 
-    /// Whether a task of `driver` needing `need` would fit on `node` once `freed`
-    /// is released there, after this pass's placements.
-    pub(crate) fn fits_once_freed(
-        &self,
-        node: &NodeId,
-        driver: DriverKind,
-        need: &Resources,
-        freed: &Resources,
-    ) -> bool {
-        self.nodes.position(node).is_some_and(|idx| {
-            State::node_eligible(self.nodes.list[idx], driver)
-                && need.fits_in(&self.nodes.free[idx].saturating_add(freed))
-        })
+    /// Whether stopping `old` frees room on its node for a task of `spec`,
+    /// after this pass's placements: the node takes the job
+    /// ([`crate::feasible::takes_new`]), the task's static ports are free
+    /// there once `old`'s are, and its resources fit once `old`'s are released.
+    pub(crate) fn frees_room(&self, state: &State, spec: &JobSpec, old: &Task) -> bool {
+        let Some(node) = old.node.as_ref().and_then(|id| state.node(id)) else {
+            return false;
+        };
+        let Some(idx) = self.nodes.position(&node.id) else {
+            return false;
+        };
+        let in_use = state.ports_in_use(&node.id);
+        let ports_free = spec
+            .task
+            .ports
+            .iter()
+            .filter_map(|p| p.static_port)
+            .all(|port| {
+                in_use.is_none_or(|used| !used.contains(&port))
+                    || old.ports.values().any(|p| *p == port)
+            });
+        crate::feasible::takes_new(state, node, spec)
+            && ports_free
+            && spec
+                .task
+                .resources
+                .fits_in(&self.nodes.free[idx].saturating_add(&old.resources))
     }
 }
 

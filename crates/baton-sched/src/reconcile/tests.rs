@@ -23,13 +23,18 @@ fn lines(sim: &Sim) -> Vec<String> {
             .iter()
             .map(|t| format!("ready {}", short(&t.id))),
     );
-    lines.extend(out.make_room.iter().map(|m| {
-        format!(
-            "make room for {} by stopping {}",
-            short(&m.new_task),
-            short(&m.old.id)
-        )
-    }));
+    lines.extend(
+        out.if_unplaced
+            .iter()
+            .filter(|m| m.room_for.is_some())
+            .map(|m| {
+                format!(
+                    "make room for {} by stopping {}",
+                    short(&m.new_task),
+                    short(&m.old.id)
+                )
+            }),
+    );
     if let Some(at) = out.next_wakeup {
         lines.push(format!("wakeup +{}ms", at.millis_since(T0)));
     }
@@ -303,7 +308,10 @@ fn global_runs_on_each_eligible_node_and_on_a_node_that_joins_later() {
     sim.converge();
     // Draining: the node's task stops and is not replaced.
     sim.set_availability("n2", NodeAvailability::Drain);
-    assert_eq!(lines(&sim), vec!["stop agent.n2 v1 r0: node draining"]);
+    assert_eq!(
+        lines(&sim),
+        vec!["stop agent.n2 v1 r0: node n2 is draining"]
+    );
     sim.converge();
     // Paused: keeps its task.
     sim.set_availability("n1", NodeAvailability::Pause);
@@ -592,6 +600,6 @@ fn global_job_follows_its_constraint_as_labels_change() {
     sim.add_node(labelled("n1", &[]));
     assert_eq!(
         lines(&sim),
-        vec!["stop cache.n1 v1 r0: node no longer satisfies the job's constraints"]
+        vec!["stop cache.n1 v1 r0: node n1 no longer satisfies constraint node.labels.disk == ssd"]
     );
 }

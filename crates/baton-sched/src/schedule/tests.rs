@@ -1,6 +1,6 @@
 //! Tests of [`schedule`] alone, on hand-made tasks.
 
-use baton_state::{Slot, Task, TaskState};
+use baton_state::{NodeId, Slot, Task, TaskId, TaskState};
 
 use super::*;
 use crate::testkit::{GI, MI, Sim, T0, node, res, service, task};
@@ -254,13 +254,26 @@ fn no_nodes_at_all() {
 }
 
 #[test]
-fn fits_once_freed_counts_the_released_resources() {
+fn frees_room_counts_the_released_resources() {
     let sim = uneven();
     let out = schedule(&sim.state, sim.now, &mut [], &[]);
-    let n3 = NodeId("n3".to_owned());
-    let need = res(500, 512 * MI);
-    assert!(!out.fits_once_freed(&n3, DriverKind::Raw, &need, &res(0, 0)));
-    assert!(out.fits_once_freed(&n3, DriverKind::Raw, &need, &res(800, 896 * MI)));
+    let mut spec = service("web", 1);
+    spec.task.resources = res(500, 512 * MI);
+    let old = sim
+        .state
+        .task(&TaskId("web.9.000000000003".to_owned()))
+        .expect("the task on n3")
+        .clone();
+    assert!(out.frees_room(&sim.state, &spec, &old));
+    // A task holding nothing frees nothing.
+    let mut empty = old.clone();
+    empty.resources = res(0, 0);
+    assert!(!out.frees_room(&sim.state, &spec, &empty));
+    // Nor does it help a job whose constraints exclude the node.
+    spec.placement
+        .constraints
+        .push(baton_spec::Constraint::parse("node.id != n3").expect("constraint"));
+    assert!(!out.frees_room(&sim.state, &spec, &old));
 }
 
 /// A spread over `node.id` has a value per node: ranking the values must not
