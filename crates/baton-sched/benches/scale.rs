@@ -41,6 +41,9 @@ use baton_state::{
     ChangeMark, Command, Event, Node, NodeId, State, TaskReport, TaskState, Timestamp,
 };
 use cap::Cap;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
 
 #[global_allocator]
 static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
@@ -59,31 +62,6 @@ const MAX_PASSES: usize = 50;
 #[allow(clippy::disallowed_methods)]
 fn stopwatch() -> Instant {
     Instant::now()
-}
-
-/// xorshift64* (Vigna 2016), seeded through splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 fn constraint(text: &str) -> Constraint {
@@ -140,7 +118,7 @@ fn put(state: &mut State, spec: JobSpec) {
 /// all spread over zones. About 40% of the CPU and 20% of the memory is used.
 fn cluster_a(n_nodes: usize, n_jobs: usize, replicas: u32) -> State {
     let mut state = State::default();
-    let mut rng = Rng::new(0xA11CE);
+    let mut rng = StdRng::seed_from_u64(0xA11CE);
     let sizes = [
         (4_000, 8 * GI),
         (8_000, 32 * GI),
@@ -149,11 +127,11 @@ fn cluster_a(n_nodes: usize, n_jobs: usize, replicas: u32) -> State {
     ];
     let disks = [200 * GI, 500 * GI, 1_024 * GI];
     for i in 0..n_nodes {
-        let (cpu_millis, memory_bytes) = sizes[rng.below(sizes.len())];
+        let (cpu_millis, memory_bytes) = *sizes.choose(&mut rng).expect("sizes");
         let capacity = Resources {
             cpu_millis,
             memory_bytes,
-            disk_bytes: disks[rng.below(disks.len())],
+            disk_bytes: *disks.choose(&mut rng).expect("disks"),
         };
         let mut node = Node::new(
             NodeId(format!("node-{i:05}")),
@@ -580,15 +558,13 @@ fn main() {
 
     // The loss of 10% of A's nodes.
     let n_down = a_nodes / 10;
-    let mut rng = Rng::new(0x105E);
+    let mut rng = StdRng::seed_from_u64(0x105E);
     let mut ids: Vec<NodeId> = state.nodes().map(|n| n.id.clone()).collect();
-    for i in 0..n_down {
-        let j = i + rng.below(ids.len() - i);
-        ids.swap(i, j);
-    }
+    let (down, _) = ids.partial_shuffle(&mut rng, n_down);
+    let down = down.to_vec();
     let started = stopwatch();
     let mut lost = 0;
-    for id in ids.into_iter().take(n_down) {
+    for id in down {
         let events = state
             .apply(Command::NodeDown { id, now: NOW })
             .expect("a known node goes down");

@@ -32,6 +32,9 @@ use baton_state::{
     TaskDesired, TaskId, TaskReport, TaskState, Timestamp,
 };
 
+use rand::SeedableRng;
+use rand::seq::IndexedRandom;
+
 use crate::{PlanOutput, plan};
 
 const MI: u64 = 1 << 20;
@@ -69,49 +72,18 @@ const EDGE_PORT: u16 = 8_080;
 const EXPORTER_PORT: u16 = 9_100;
 const ETL_PARALLELISM: u32 = 400;
 
-/// xorshift64* (Vigna 2016), seeded through splitmix64 so that nearby seeds
-/// give unrelated streams. Only the scenarios draw from it (which nodes fail,
-/// drain, change labels; node sizes); each pass gets its own seed.
-#[derive(Debug)]
-struct Rng(u64);
+/// The scenarios' randomness (node sizes; which nodes fail, drain, change
+/// labels), seeded: each pass gets its own seed too.
+type Rng = rand::rngs::StdRng;
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        // xorshift must not start at zero.
-        Rng((z ^ (z >> 31)) | 1)
-    }
+/// One of `items`.
+fn choose<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
+    *items.choose(rng).expect("a non-empty choice")
+}
 
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn choose<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-
-    /// `k` distinct items, in the order drawn (partial Fisher-Yates).
-    fn sample<T: Clone>(&mut self, items: &[T], k: usize) -> Vec<T> {
-        let mut pool = items.to_vec();
-        let k = k.min(pool.len());
-        for i in 0..k {
-            let j = i + self.below(pool.len() - i);
-            pool.swap(i, j);
-        }
-        pool.truncate(k);
-        pool
-    }
+/// `k` distinct items of `items`.
+fn sample<T: Clone>(rng: &mut Rng, items: &[T], k: usize) -> Vec<T> {
+    items.choose_multiple(rng, k).cloned().collect()
 }
 
 fn node_id(i: usize) -> NodeId {
@@ -321,7 +293,7 @@ impl Cluster {
             now: T0,
             seed,
             pass_seed: seed.wrapping_mul(1_000_003),
-            rng: Rng::new(seed),
+            rng: Rng::seed_from_u64(seed),
             round: 0,
             agents: BTreeMap::new(),
             watches: Watches::default(),
@@ -329,9 +301,9 @@ impl Cluster {
         };
         for i in 0..N_NODES {
             let capacity = Resources {
-                cpu_millis: cluster.rng.choose(&[4_000, 8_000, 16_000]),
-                memory_bytes: cluster.rng.choose(&[8, 16, 32, 64]) * GI,
-                disk_bytes: cluster.rng.choose(&[100, 250, 500]) * GI,
+                cpu_millis: choose(&mut cluster.rng, &[4_000, 8_000, 16_000]),
+                memory_bytes: choose(&mut cluster.rng, &[8, 16, 32, 64]) * GI,
+                disk_bytes: choose(&mut cluster.rng, &[100, 250, 500]) * GI,
             };
             let mut node = Node::new(
                 node_id(i),
@@ -1161,7 +1133,7 @@ fn pick_nodes(
         cluster.seed,
         candidates.len()
     );
-    cluster.rng.sample(&candidates, n)
+    sample(&mut cluster.rng, &candidates, n)
 }
 
 #[test]
@@ -1387,7 +1359,7 @@ fn sim_drain_moves_services_first_and_lets_batch_finish_until_the_deadline() {
     // Nodes running both batch and service tasks: 40 drain with a far deadline
     // (their batch tasks finish), 40 with a deadline that passes first.
     let both: Vec<NodeId> = batch_nodes.intersection(&service_nodes).cloned().collect();
-    let picked = cluster.rng.sample(&both, 80);
+    let picked = sample(&mut cluster.rng, &both, 80);
     assert_eq!(picked.len(), 80, "enough nodes run both batch and services");
     let (far, near) = picked.split_at(40);
     let started = cluster.now;
@@ -1522,7 +1494,7 @@ fn sim_label_changes_move_tasks_whose_constraints_no_longer_hold() {
         })
         .map(|n| n.id.clone())
         .collect();
-    let full_ssd = cluster.rng.sample(&full, 5);
+    let full_ssd = sample(&mut cluster.rng, &full, 5);
     // Removing an operator label the node does not have changes nothing: the
     // agent's zone stays in effect.
     let agent_zoned = pick_nodes(&mut cluster, 20, |_, n| {
