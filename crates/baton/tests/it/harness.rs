@@ -340,20 +340,28 @@ impl Drop for Proc {
 /// with the worker token over mutual TLS.
 pub struct Cluster {
     pub dir: PathBuf,
-    pub manager: Proc,
     pub cluster_addr: String,
     pub worker_token: String,
     pub admin: PathBuf,
+    /// Declared before the manager: fields drop in order, so the agents
+    /// stop first.
     pub agents: std::collections::BTreeMap<String, Proc>,
+    pub manager: Proc,
 }
 
 impl Cluster {
     /// Starts the manager on `dir/manager` and waits for its ready line.
     pub fn start(dir: &Path) -> Cluster {
+        Cluster::start_with(dir, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` manager options.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Cluster {
         let mut cmd = Command::new(baton_bin());
         cmd.args(["manager", "--data-dir"])
             .arg(dir.join("manager"))
-            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(extra);
         let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
         let worker_token = manager
             .line("  worker: ")
@@ -469,6 +477,17 @@ impl Cluster {
             .as_array()
             .expect("tasks")
             .clone()
+    }
+
+    /// The node `id` as `baton node ls -o json` lists it.
+    pub fn node(&self, id: &str) -> Value {
+        self.json(&["node", "ls"])
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("node {id} not listed"))
     }
 
     pub fn node_state(&self, id: &str) -> Option<String> {

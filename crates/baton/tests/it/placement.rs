@@ -15,16 +15,6 @@ use crate::harness::{Cluster, Dev, baton_bin, spec_file, text, wait_for};
 const CONVERGE: Duration = Duration::from_secs(30);
 
 impl Cluster {
-    fn node(&self, id: &str) -> Value {
-        self.json(&["node", "ls"])
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("node {id} listed"))
-    }
-
     /// Running tasks of `job`: node id -> how many.
     fn running_counts_by_node(&self, job: &str) -> BTreeMap<String, usize> {
         running_by_node(&self.json(&["task", "ls", "--job", job]))

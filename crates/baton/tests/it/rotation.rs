@@ -5,117 +5,16 @@
 //! certificates; `baton cluster ca --rotate` moves the whole cluster to a new
 //! root CA without stopping anything.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::harness::{Proc, baton_bin, run_cli, spec_file, text, wait_for};
+use crate::harness::{Cluster, baton_bin, run_cli, spec_file, text, wait_for};
 
-/// One manager (with `extra` arguments) and, once joined, one agent.
-struct Cluster {
-    dir: PathBuf,
-    admin: PathBuf,
-    cluster_addr: String,
-    worker_token: String,
-    // Dropped in this order: the agent stops before the manager.
-    agent: Option<Proc>,
-    _manager: Proc,
-}
-
-impl Cluster {
-    fn start(dir: &Path, extra: &[&str]) -> Cluster {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["manager", "--data-dir"])
-            .arg(dir.join("manager"))
-            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
-            .args(extra);
-        let mut manager = Proc::spawn(cmd, &dir.join("manager.log"));
-        let worker_token = manager
-            .line("  worker: ")
-            .trim_start_matches("  worker: ")
-            .trim()
-            .to_owned();
-        let ready = manager.line("baton manager ready");
-        let cluster_addr = ready
-            .split(" · ")
-            .find_map(|part| part.strip_prefix("cluster port "))
-            .expect("cluster port in the ready line")
-            .to_owned();
-        Cluster {
-            dir: dir.to_owned(),
-            admin: dir.join("manager/admin.toml"),
-            cluster_addr,
-            worker_token,
-            agent: None,
-            _manager: manager,
-        }
-    }
-
-    /// Joins an agent (raw driver on) and returns its node id.
-    fn join_agent(&mut self) -> String {
-        let token = self.worker_token.clone();
-        let (agent, id) = self.spawn_agent(&self.agent_dir(), &token);
-        self.agent = Some(agent);
-        id
-    }
-
-    /// Starts an agent in `dir` joining with `token`; waits until it is ready.
-    fn spawn_agent(&self, dir: &Path, token: &str) -> (Proc, String) {
-        let mut cmd = Command::new(baton_bin());
-        cmd.args(["agent", "--data-dir"])
-            .arg(dir)
-            .args([
-                "--join",
-                &self.cluster_addr,
-                "--enable-raw",
-                "--cpu",
-                "1",
-                "--memory",
-                "1Gi",
-            ])
-            .env("BATON_JOIN_TOKEN", token);
-        let log = dir.with_extension("log");
-        let mut agent = Proc::spawn(cmd, &log);
-        let id = agent
-            .line("baton agent ready: node ")
-            .trim_start_matches("baton agent ready: node ")
-            .split(' ')
-            .next()
-            .expect("node id")
-            .to_owned();
-        (agent, id)
-    }
-
-    fn agent_dir(&self) -> PathBuf {
-        self.dir.join("agent")
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        run_cli(&self.admin, args)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.cli(&all);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        serde_json::from_str(&stdout).expect("json")
-    }
-
-    /// The node `id` as `baton node ls -o json` lists it.
-    fn node(&self, id: &str) -> Value {
-        self.json(&["node", "ls"])
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("node {id} not listed"))
-    }
-}
+/// The one agent of these tests: `dir/agent`.
+const AGENT: &str = "agent";
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -131,8 +30,8 @@ fn now_ms() -> u64 {
 #[test]
 fn certificates_rotate_with_fresh_keys_while_a_task_keeps_running() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(tmp.path(), &["--cert-expiry", "12s"]);
-    let node_id = cluster.join_agent();
+    let mut cluster = Cluster::start_with(tmp.path(), &["--cert-expiry", "12s"]);
+    let node_id = cluster.add_agent(AGENT, "1");
     let spec = spec_file(
         tmp.path(),
         "sleeper.yaml",
@@ -149,7 +48,7 @@ fn certificates_rotate_with_fresh_keys_while_a_task_keeps_running() {
     let (task_id, pid) = (task["id"].clone(), task["pid"].clone());
     assert!(pid.as_u64().is_some(), "{task}");
 
-    let identity = cluster.agent_dir().join("identity");
+    let identity = cluster.dir.join(AGENT).join("identity");
     let manager_node = tmp.path().join("manager/node");
     let agent_cert = read(&identity.join("cert.pem"));
     let agent_key = read(&identity.join("key.pem"));
@@ -211,7 +110,7 @@ fn certificates_rotate_with_fresh_keys_while_a_task_keeps_running() {
 #[test]
 fn cluster_update_sets_the_cert_expiry_and_refuses_zero() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(tmp.path(), &[]);
+    let mut cluster = Cluster::start(tmp.path());
 
     let info = cluster.json(&["cluster", "info"]);
     assert_eq!(info["cert_expiry_secs"], 90 * 86_400, "{info}");
@@ -264,7 +163,7 @@ fn cluster_update_sets_the_cert_expiry_and_refuses_zero() {
 
     // A node that joins now gets a certificate with the new lifetime.
     let before = now_ms();
-    let node_id = cluster.join_agent();
+    let node_id = cluster.add_agent(AGENT, "1");
     let expiry = cluster.node(&node_id)["cert_expires_at"]
         .as_u64()
         .expect("cert expiry");
@@ -293,8 +192,8 @@ fn issuer_of(chain_pem: &str, roots: &[(&str, &str)]) -> String {
 #[test]
 fn a_root_ca_rotation_moves_every_node_to_the_new_root_without_downtime() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(tmp.path(), &[]);
-    let node_id = cluster.join_agent();
+    let mut cluster = Cluster::start(tmp.path());
+    let node_id = cluster.add_agent(AGENT, "1");
     let spec = spec_file(
         tmp.path(),
         "sleeper.yaml",
@@ -311,7 +210,7 @@ fn a_root_ca_rotation_moves_every_node_to_the_new_root_without_downtime() {
         .as_str()
         .expect("digest")
         .to_owned();
-    let old_root_pem = read(&cluster.agent_dir().join("identity/root.pem"));
+    let old_root_pem = read(&cluster.dir.join(AGENT).join("identity/root.pem"));
     let old_admin = tmp.path().join("admin-before.toml");
     std::fs::copy(&cluster.admin, &old_admin).expect("copy admin.toml");
     let old_token = cluster.worker_token.clone();
@@ -350,7 +249,7 @@ fn a_root_ca_rotation_moves_every_node_to_the_new_root_without_downtime() {
         "the agent to drop the old root",
         Duration::from_secs(30),
         || {
-            let roots = read(&cluster.agent_dir().join("identity/root.pem"));
+            let roots = read(&cluster.dir.join(AGENT).join("identity/root.pem"));
             (baton_pki::pem_certificates(&roots).len() == 1 && roots != old_root_pem)
                 .then_some(roots)
         },
@@ -359,7 +258,7 @@ fn a_root_ca_rotation_moves_every_node_to_the_new_root_without_downtime() {
         (old_root.as_str(), old_root_pem.as_str()),
         (new_root.as_str(), agent_roots.as_str()),
     ];
-    let agent_cert = read(&cluster.agent_dir().join("identity/cert.pem"));
+    let agent_cert = read(&cluster.dir.join(AGENT).join("identity/cert.pem"));
     assert_eq!(issuer_of(&agent_cert, &roots), new_root);
     let manager_cert = read(&tmp.path().join("manager/node/cert.pem"));
     assert_eq!(issuer_of(&manager_cert, &roots), new_root);
@@ -383,7 +282,9 @@ fn a_root_ca_rotation_moves_every_node_to_the_new_root_without_downtime() {
         stderr.contains(&old_root) && stderr.contains(&new_root),
         "{stderr}"
     );
-    let (mut late, _late_id) = cluster.spawn_agent(&tmp.path().join("late-new"), &token);
+    let join = cluster.cluster_addr.clone();
+    cluster.add_agent_via("late-new", &join, Some(&token), "1");
+    let mut late = cluster.agents.remove("late-new").expect("the late agent");
     late.stop();
 
     // An admin config from before the rotation holds a certificate from the
