@@ -16,9 +16,7 @@ use baton_spec::{
     Affinity, Attribute, Constraint, JobKind, JobSpec, PortSpec, Resources, Spread, SpreadTarget,
     Strategy as Ranking,
 };
-use baton_state::{
-    Command, Event, NodeAvailability, NodeId, Slot, State, Task, TaskDesired, TaskId, TaskState,
-};
+use baton_state::{Command, Event, NodeAvailability, NodeId, Slot, State, Task, TaskId};
 use proptest::prelude::*;
 
 use crate::feasible;
@@ -386,20 +384,7 @@ fn settle(sim: &mut Sim) -> Result<(), TestCaseError> {
             ignored
         );
         check_safety(&sim.state)?;
-        let work: Vec<(TaskId, TaskState)> = sim
-            .state
-            .tasks()
-            .filter(|t| t.node.is_some() && t.is_active())
-            .filter_map(|t| {
-                if t.desired == TaskDesired::Shutdown {
-                    Some((t.id.clone(), TaskState::Shutdown))
-                } else if t.status.state < TaskState::Running {
-                    Some((t.id.clone(), TaskState::Running))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let work = sim.agent_work();
         if out.plan.is_empty() && work.is_empty() {
             return Ok(());
         }

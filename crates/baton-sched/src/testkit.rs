@@ -198,8 +198,15 @@ impl Sim {
 
     /// Every agent starts what it was assigned and finishes what it was told to stop.
     pub(crate) fn agents_ack(&mut self) {
-        let work: Vec<(TaskId, TaskState)> = self
-            .state
+        for (id, state) in self.agent_work() {
+            self.report(&id, state, None);
+        }
+    }
+
+    /// What the agents would report next: `running` for tasks they were
+    /// assigned, `shutdown` for tasks they were told to stop.
+    pub(crate) fn agent_work(&self) -> Vec<(TaskId, TaskState)> {
+        self.state
             .tasks()
             .filter(|t| t.node.is_some() && t.is_active())
             .filter_map(|t| {
@@ -211,10 +218,7 @@ impl Sim {
                     None
                 }
             })
-            .collect();
-        for (id, state) in work {
-            self.report(&id, state, None);
-        }
+            .collect()
     }
 
     /// Passes and agent acks until a pass is empty.
