@@ -804,7 +804,7 @@ fn parse_attribute(text: &str) -> Result<Attribute, (usize, String)> {
 
 /// A label key: 1 to 63 chars of `[A-Za-z0-9._/-]`, starting alphanumeric.
 /// On error, gives the char offset within `key` of the problem.
-fn check_label_key(key: &str) -> Result<(), (usize, String)> {
+pub(crate) fn check_label_key(key: &str) -> Result<(), (usize, String)> {
     const EXPECTED: &str = "1 to 63 of A-Z a-z 0-9 . _ / -, starting with a letter or digit";
     let mut count = 0;
     for (offset, c) in key.chars().enumerate() {

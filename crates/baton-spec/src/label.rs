@@ -10,8 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::constraint::Attribute;
-
 /// Most labels a node may carry from one source (its agent's, or its
 /// operator's).
 pub const MAX_LABELS: usize = 64;
@@ -42,8 +40,6 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
 
 /// Checks a label key alone (for removals): the rule of [`check_label`].
 pub fn check_label_key(key: &str) -> Result<(), String> {
-    // The constraint parser holds the one definition of a key: asking it
-    // keeps labels and constraints from drifting apart.
     if key.is_empty() {
         return Err(
             "empty label key (expected 1 to 63 of A-Z a-z 0-9 . _ / -, starting with a \
@@ -51,11 +47,9 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
                 .to_owned(),
         );
     }
-    match Attribute::parse(&format!("node.labels.{key}")) {
-        Ok(Attribute::Label(parsed)) if parsed == key => Ok(()),
-        Ok(_) => Err(format!("{key:?} is not a label key")),
-        Err(message) => Err(message),
-    }
+    // One definition of a key for labels and constraints: the constraint
+    // parser's.
+    crate::constraint::check_label_key(key).map_err(|(_, message)| message)
 }
 
 /// Checks a node's whole set of labels from one source: at most
