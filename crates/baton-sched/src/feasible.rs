@@ -41,7 +41,9 @@ pub(crate) fn why_leave(
             driver.as_str()
         ));
     }
-    if !constraints {
+    // Checked for every running task on every pass: no role lookup for the
+    // jobs without constraints.
+    if !constraints || spec.placement.constraints.is_empty() {
         return None;
     }
     let view = state.node_view(node);
