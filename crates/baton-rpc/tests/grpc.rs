@@ -84,6 +84,9 @@ fn assignment(env_value: &str) -> Assignment {
         slot: "1".into(),
         spec: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["/bin/sleep".into(), "60".into()],
             env: BTreeMap::from([("DB_PASSWORD".into(), env_value.into())]),

@@ -28,6 +28,9 @@ fn job(index: usize, replicas: u32, resources: Resources) -> JobSpec {
         kind: JobKind::Service { replicas },
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["sleep".to_owned(), "3600".to_owned()],
             env: Default::default(),

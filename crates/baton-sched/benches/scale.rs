@@ -81,6 +81,9 @@ fn service(name: String, replicas: u32, resources: Resources, placement: Placeme
             resources,
             kill_timeout: Duration::from_secs(10),
             ports: Vec::new(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
         },
         restart: RestartPolicy {
             condition: RestartCondition::Always,

@@ -142,6 +142,9 @@ fn job_spec(name: &str, kind: JobKind, resources: Resources, placement: Placemen
             resources,
             kill_timeout: Duration::from_secs(10),
             ports: Vec::new(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
         },
         restart: RestartPolicy {
             condition: restart,

@@ -237,16 +237,34 @@ impl JobKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
-    /// A plain child process of the agent, no isolation.
+    /// A plain child process of the agent, no isolation. Off on every agent
+    /// unless enabled in its configuration.
     Raw,
+    /// An isolated process (the default): its own pid, mount, uts, ipc and
+    /// cgroup namespaces, cgroup limits, seccomp, no capabilities, no new
+    /// privileges, an unprivileged user, the host's files read-only.
+    Exec,
+    /// A Docker container, through the node's Docker engine.
+    Docker,
 }
 
 impl DriverKind {
+    /// Every driver, in the order `driver:` lists them in errors.
+    pub const ALL: [DriverKind; 3] = [DriverKind::Exec, DriverKind::Docker, DriverKind::Raw];
+
     /// The word users write in `driver:`.
     pub fn as_str(&self) -> &'static str {
         match self {
             DriverKind::Raw => "raw",
+            DriverKind::Exec => "exec",
+            DriverKind::Docker => "docker",
         }
+    }
+
+    /// Whether the task runs isolated from the host (namespaces or a
+    /// container), so that `baton exec` can enter it.
+    pub fn is_isolated(&self) -> bool {
+        !matches!(self, DriverKind::Raw)
     }
 }
 
@@ -270,7 +288,47 @@ pub struct TaskSpec {
     /// Host ports it needs.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// The image to run (docker driver only, which requires it).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Capabilities added to the task's empty set (isolated drivers only),
+    /// upper-case without the `CAP_` prefix, from [`ALLOWED_CAPABILITIES`].
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Most processes and threads the task may have at once (isolated drivers).
+    #[serde(default = "default_pids_limit")]
+    pub pids_limit: u32,
 }
+
+/// Default of [`TaskSpec::pids_limit`].
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
+
+/// Bounds of `resources.pids`.
+pub const PIDS_LIMIT_RANGE: std::ops::RangeInclusive<u32> = 16..=65_536;
+
+fn default_pids_limit() -> u32 {
+    DEFAULT_PIDS_LIMIT
+}
+
+/// The capabilities a task may add: Docker's default set, minus none. Anything
+/// else (`SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, …) would let a task reach
+/// beyond itself, so a spec naming it is refused.
+pub const ALLOWED_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
 
 /// Resources a task reserves on its node (and a node's capacity).
 #[derive(

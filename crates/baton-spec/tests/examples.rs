@@ -23,6 +23,9 @@ fn web_example_is_a_service_of_three() {
         kind: JobKind::Service { replicas: 3 },
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec![
                 "/bin/sh".to_owned(),
@@ -60,6 +63,9 @@ fn batch_example_needs_three_completions_two_at_a_time() {
         },
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec![
                 "/bin/sh".to_owned(),
@@ -94,6 +100,9 @@ fn global_example_runs_on_every_node() {
         kind: JobKind::Global,
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec![
                 "/bin/sh".to_owned(),

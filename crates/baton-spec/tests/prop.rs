@@ -192,6 +192,9 @@ fn task() -> impl Strategy<Value = TaskSpec> {
         .prop_map(
             |((program, args), env, workdir, user, (cpu_millis, memory_bytes), kill_ms)| TaskSpec {
                 ports: Default::default(),
+                image: None,
+                capabilities: Vec::new(),
+                pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
                 driver: DriverKind::Raw,
                 command: std::iter::once(program).chain(args).collect(),
                 env,

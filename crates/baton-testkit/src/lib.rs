@@ -18,6 +18,9 @@ pub fn service(name: &str, replicas: u32) -> JobSpec {
         kind: JobKind::Service { replicas },
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),

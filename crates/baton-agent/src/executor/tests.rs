@@ -20,6 +20,9 @@ fn assignment(task: &str, desired: TaskDesired, state: TaskState) -> Assignment 
         slot: "0".to_owned(),
         spec: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),

@@ -365,6 +365,9 @@ pub fn assignment(task: &TaskId, command: &[&str]) -> Assignment {
         slot: "0".to_owned(),
         spec: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: command.iter().map(|s| (*s).to_owned()).collect(),
             env: BTreeMap::new(),

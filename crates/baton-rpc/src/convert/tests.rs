@@ -8,6 +8,9 @@ use super::*;
 fn spec() -> TaskSpec {
     TaskSpec {
         ports: Default::default(),
+        image: None,
+        capabilities: Vec::new(),
+        pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
         driver: DriverKind::Raw,
         command: vec!["/bin/true".into()],
         env: BTreeMap::from([("K".into(), "v".into())]),

@@ -48,7 +48,7 @@ const FULL_EXAMPLE: &str = r#"name: web                 # required; [a-z0-9-], 1
 type: service             # service (default) | batch | global
 replicas: 3               # service only; default 1; 0..=10000
 task:                     # required
-  driver: raw             # required; only "raw" exists now
+  driver: raw             # exec (default) | docker | raw
   command: ["/bin/sh", "-c", "exec sleep 1000"]
   env: {GREETING: hello}
   workdir: /tmp
@@ -115,7 +115,7 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             "unknown nested field",
             Yaml,
             yaml(("{cpu: 100m, memory: 64Mi}", "{cpu: 100m, gpu: 1}")),
-            "web.yaml:9:26: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory, disk)",
+            "web.yaml:9:26: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory, disk, pids)",
         ),
         (
             "duplicate key",
@@ -269,14 +269,56 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
         (
             "unknown driver",
             Yaml,
-            yaml(("driver: raw", "driver: docker")),
-            "web.yaml:5:11: task.driver: unknown driver \"docker\" (expected raw)",
+            yaml(("driver: raw", "driver: podman")),
+            "web.yaml:5:11: task.driver: unknown driver \"podman\" (expected exec, docker or raw)",
         ),
         (
-            "missing driver",
+            "docker without an image",
             Yaml,
-            yaml(("  driver: raw\n", "")),
-            "web.yaml:5:3: task.driver: missing required field (expected a driver: raw)",
+            yaml(("driver: raw", "driver: docker")),
+            "web.yaml:5:3: task.image: missing required field (expected an image like busybox:1.36)",
+        ),
+        (
+            "an image for another driver",
+            Yaml,
+            yaml(("driver: raw", "driver: exec\n  image: busybox")),
+            "web.yaml:6:10: task.image: is only for the docker driver (this task uses exec)",
+        ),
+        (
+            "an image that is no reference",
+            Yaml,
+            yaml(("driver: raw", "driver: docker\n  image: \"busy box\"")),
+            "web.yaml:6:10: task.image: \"busy box\" is not an image reference (expected letters, digits and . _ - / : @)",
+        ),
+        (
+            "an empty image",
+            Yaml,
+            yaml(("driver: raw", "driver: docker\n  image: \"\"")),
+            "web.yaml:6:10: task.image: \"\" must not be empty",
+        ),
+        (
+            "a capability that reaches beyond the task",
+            Yaml,
+            yaml((
+                "driver: raw",
+                "driver: exec\n  capabilities: [chown, SYS_ADMIN]",
+            )),
+            "web.yaml:6:25: task.capabilities[1]: \"SYS_ADMIN\" is not a capability a task may add (expected one of AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, MKNOD, NET_BIND_SERVICE, NET_RAW, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT)",
+        ),
+        (
+            "capabilities for the raw driver",
+            Yaml,
+            yaml((
+                "kill_timeout: 5s",
+                "kill_timeout: 5s\n  capabilities: [CHOWN]",
+            )),
+            "web.yaml:11:17: task.capabilities: the raw driver isolates nothing, so it cannot grant capabilities (use driver exec or docker)",
+        ),
+        (
+            "a pids limit too small",
+            Yaml,
+            yaml(("memory: 64Mi}", "memory: 64Mi, pids: 3}")),
+            "web.yaml:9:46: task.resources.pids: \"3\" is out of range (expected 16 to 65536)",
         ),
         (
             "unknown type",
@@ -560,7 +602,7 @@ fn every_problem_is_reported_in_one_pass_in_document_order() {
   delay: 0s
 name: Web_1
 task:
-  driver: docker
+  driver: podman
   command: []
   env: {1X: a, OK: [b]}
   resources: {cpu: lots, memory: 64XB, gpu: 1}
@@ -572,13 +614,13 @@ extra: true
 web.yaml:2:11: restart.policy: unknown restart policy \"sometimes\" (expected always, on-failure or never)
 web.yaml:3:10: restart.delay: \"0s\" must be greater than 0
 web.yaml:4:7: name: \"Web_1\" is not a valid job name (expected 1 to 63 characters of a-z, 0-9 and -, starting and ending with a letter or digit)
-web.yaml:6:11: task.driver: unknown driver \"docker\" (expected raw)
+web.yaml:6:11: task.driver: unknown driver \"podman\" (expected exec, docker or raw)
 web.yaml:7:12: task.command: must not be empty (expected a list of strings: the program and its arguments)
 web.yaml:8:9: task.env.1X: invalid environment variable name (expected letters, digits and _, not starting with a digit)
 web.yaml:8:20: task.env.OK: expected a string, found a list
 web.yaml:9:20: task.resources.cpu: \"lots\" is not a CPU quantity (use 100m, 0.5, 2, ...)
 web.yaml:9:34: task.resources.memory: \"64XB\" is not a size (use 64Mi, 1Gi, ...)
-web.yaml:9:40: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory, disk)
+web.yaml:9:40: task.resources.gpu: unknown field \"gpu\" (expected one of: cpu, memory, disk, pids)
 web.yaml:10:17: task.kill_timeout: \"2h\" is above the maximum of 1h
 web.yaml:11:11: replicas: \"-1\" is out of range (expected 0 to 10000)
 web.yaml:12:1: extra: unknown field \"extra\" (expected one of: name, type, replicas, completions, parallelism, task, restart, priority, preempt, constraints, affinities, spread, strategy, max_per_node)";
@@ -644,6 +686,9 @@ fn full_example_spec() -> JobSpec {
         kind: JobKind::Service { replicas: 3 },
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: crate::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1000".into()],
             env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
@@ -691,6 +736,9 @@ fn minimal_spec_gets_the_defaults() {
         kind: JobKind::Service { replicas: 1 },
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: crate::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),
@@ -738,6 +786,30 @@ fn minimal_spec_gets_the_defaults() {
         parse_job("web.yaml", nulls.as_bytes(), SpecFormat::Yaml),
         Ok(expected_nulls)
     );
+}
+
+#[test]
+fn isolation_fields_parse_and_default_to_the_exec_driver() {
+    let doc = "name: web\ntask:\n  command: [/bin/true]\n";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    assert_eq!(spec.task.driver, DriverKind::Exec);
+    assert_eq!(spec.task.pids_limit, crate::DEFAULT_PIDS_LIMIT);
+    assert!(spec.task.capabilities.is_empty());
+    assert_eq!(spec.task.image, None);
+
+    // Capabilities are normalised (case, CAP_ prefix), deduplicated, sorted.
+    let doc = "name: web\ntask:\n  driver: docker\n  image: registry.local:5000/app/web:1.2@sha256:ab12\n  \
+               command: [/bin/true]\n  capabilities: [cap_net_bind_service, CHOWN, NET_BIND_SERVICE]\n  \
+               resources: {pids: 64}\n";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    assert_eq!(spec.task.driver, DriverKind::Docker);
+    assert_eq!(
+        spec.task.image.as_deref(),
+        Some("registry.local:5000/app/web:1.2@sha256:ab12")
+    );
+    assert_eq!(spec.task.capabilities, ["CHOWN", "NET_BIND_SERVICE"]);
+    assert_eq!(spec.task.pids_limit, 64);
+    assert_eq!(spec.task.resources.memory_bytes, 128 << 20);
 }
 
 #[test]

@@ -16,10 +16,11 @@ use super::tree::{
     Entry, Node, Pos, Scalar, ScalarKind, Value, field_path, index_path, int_value, quote,
 };
 use crate::{
-    Affinity, Attribute, Constraint, DEFAULT_PRIORITY, DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN,
-    DriverKind, JobKind, JobSpec, MAX_PRIORITY, MAX_REPLICAS, MIN_PRIORITY, Placement, PortSpec,
-    Resources, RestartCondition, RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec,
-    format_duration, parse_cpu, parse_duration, parse_memory,
+    ALLOWED_CAPABILITIES, Affinity, Attribute, Constraint, DEFAULT_PIDS_LIMIT, DEFAULT_PRIORITY,
+    DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, DriverKind, JobKind, JobSpec, MAX_PRIORITY, MAX_REPLICAS,
+    MIN_PRIORITY, PIDS_LIMIT_RANGE, Placement, PortSpec, Resources, RestartCondition,
+    RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec, format_duration, parse_cpu,
+    parse_duration, parse_memory,
 };
 
 const JOB_FIELDS: &[&str] = &[
@@ -47,8 +48,13 @@ const TASK_FIELDS: &[&str] = &[
     "resources",
     "kill_timeout",
     "ports",
+    "image",
+    "capabilities",
 ];
-const RESOURCES_FIELDS: &[&str] = &["cpu", "memory", "disk"];
+const RESOURCES_FIELDS: &[&str] = &["cpu", "memory", "disk", "pids"];
+/// Longest image reference accepted (Docker's own limit on a name is 255 per
+/// component; a whole reference with a digest stays well below this).
+const MAX_IMAGE_LEN: usize = 512;
 const AFFINITY_FIELDS: &[&str] = &["expr", "weight"];
 const SPREAD_FIELDS: &[&str] = &["attribute", "targets"];
 const PORT_FIELDS: &[&str] = &["name", "static", "publish"];
@@ -619,9 +625,10 @@ impl Validator<'_> {
 
     fn task(&mut self, path: &str, node: &Node) -> Option<TaskSpec> {
         let fields = self.fields(path, node, TASK_FIELDS, "a task mapping")?;
-        let driver = self
-            .required(&fields, "driver", "a driver: raw")
-            .and_then(|node| self.driver(&fields.path("driver"), node));
+        let driver = match fields.get("driver") {
+            None => Some(DriverKind::Exec),
+            Some(entry) => self.driver(&fields.path("driver"), &entry.value),
+        };
         let command = self
             .required(&fields, "command", "a list of strings")
             .and_then(|node| self.command(&fields.path("command"), node));
@@ -632,7 +639,10 @@ impl Validator<'_> {
         let workdir = self.optional(&fields, "workdir", Self::workdir);
         let user = self.optional(&fields, "user", Self::user);
         let resources = match fields.get("resources") {
-            None => Some(Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)),
+            None => Some((
+                Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES),
+                DEFAULT_PIDS_LIMIT,
+            )),
             Some(entry) => self.resources(&fields.path("resources"), &entry.value),
         };
         let kill_timeout = match fields.get("kill_timeout") {
@@ -643,30 +653,137 @@ impl Validator<'_> {
             None => Some(Vec::new()),
             Some(entry) => self.ports(&fields.path("ports"), &entry.value),
         };
+        let image = self.image(&fields, driver);
+        let capabilities = match fields.get("capabilities") {
+            None => Some(Vec::new()),
+            Some(entry) => {
+                let path = fields.path("capabilities");
+                if driver == Some(DriverKind::Raw) {
+                    self.error(
+                        &path,
+                        entry.value.pos,
+                        "the raw driver isolates nothing, so it cannot grant capabilities \
+                         (use driver exec or docker)",
+                    );
+                    None
+                } else {
+                    self.capabilities(&path, &entry.value)
+                }
+            }
+        };
+        let (resources, pids_limit) = resources?;
         Some(TaskSpec {
             driver: driver?,
             command: command?,
             env: env?,
             workdir: workdir?,
             user: user?,
-            resources: resources?,
+            resources,
             kill_timeout: kill_timeout?,
             ports: ports?,
+            image: image?,
+            capabilities: capabilities?,
+            pids_limit,
         })
     }
 
     fn driver(&mut self, path: &str, node: &Node) -> Option<DriverKind> {
-        match self.string(path, node, "a driver")? {
-            "raw" => Some(DriverKind::Raw),
-            other => {
+        let name = self.string(path, node, "a driver")?;
+        match DriverKind::ALL.into_iter().find(|d| d.as_str() == name) {
+            Some(driver) => Some(driver),
+            None => {
                 self.error(
                     path,
                     node.pos,
-                    format!("unknown driver {} (expected raw)", quote(other)),
+                    format!(
+                        "unknown driver {} (expected exec, docker or raw)",
+                        quote(name)
+                    ),
                 );
                 None
             }
         }
+    }
+
+    /// `image`: required by the docker driver, meaningless to the others.
+    /// `Some(None)` when absent and not needed; `None` after an error.
+    fn image(&mut self, fields: &Fields<'_>, driver: Option<DriverKind>) -> Option<Option<String>> {
+        let expected = "an image like busybox:1.36";
+        let path = fields.path("image");
+        match driver {
+            Some(DriverKind::Docker) => {
+                let node = self.required(fields, "image", expected)?;
+                let image = self.string(&path, node, expected)?;
+                if let Some(problem) = image_problem(image) {
+                    self.error(&path, node.pos, format!("{} {problem}", quote(image)));
+                    return None;
+                }
+                Some(Some(image.to_owned()))
+            }
+            Some(other) => match fields.get("image") {
+                None => Some(None),
+                Some(entry) => {
+                    self.error(
+                        &path,
+                        entry.value.pos,
+                        format!(
+                            "is only for the docker driver (this task uses {})",
+                            other.as_str()
+                        ),
+                    );
+                    None
+                }
+            },
+            // The driver itself was wrong; that error is enough.
+            None => None,
+        }
+    }
+
+    fn capabilities(&mut self, path: &str, node: &Node) -> Option<Vec<String>> {
+        let items = match &node.value {
+            Value::Seq(items) => items,
+            Value::Invalid => return None,
+            _ => {
+                return self.wrong_type(
+                    path,
+                    node,
+                    "a list of capabilities like [NET_BIND_SERVICE]",
+                );
+            }
+        };
+        let mut caps = Some(Vec::with_capacity(items.len()));
+        for (idx, item) in items.iter().enumerate() {
+            let item_path = index_path(path, idx);
+            let Some(text) = self.string(&item_path, item, "a capability like NET_BIND_SERVICE")
+            else {
+                caps = None;
+                continue;
+            };
+            let name = text.to_ascii_uppercase();
+            let name = name.strip_prefix("CAP_").unwrap_or(&name);
+            if !ALLOWED_CAPABILITIES.contains(&name) {
+                self.error(
+                    &item_path,
+                    item.pos,
+                    format!(
+                        "{} is not a capability a task may add (expected one of {})",
+                        quote(text),
+                        ALLOWED_CAPABILITIES.join(", ")
+                    ),
+                );
+                caps = None;
+                continue;
+            }
+            if let Some(caps) = &mut caps
+                && !caps.iter().any(|c| c == name)
+            {
+                caps.push(name.to_owned());
+            }
+        }
+        caps.map(|mut caps| {
+            caps.sort();
+            caps
+        })
     }
 
     fn command(&mut self, path: &str, node: &Node) -> Option<Vec<String>> {
@@ -796,12 +913,13 @@ impl Validator<'_> {
         Some(text.to_owned())
     }
 
-    fn resources(&mut self, path: &str, node: &Node) -> Option<Resources> {
+    /// `resources`: what the task reserves, and its pids limit.
+    fn resources(&mut self, path: &str, node: &Node) -> Option<(Resources, u32)> {
         let fields = self.fields(
             path,
             node,
             RESOURCES_FIELDS,
-            "a mapping of cpu, memory and disk",
+            "a mapping of cpu, memory, disk and pids",
         )?;
         let cpu_millis = match fields.get("cpu") {
             None => Some(DEFAULT_CPU_MILLIS),
@@ -852,11 +970,23 @@ impl Validator<'_> {
                 )
                 .map(|(_, bytes)| bytes),
         };
-        Some(Resources {
-            cpu_millis: cpu_millis?,
-            memory_bytes: memory_bytes?,
-            disk_bytes: disk_bytes?,
-        })
+        let pids = match fields.get("pids") {
+            None => Some(DEFAULT_PIDS_LIMIT),
+            Some(entry) => self.uint(
+                &fields.path("pids"),
+                &entry.value,
+                *PIDS_LIMIT_RANGE.start(),
+                *PIDS_LIMIT_RANGE.end(),
+            ),
+        };
+        Some((
+            Resources {
+                cpu_millis: cpu_millis?,
+                memory_bytes: memory_bytes?,
+                disk_bytes: disk_bytes?,
+            },
+            pids?,
+        ))
     }
 
     fn kill_timeout(&mut self, path: &str, node: &Node) -> Option<Duration> {
@@ -1193,6 +1323,28 @@ impl Validator<'_> {
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`
+/// What is wrong with an image reference, if anything. A light check (the
+/// engine parses it fully): the characters of `[registry[:port]/]name[:tag]
+/// [@digest]` only, so nothing reaches the engine's API that is not one.
+fn image_problem(image: &str) -> Option<&'static str> {
+    if image.len() > MAX_IMAGE_LEN {
+        return Some("is too long (expected at most 512 characters)");
+    }
+    let Some(first) = image.as_bytes().first() else {
+        return Some("must not be empty");
+    };
+    if !first.is_ascii_alphanumeric() {
+        return Some("must start with a letter or digit");
+    }
+    if !image
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+    {
+        return Some("is not an image reference (expected letters, digits and . _ - / : @)");
+    }
+    None
+}
+
 fn is_env_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

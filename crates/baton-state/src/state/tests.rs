@@ -30,6 +30,9 @@ fn spec(name: &str, kind: JobKind) -> JobSpec {
         kind,
         task: TaskSpec {
             ports: Default::default(),
+            image: None,
+            capabilities: Vec::new(),
+            pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
             driver: DriverKind::Raw,
             command: vec!["sleep".to_owned(), "60".to_owned()],
             env: Default::default(),
