@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_rpc::Assignment;
-use baton_spec::format_duration;
+use baton_spec::{format_duration, format_memory};
 use baton_state::{ExitInfo, NodeId, TaskId, TaskState};
 use tokio::sync::{mpsc, watch};
 
@@ -107,8 +107,18 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The state and message for a process that ended by itself.
-pub(crate) fn exit_outcome(exit: ExitInfo) -> (TaskState, String) {
+/// The state and message for a process that ended by itself, under a memory
+/// limit of `memory_limit` bytes.
+pub(crate) fn exit_outcome(exit: ExitInfo, memory_limit: u64) -> (TaskState, String) {
+    if exit.oom_killed {
+        return (
+            TaskState::Failed,
+            format!(
+                "OOM killed (memory limit {}; {exit})",
+                format_memory(memory_limit)
+            ),
+        );
+    }
     match (exit.code, exit.signal) {
         (_, Some(signal)) => (
             TaskState::Failed,
@@ -236,7 +246,8 @@ impl Runner {
             res = handle.wait() => {
                 return match res {
                     Ok(exit) => {
-                        let (state, message) = exit_outcome(exit);
+                        let (state, message) =
+                            exit_outcome(exit, self.assignment.spec.resources.memory_bytes);
                         (state, message, Some(exit))
                     }
                     Err(e) => (TaskState::Failed, e.to_string(), None),
@@ -316,7 +327,12 @@ mod tests {
 
     #[test]
     fn exit_outcomes() {
-        let exit = |code, signal| ExitInfo { code, signal };
+        let exit = |code, signal| ExitInfo {
+            code,
+            signal,
+            oom_killed: false,
+        };
+        let exit_outcome = |exit| exit_outcome(exit, 64 << 20);
         assert_eq!(
             exit_outcome(exit(Some(0), None)),
             (TaskState::Complete, "exit code 0".to_owned())
@@ -328,6 +344,17 @@ mod tests {
         assert_eq!(
             exit_outcome(exit(None, Some(9))),
             (TaskState::Failed, "killed by signal 9 (SIGKILL)".to_owned())
+        );
+        let oom = ExitInfo {
+            oom_killed: true,
+            ..exit(None, Some(9))
+        };
+        assert_eq!(
+            exit_outcome(oom),
+            (
+                TaskState::Failed,
+                "OOM killed (memory limit 64Mi; killed by signal 9)".to_owned()
+            )
         );
     }
 }

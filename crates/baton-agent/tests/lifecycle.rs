@@ -48,7 +48,8 @@ async fn task_reports_starting_then_running_with_a_live_pid_and_fails_on_kill_9(
         failed.exit,
         Some(ExitInfo {
             code: None,
-            signal: Some(9)
+            signal: Some(9),
+            oom_killed: false
         })
     );
     assert_eq!(failed.pid, None);
@@ -74,7 +75,8 @@ async fn exit_codes_map_to_complete_and_failed() {
         done.exit,
         Some(ExitInfo {
             code: Some(0),
-            signal: None
+            signal: None,
+            oom_killed: false
         })
     );
     let failed = agent.dispatcher.wait_terminal(&bad).await;

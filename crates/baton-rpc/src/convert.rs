@@ -284,6 +284,7 @@ pub(crate) fn report_to_wire(report: &TaskReport) -> pb::TaskReport {
         exit: report.exit.as_ref().map(|exit| pb::ExitInfo {
             code: exit.code,
             signal: exit.signal,
+            oom_killed: exit.oom_killed,
         }),
         pid: report.pid,
     }
@@ -297,6 +298,7 @@ pub(crate) fn report_from_wire(wire: pb::TaskReport) -> Result<TaskReport, Conve
         exit: wire.exit.map(|exit| ExitInfo {
             code: exit.code,
             signal: exit.signal,
+            oom_killed: exit.oom_killed,
         }),
         pid: wire.pid,
     })

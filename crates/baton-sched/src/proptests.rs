@@ -243,6 +243,7 @@ impl World {
                     let exit = Some(ExitInfo {
                         code: Some(code),
                         signal: None,
+                        oom_killed: false,
                     });
                     self.sim.report(&id, state, exit);
                 }

@@ -502,6 +502,7 @@ impl Cluster {
                     let exit = ExitInfo {
                         code: Some(0),
                         signal: None,
+                        oom_killed: false,
                     };
                     (TaskState::Complete, Some(exit))
                 }

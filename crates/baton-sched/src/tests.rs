@@ -20,6 +20,7 @@ fn failed() -> Option<ExitInfo> {
     Some(ExitInfo {
         code: Some(1),
         signal: None,
+        oom_killed: false,
     })
 }
 
@@ -214,6 +215,7 @@ fn service_exit_zero_under_on_failure_is_done() {
         Some(ExitInfo {
             code: Some(0),
             signal: None,
+            oom_killed: false,
         }),
     );
     assert_eq!(sim.pass(), PlanOutput::default());

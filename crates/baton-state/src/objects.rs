@@ -125,6 +125,10 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     /// Signal number, if a signal killed it.
     pub signal: Option<i32>,
+    /// Whether the kernel killed it for going over its memory limit (the
+    /// driver read this from the task's cgroup or container).
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitInfo {

@@ -256,6 +256,7 @@ impl TaskHandle for RawHandle {
                 let exit = ExitInfo {
                     code: status.code(),
                     signal: status.signal(),
+                    oom_killed: false,
                 };
                 self.exit = Some(exit);
                 // The task is its process group: whatever it left running in

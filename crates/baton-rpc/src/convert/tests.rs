@@ -67,6 +67,7 @@ fn reports_and_log_events_round_trip() {
         exit: Some(ExitInfo {
             code: Some(3),
             signal: None,
+            oom_killed: false,
         }),
         pid: Some(42),
     };

@@ -45,6 +45,7 @@ fn exit(code: i32) -> Option<ExitInfo> {
     Some(ExitInfo {
         code: Some(code),
         signal: None,
+        oom_killed: false,
     })
 }
 

@@ -154,6 +154,7 @@ fn report(state: &mut State, node: &str, task: &str, to: TaskState) -> Vec<Event
                 exit: to.is_terminal().then_some(ExitInfo {
                     code: Some(if to == TaskState::Complete { 0 } else { 1 }),
                     signal: None,
+                    oom_killed: false,
                 }),
                 pid: (to == TaskState::Running).then_some(42),
             }],
@@ -627,7 +628,8 @@ fn reports_move_task_state_forward_only() {
         t.status.exit,
         Some(ExitInfo {
             code: Some(1),
-            signal: None
+            signal: None,
+            oom_killed: false
         })
     );
     assert_eq!(state.reserved(&nid("n1")), res(100, 64 * MI));
@@ -758,7 +760,8 @@ fn job_summary_phases() {
             restarts: 1,
             exit: Some(ExitInfo {
                 code: Some(1),
-                signal: None
+                signal: None,
+                oom_killed: false
             }),
             message: "now failed".to_owned(),
         }]
