@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
-use crate::driver::{Driver, RawDriver};
+use crate::driver::Driver;
 use crate::error::AgentError;
 use crate::executor::{Action, LocalTask, moves_forward, step};
 use crate::fingerprint;
@@ -266,15 +266,15 @@ impl Agent {
                 (rec.task, known)
             })
             .collect();
-        let mut drivers: BTreeMap<DriverKind, Arc<dyn Driver>> = BTreeMap::new();
-        if config.enable_raw {
-            drivers.insert(DriverKind::Raw, Arc::new(RawDriver::new()));
+        let (drivers, problems) = fingerprint::drivers(&config);
+        for (driver, problem) in &problems {
+            tracing::warn!(driver = driver.as_str(), "driver unavailable: {problem}");
         }
         let description = NodeDescription {
             node_id: node_id.clone(),
             hostname: config.hostname.clone(),
             capacity: fingerprint::capacity(&config),
-            drivers: fingerprint::drivers(&config),
+            drivers: drivers.keys().copied().collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             address: None,
             labels: config.labels.clone(),

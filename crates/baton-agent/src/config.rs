@@ -36,7 +36,15 @@ pub struct AgentConfig {
     /// `BATON_ADDR_<NAME>` of their published ports; `None` gives `0.0.0.0`
     /// (every address of the node).
     pub advertise_ip: Option<std::net::IpAddr>,
+    /// The `baton` binary, run as `baton shim` for each exec task; `None`
+    /// leaves the exec driver off (a library user without the binary).
+    pub shim: Option<PathBuf>,
+    /// The cgroup under which each exec task gets its own (`<parent>/<task>`).
+    pub cgroup_parent: String,
 }
+
+/// Default of [`AgentConfig::cgroup_parent`].
+pub const DEFAULT_CGROUP_PARENT: &str = "/baton";
 
 impl AgentConfig {
     /// A configuration with the defaults: measured capacity, 10 MiB logs,
@@ -49,6 +57,8 @@ impl AgentConfig {
             capacity: None,
             labels: std::collections::BTreeMap::new(),
             advertise_ip: None,
+            shim: None,
+            cgroup_parent: DEFAULT_CGROUP_PARENT.to_owned(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             max_finished_tasks: DEFAULT_MAX_FINISHED_TASKS,
         }

@@ -1,11 +1,13 @@
 //! What the node offers: its measured capacity and its drivers.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use baton_spec::{DriverKind, Resources};
 
 use crate::config::AgentConfig;
+use crate::driver::{Driver, ExecDriver, RawDriver};
 
 /// The host's capacity: every usable CPU (as the scheduler affinity and cgroup
 /// quota allow) as 1000 millicores, and `MemTotal` of `/proc/meminfo`.
@@ -67,14 +69,33 @@ pub(crate) fn capacity(config: &AgentConfig) -> Resources {
         .unwrap_or_else(|| measure_capacity(&config.data_dir))
 }
 
-/// The drivers this node offers.
-pub(crate) fn drivers(config: &AgentConfig) -> BTreeSet<DriverKind> {
-    let mut drivers = BTreeSet::new();
+/// The drivers that work on this node, and why each other one does not.
+/// `raw` only when the configuration enables it; `exec` when the agent is
+/// root and can make cgroups and confine processes; `docker` when a Docker
+/// engine with seccomp answers.
+pub(crate) fn drivers(config: &AgentConfig) -> (Drivers, BTreeMap<DriverKind, String>) {
+    let mut drivers: Drivers = BTreeMap::new();
+    let mut problems = BTreeMap::new();
     if config.enable_raw {
-        drivers.insert(DriverKind::Raw);
+        drivers.insert(DriverKind::Raw, Arc::new(RawDriver::new()));
     }
-    drivers
+    let exec = match &config.shim {
+        Some(shim) => ExecDriver::probe(shim.clone(), &config.data_dir, &config.cgroup_parent),
+        None => Err("exec: no baton binary configured to run shims".to_owned()),
+    };
+    match exec {
+        Ok(exec) => {
+            drivers.insert(DriverKind::Exec, Arc::new(exec));
+        }
+        Err(problem) => {
+            problems.insert(DriverKind::Exec, problem);
+        }
+    }
+    (drivers, problems)
 }
+
+/// The drivers of a node, by kind.
+pub(crate) type Drivers = BTreeMap<DriverKind, Arc<dyn Driver>>;
 
 #[cfg(test)]
 mod tests {

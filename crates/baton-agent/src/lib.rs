@@ -39,8 +39,10 @@ mod recovery;
 mod runner;
 
 pub use agent::{Agent, ClusterUpdate};
-pub use config::{AgentConfig, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_FINISHED_TASKS};
-pub use driver::{Driver, RawDriver, TaskHandle, TaskRun};
+pub use config::{
+    AgentConfig, DEFAULT_CGROUP_PARENT, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_FINISHED_TASKS,
+};
+pub use driver::{Driver, ExecDriver, RawDriver, SHIM_COMMAND, TaskHandle, TaskRun};
 pub use error::AgentError;
 pub use executor::{
     Action, LOST_NOT_RUNNING, LocalTask, SHUTDOWN_BEFORE_START, moves_forward, step,

@@ -47,6 +47,9 @@ enum Cmd {
     Cluster(cli::ClusterCmd),
 }
 
+/// The hidden subcommand the agent runs its exec tasks' shims with.
+const SHIM_COMMAND: &str = baton_agent::SHIM_COMMAND;
+
 /// A failure with its exit code: 1 the operation failed, 2 usage or validation.
 #[derive(Debug)]
 pub struct Failure {
@@ -89,6 +92,16 @@ impl From<baton_api::ApiError> for Failure {
 }
 
 fn main() -> ExitCode {
+    // `baton shim` (started by the agent for each exec task, never by hand)
+    // must stay single-threaded: it is dispatched before anything else runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == SHIM_COMMAND)
+    {
+        // The runtime's errors go to the shim's stderr: the task's log.
+        node::init_tracing("error");
+        return baton_isolate::shim::main();
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -138,6 +138,10 @@ pub struct AgentArgs {
     /// address of the node).
     #[arg(long, value_name = "IP")]
     pub advertise_ip: Option<IpAddr>,
+    /// The cgroup under which each exec task gets its own, in every
+    /// hierarchy (cgroup v1) or in the unified one (v2).
+    #[arg(long, value_name = "PATH", default_value = baton_agent::DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
     /// Log filter (tracing `EnvFilter` syntax), also read from BATON_LOG.
     #[arg(long, env = "BATON_LOG", default_value = "info")]
     pub log: String,
@@ -287,6 +291,8 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// The node's address for published ports.
     pub advertise_ip: Option<IpAddr>,
+    /// The cgroup parent of exec tasks; `None` for the default.
+    pub cgroup_parent: Option<String>,
 }
 
 impl AgentOptions {
@@ -342,6 +348,11 @@ pub async fn start_agent(
     config.capacity = capacity;
     config.labels = options.labels;
     config.advertise_ip = options.advertise_ip;
+    // Exec tasks' shims are this very binary.
+    config.shim = std::env::current_exe().ok();
+    if let Some(parent) = options.cgroup_parent {
+        config.cgroup_parent = parent;
+    }
     let node_id = identity.node_id.clone();
     // What the cluster pushes for the node: roots (a root CA rotation) go to
     // the identity, the managers to the list.
@@ -377,6 +388,7 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
     init_tracing(&args.log);
     let options = AgentOptions {
         enable_raw: args.enable_raw,
+        cgroup_parent: Some(args.cgroup_parent),
         cpu: args.cpu,
         memory: args.memory,
         disk: args.disk,

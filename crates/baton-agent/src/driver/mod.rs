@@ -17,9 +17,11 @@ use baton_state::{ExitInfo, NodeId, TaskId};
 use crate::error::AgentError;
 use crate::log_file::LogWriter;
 
+mod exec;
 mod ports;
 mod raw;
 
+pub use exec::{ExecDriver, SHIM_COMMAND};
 pub use raw::RawDriver;
 
 /// Everything a driver needs to start one task.

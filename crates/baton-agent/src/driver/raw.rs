@@ -37,7 +37,7 @@ use crate::log_file::LogWriter;
 use crate::process::signal_group;
 
 /// `PATH` given to every task (Debian's default for root).
-const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Group given to a numeric uid that has no passwd entry (`nogroup`): never
 /// the agent's own group, which would often be root.
@@ -46,7 +46,7 @@ const FALLBACK_GID: u32 = 65534;
 /// How long to wait, after a task's process group is gone, for its output to
 /// reach the log. Only a process that left the group (with `setsid`) can keep
 /// the pipes open this long.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+pub(super) const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs tasks as plain processes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -106,7 +106,7 @@ fn resolve_user(user: Option<&str>) -> Result<RunAs, AgentError> {
 
 /// The task's whole environment: a clean base, the spec's variables, and the
 /// `BATON_*` variables last, so a spec cannot forge them.
-fn task_env(run: &TaskRun, home: &str) -> BTreeMap<String, String> {
+pub(super) fn task_env(run: &TaskRun, home: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), TASK_PATH.to_owned());
     env.insert("HOME".to_owned(), home.to_owned());
@@ -208,7 +208,7 @@ impl Driver for RawDriver {
 }
 
 /// Copies one output pipe into the log until it closes.
-async fn copy_output(mut from: impl AsyncRead + Unpin, log: LogWriter) {
+pub(super) async fn copy_output(mut from: impl AsyncRead + Unpin, log: LogWriter) {
     let mut buf = vec![0u8; 16 << 10];
     let mut log_failed = false;
     loop {

@@ -1,0 +1,491 @@
+//! The `exec` driver: each task an isolated process, run by youki's
+//! libcontainer inside a `baton shim` (see `baton_isolate` for what a task
+//! gets and why the runtime lives in a process of its own).
+//!
+//! The agent spawns the shim with a socket on its stdin and the task's output
+//! pipes on its stdout and stderr, sends it the task's OCI spec, and reads
+//! back `Started` (the task's PID 1, a host pid) and, later, `Exited` (with
+//! the cgroup's OOM-kill count). Stopping sends SIGTERM through the shim and
+//! SIGKILL after the grace period. If the agent dies, the shim sees its
+//! socket close and kills the task: an exec task never outlives its agent
+//! unwatched.
+//!
+//! Users: the spec's user (a name or uid of the host, whose `/etc` the task
+//! sees), `nobody` (65534) by default; uid 0 is refused. The task's writable
+//! directory is `tasks/<id>/work` on the host, `/work` inside, owned by the
+//! task's user and private to it (0700). `HOME` is `/work`.
+//!
+//! Network: the host's (as `raw`): the task binds the ports the cluster gave
+//! it, told in `BATON_PORT_<NAME>`.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use baton_isolate::cgroup::{self, Usage, Version};
+use baton_isolate::protocol::{Request, Response};
+use baton_isolate::{HostLayout, IsolatedTask, bundle};
+use baton_spec::DriverKind;
+use baton_state::ExitInfo;
+use nix::unistd::{Gid, Uid, User, chown};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::raw::{OUTPUT_GRACE, copy_output, task_env};
+use super::{Driver, TaskHandle, TaskRun};
+use crate::error::{AgentError, describe_io};
+
+/// The hidden subcommand of the `baton` binary that runs a shim.
+pub const SHIM_COMMAND: &str = "shim";
+
+/// The user a task runs as unless its spec names one: `nobody`.
+const NOBODY: u32 = 65534;
+
+/// Where a task's writable directory is, inside its task directory.
+const WORK_DIR: &str = "work";
+
+/// Host directories every exec task sees, read-only, when they exist as real
+/// directories (Debian's `/bin`, `/lib`, … are symlinks into `/usr`).
+const HOST_DIRS: &[&str] = &[
+    "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Where Debian's `tini` package puts its static build.
+const TINI: &str = "/usr/bin/tini-static";
+
+/// Runs tasks isolated.
+#[derive(Clone, Debug)]
+pub struct ExecDriver {
+    /// The `baton` binary, run as `baton shim`.
+    shim: PathBuf,
+    layout: HostLayout,
+    /// The runtime's state directory.
+    state_root: PathBuf,
+    /// Where bundles are written for the moment of a start.
+    bundles: PathBuf,
+    version: Version,
+}
+
+impl ExecDriver {
+    /// The driver, if this host can isolate tasks: the agent runs as root,
+    /// the kernel has seccomp, and cgroups can be made under `cgroup_parent`.
+    /// The error says why not. Makes the read-only skeleton every task's root
+    /// is, under `data_dir/isolate`.
+    pub fn probe(
+        shim: PathBuf,
+        data_dir: &Path,
+        cgroup_parent: &str,
+    ) -> Result<ExecDriver, String> {
+        if !Uid::effective().is_root() {
+            return Err(format!(
+                "exec: the agent is not running as root (euid {})",
+                Uid::effective()
+            ));
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        if !status.lines().any(|l| l.starts_with("Seccomp:")) {
+            return Err("exec: the kernel has no seccomp".to_owned());
+        }
+        if !shim.is_file() {
+            return Err(format!(
+                "exec: no baton binary at {} to run shims",
+                shim.display()
+            ));
+        }
+        let version = cgroup::probe(cgroup_parent).map_err(|e| format!("exec: {e}"))?;
+        let isolate = data_dir.join("isolate");
+        let skel = isolate.join("skel");
+        let ro_binds: Vec<PathBuf> = HOST_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_dir()))
+            .collect();
+        make_skeleton(&skel, &ro_binds)
+            .map_err(|e| format!("exec: cannot make {}: {e}", skel.display()))?;
+        let init = Path::new(TINI).is_file().then(|| PathBuf::from(TINI));
+        Ok(ExecDriver {
+            shim,
+            layout: HostLayout {
+                skel,
+                cgroup_parent: cgroup_parent.to_owned(),
+                ro_binds,
+                init,
+            },
+            state_root: isolate.join("state"),
+            bundles: isolate.join("bundles"),
+            version,
+        })
+    }
+
+    /// The cgroup version tasks get.
+    pub fn cgroup_version(&self) -> Version {
+        self.version
+    }
+
+    /// What a task uses now; `None` once it is gone.
+    pub fn usage(&self, task: &str) -> Option<Usage> {
+        cgroup::usage(self.version, &bundle::cgroup_path(&self.layout, task))
+    }
+
+    /// Kills whatever is left in the cgroup of `task` (by a shim that died
+    /// with the agent) and removes it. Returns whether there was one.
+    pub fn kill_leftover(&self, task: &str) -> std::io::Result<bool> {
+        let _ = std::fs::remove_dir_all(self.state_root.join(task));
+        cgroup::kill_and_remove(self.version, &bundle::cgroup_path(&self.layout, task))
+    }
+}
+
+/// The task's root: empty mount points for the host directories, `/proc`,
+/// `/dev`, `/tmp` and `/work`, and the host's top-level symlinks (so
+/// `/bin/sh` resolves to the bound `/usr/bin/sh`). Root-owned and 0755; it is
+/// mounted read-only.
+fn make_skeleton(skel: &Path, ro_binds: &[PathBuf]) -> std::io::Result<()> {
+    let mut dirs = std::fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o755);
+    dirs.create(skel)?;
+    std::fs::set_permissions(skel, std::fs::Permissions::from_mode(0o755))?;
+    for dir in ["proc", "dev", "tmp", "work"] {
+        dirs.create(skel.join(dir))?;
+    }
+    for dir in ro_binds {
+        dirs.create(skel.join(dir.strip_prefix("/").unwrap_or(dir)))?;
+    }
+    for name in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(name);
+        let inside = skel.join(name);
+        if let Ok(target) = std::fs::read_link(&host)
+            && inside.symlink_metadata().is_err()
+        {
+            std::os::unix::fs::symlink(target, &inside)?;
+        }
+    }
+    Ok(())
+}
+
+/// The uid and gid a task runs as. Refuses root.
+fn resolve_user(user: Option<&str>) -> Result<(u32, u32), AgentError> {
+    let Some(name) = user else {
+        return Ok((NOBODY, NOBODY));
+    };
+    let entry = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or((uid, NOBODY), |u| (uid, u.gid.as_raw())),
+        Err(_) => match User::from_name(name).ok().flatten() {
+            Some(u) => (u.uid.as_raw(), u.gid.as_raw()),
+            None => {
+                return Err(AgentError::UnknownUser {
+                    user: name.to_owned(),
+                });
+            }
+        },
+    };
+    if entry.0 == 0 {
+        return Err(AgentError::StartFailed {
+            what: format!("user {name}"),
+            reason: "exec tasks do not run as root (uid 0); use a user of the host, \
+                     or the docker driver"
+                .to_owned(),
+        });
+    }
+    Ok(entry)
+}
+
+#[async_trait::async_trait]
+impl Driver for ExecDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Exec
+    }
+
+    async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError> {
+        let cwd = run
+            .spec
+            .workdir
+            .clone()
+            .unwrap_or_else(|| bundle::WORK_MOUNT.to_owned());
+        // The manager is not trusted with what reaches the runtime.
+        if let Some(problem) = baton_spec::workdir_problem(&cwd) {
+            return Err(AgentError::StartFailed {
+                what: format!("workdir {cwd}"),
+                reason: problem,
+            });
+        }
+        let (uid, gid) = resolve_user(run.spec.user.as_deref())?;
+        let work_dir = run.task_dir.join(WORK_DIR);
+        make_work_dir(&work_dir, uid, gid).map_err(|e| AgentError::StartFailed {
+            what: format!("work directory {}", work_dir.display()),
+            reason: describe_io(&e),
+        })?;
+        let env = task_env(&run, bundle::WORK_MOUNT)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let task = IsolatedTask {
+            id: run.task.0.clone(),
+            hostname: run.job.clone(),
+            args: run.spec.command.clone(),
+            env,
+            cwd,
+            uid,
+            gid,
+            capabilities: run.spec.capabilities.clone(),
+            memory_bytes: run.spec.resources.memory_bytes,
+            cpu_millis: run.spec.resources.cpu_millis,
+            pids_limit: run.spec.pids_limit,
+            work_dir,
+        };
+        let spec =
+            baton_isolate::oci_spec(&task, &self.layout).map_err(|e| AgentError::StartFailed {
+                what: "runtime spec".to_owned(),
+                reason: e.to_string(),
+            })?;
+        let request = Request::Create {
+            id: task.id.clone(),
+            state_root: self.state_root.clone(),
+            bundle: self.bundles.join(&task.id),
+            spec: Box::new(spec),
+        };
+        self.spawn_shim(request, &run).await
+    }
+}
+
+impl ExecDriver {
+    async fn spawn_shim(
+        &self,
+        request: Request,
+        run: &TaskRun,
+    ) -> Result<Box<dyn TaskHandle>, AgentError> {
+        let failed = |reason: String| AgentError::StartFailed {
+            what: "shim".to_owned(),
+            reason,
+        };
+        let (ours, theirs) = StdUnixStream::pair().map_err(|e| failed(describe_io(&e)))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| failed(describe_io(&e)))?;
+        let mut shim = Command::new(&self.shim)
+            .arg(SHIM_COMMAND)
+            .env_clear()
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // The shim must outlive a dropped handle long enough to see its
+            // socket close, then it kills the task itself.
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| failed(format!("{}: {}", self.shim.display(), describe_io(&e))))?;
+        let mut output = Vec::with_capacity(2);
+        if let Some(stdout) = shim.stdout.take() {
+            output.push(tokio::spawn(copy_output(stdout, run.log.clone())));
+        }
+        if let Some(stderr) = shim.stderr.take() {
+            output.push(tokio::spawn(copy_output(stderr, run.log.clone())));
+        }
+        let socket = UnixStream::from_std(ours).map_err(|e| failed(describe_io(&e)))?;
+        let (read, write) = socket.into_split();
+        let mut handle = ExecHandle {
+            shim,
+            to_shim: write,
+            from_shim: BufReader::new(read),
+            line: Vec::new(),
+            pid: 0,
+            exit: None,
+            output,
+        };
+        let mut frame = serde_json::to_vec(&request).map_err(|e| failed(e.to_string()))?;
+        frame.push(b'\n');
+        if let Err(e) = handle.to_shim.write_all(&frame).await {
+            handle.abandon().await;
+            return Err(failed(format!(
+                "cannot talk to the shim: {}",
+                describe_io(&e)
+            )));
+        }
+        match handle.next_response().await {
+            Ok(Response::Started { pid, micros }) => {
+                tracing::debug!(pid, micros, "exec task started");
+                handle.pid = pid;
+                Ok(Box::new(handle))
+            }
+            Ok(Response::Failed { message }) => {
+                handle.abandon().await;
+                Err(AgentError::StartFailed {
+                    what: "container".to_owned(),
+                    reason: message,
+                })
+            }
+            Ok(other) => {
+                handle.abandon().await;
+                Err(failed(format!("unexpected answer {other:?}")))
+            }
+            Err(e) => {
+                handle.abandon().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `tasks/<id>/work`, owned by the task's user, 0700.
+fn make_work_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    chown(dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(std::io::Error::from)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A running exec task: its shim, and the socket to it.
+#[derive(Debug)]
+struct ExecHandle {
+    shim: Child,
+    to_shim: OwnedWriteHalf,
+    from_shim: BufReader<OwnedReadHalf>,
+    /// The frame being read (kept across cancelled reads).
+    line: Vec<u8>,
+    /// Host pid of the task's PID 1.
+    pid: u32,
+    exit: Option<ExitInfo>,
+    output: Vec<JoinHandle<()>>,
+}
+
+impl ExecHandle {
+    /// The shim's next frame. Cancel-safe: a partly read frame stays in
+    /// `line`.
+    async fn next_response(&mut self) -> Result<Response, AgentError> {
+        let lost = |reason: String| AgentError::Process {
+            pid: self.pid,
+            reason: format!("shim: {reason}"),
+        };
+        loop {
+            if self.line.last() == Some(&b'\n') {
+                let line = std::mem::take(&mut self.line);
+                return serde_json::from_slice(&line).map_err(|e| lost(e.to_string()));
+            }
+            if self.line.len() > baton_isolate::protocol::MAX_FRAME {
+                return Err(lost("frame too long".to_owned()));
+            }
+            let read = self
+                .from_shim
+                .read_until(b'\n', &mut self.line)
+                .await
+                .map_err(|e| lost(describe_io(&e)))?;
+            if read == 0 {
+                return Err(lost(
+                    "exited without reporting how the task ended".to_owned(),
+                ));
+            }
+        }
+    }
+
+    async fn signal(&mut self, signal: i32) {
+        let mut frame = match serde_json::to_vec(&Request::Signal { signal }) {
+            Ok(frame) => frame,
+            Err(_) => return,
+        };
+        frame.push(b'\n');
+        if let Err(e) = self.to_shim.write_all(&frame).await {
+            tracing::warn!(pid = self.pid, error = %e, "cannot reach the task's shim");
+        }
+    }
+
+    /// After a failed start: the shim exits by itself; reap it.
+    async fn abandon(&mut self) {
+        let _ = self.to_shim.shutdown().await;
+        let _ = self.shim.wait().await;
+        self.drain_output().await;
+    }
+
+    async fn drain_output(&mut self) {
+        let drained = tokio::time::timeout(OUTPUT_GRACE, async {
+            while let Some(copier) = self.output.first_mut() {
+                let _ = copier.await;
+                self.output.remove(0);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                pid = self.pid,
+                "task output still open after it ended; the rest is dropped"
+            );
+        }
+        for copier in self.output.drain(..) {
+            copier.abort();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskHandle for ExecHandle {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait(&mut self) -> Result<ExitInfo, AgentError> {
+        let exit = match self.exit {
+            Some(exit) => exit,
+            None => {
+                let exit = loop {
+                    match self.next_response().await? {
+                        Response::Exited {
+                            code,
+                            signal,
+                            oom_kills,
+                        } => {
+                            break ExitInfo {
+                                code,
+                                signal,
+                                // The task died of a kill, and the kernel
+                                // killed one of its processes for memory.
+                                oom_killed: oom_kills > 0
+                                    && (signal == Some(9) || code == Some(128 + 9)),
+                            };
+                        }
+                        other => {
+                            tracing::warn!(pid = self.pid, "unexpected shim frame {other:?}");
+                        }
+                    }
+                };
+                self.exit = Some(exit);
+                let _ = self.shim.wait().await;
+                exit
+            }
+        };
+        self.drain_output().await;
+        Ok(exit)
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
+        if self.exit.is_none() {
+            self.signal(libc_signal::SIGTERM).await;
+        }
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(res) => res.map(|exit| (exit, false)),
+            Err(_) => {
+                if self.exit.is_none() {
+                    self.signal(libc_signal::SIGKILL).await;
+                }
+                self.wait().await.map(|exit| (exit, true))
+            }
+        }
+    }
+}
+
+/// Signal numbers sent through the shim.
+mod libc_signal {
+    pub const SIGTERM: i32 = nix::sys::signal::Signal::SIGTERM as i32;
+    pub const SIGKILL: i32 = nix::sys::signal::Signal::SIGKILL as i32;
+}
