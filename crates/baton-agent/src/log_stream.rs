@@ -159,6 +159,11 @@ async fn open(path: &Path) -> Result<Option<File>, Stop> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // O_NOFOLLOW's answer for a symlink.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => Err(Stop::Failed(format!(
+            "cannot read {}: it is a symbolic link, which is never followed",
+            path.display()
+        ))),
         Err(e) => Err(Stop::Failed(format!(
             "cannot read {}: {}",
             path.display(),

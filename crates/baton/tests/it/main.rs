@@ -9,6 +9,7 @@ mod attacks;
 mod cluster;
 mod crash;
 mod ha;
+mod isolation;
 mod jobs;
 mod placement;
 mod rotation;

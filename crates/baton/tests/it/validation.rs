@@ -96,9 +96,19 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "type:",
         ),
         (
-            "missing driver",
-            VALID.replace("  driver: raw\n", ""),
-            "task.driver",
+            "unknown driver",
+            VALID.replace("driver: raw", "driver: podman"),
+            "task.driver: unknown driver \"podman\" (expected exec, docker or raw)",
+        ),
+        (
+            "workdir under /proc (runc's CVE-2024-21626 class)",
+            VALID.replace("workdir: /tmp", "workdir: /proc/self/fd/7"),
+            "task.workdir:",
+        ),
+        (
+            "docker without an image",
+            VALID.replace("driver: raw", "driver: docker"),
+            "task.image: missing required field",
         ),
     ]
 }
