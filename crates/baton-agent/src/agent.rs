@@ -245,7 +245,12 @@ impl Agent {
         let tasks_dir = config.tasks_dir();
         std::fs::create_dir_all(&tasks_dir).map_err(|e| AgentError::io("create", &tasks_dir, e))?;
         let node_id = NodeId(load_or_create_node_id(&config.data_dir)?);
-        let recovered = recover(&tasks_dir).await?;
+        let (drivers, problems) = fingerprint::drivers(&config).await;
+        for (driver, problem) in &problems {
+            tracing::warn!(driver = driver.as_str(), "driver unavailable: {problem}");
+        }
+        let every_driver: Vec<Arc<dyn Driver>> = drivers.values().cloned().collect();
+        let recovered = recover(&tasks_dir, &node_id, &every_driver).await?;
         let tasks = recovered
             .into_iter()
             .map(|rec| {
@@ -266,10 +271,6 @@ impl Agent {
                 (rec.task, known)
             })
             .collect();
-        let (drivers, problems) = fingerprint::drivers(&config);
-        for (driver, problem) in &problems {
-            tracing::warn!(driver = driver.as_str(), "driver unavailable: {problem}");
-        }
         let description = NodeDescription {
             node_id: node_id.clone(),
             hostname: config.hostname.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use baton_spec::{DriverKind, Resources};
 
 use crate::config::AgentConfig;
-use crate::driver::{Driver, ExecDriver, RawDriver};
+use crate::driver::{DockerDriver, Driver, ExecDriver, RawDriver};
 
 /// The host's capacity: every usable CPU (as the scheduler affinity and cgroup
 /// quota allow) as 1000 millicores, and `MemTotal` of `/proc/meminfo`.
@@ -73,7 +73,7 @@ pub(crate) fn capacity(config: &AgentConfig) -> Resources {
 /// `raw` only when the configuration enables it; `exec` when the agent is
 /// root and can make cgroups and confine processes; `docker` when a Docker
 /// engine with seccomp answers.
-pub(crate) fn drivers(config: &AgentConfig) -> (Drivers, BTreeMap<DriverKind, String>) {
+pub(crate) async fn drivers(config: &AgentConfig) -> (Drivers, BTreeMap<DriverKind, String>) {
     let mut drivers: Drivers = BTreeMap::new();
     let mut problems = BTreeMap::new();
     if config.enable_raw {
@@ -89,6 +89,14 @@ pub(crate) fn drivers(config: &AgentConfig) -> (Drivers, BTreeMap<DriverKind, St
         }
         Err(problem) => {
             problems.insert(DriverKind::Exec, problem);
+        }
+    }
+    match DockerDriver::connect().await {
+        Ok(docker) => {
+            drivers.insert(DriverKind::Docker, Arc::new(docker));
+        }
+        Err(problem) => {
+            problems.insert(DriverKind::Docker, problem);
         }
     }
     (drivers, problems)

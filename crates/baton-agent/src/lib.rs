@@ -42,7 +42,7 @@ pub use agent::{Agent, ClusterUpdate};
 pub use config::{
     AgentConfig, DEFAULT_CGROUP_PARENT, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_FINISHED_TASKS,
 };
-pub use driver::{Driver, ExecDriver, RawDriver, SHIM_COMMAND, TaskHandle, TaskRun};
+pub use driver::{DockerDriver, Driver, ExecDriver, RawDriver, SHIM_COMMAND, TaskHandle, TaskRun};
 pub use error::AgentError;
 pub use executor::{
     Action, LOST_NOT_RUNNING, LocalTask, SHUTDOWN_BEFORE_START, moves_forward, step,

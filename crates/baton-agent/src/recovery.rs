@@ -9,12 +9,15 @@
 //! runs it twice; the cluster learns of the loss once the session is open and
 //! replaces the task.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use baton_state::{ExitInfo, TaskId, TaskState};
+use baton_state::{ExitInfo, NodeId, TaskId, TaskState};
 use nix::sys::signal::Signal;
 
+use crate::driver::Driver;
 use crate::error::AgentError;
 use crate::executor::LOST_NOT_RUNNING;
 use crate::process::{group_has_live_members, is_alive, signal_group};
@@ -48,7 +51,11 @@ struct Leftover {
 
 /// Reads every task directory, kills what an earlier agent left running, and
 /// returns every task as finished.
-pub(crate) async fn recover(tasks_dir: &Path) -> Result<Vec<Recovered>, AgentError> {
+pub(crate) async fn recover(
+    tasks_dir: &Path,
+    node: &NodeId,
+    drivers: &[Arc<dyn Driver>],
+) -> Result<Vec<Recovered>, AgentError> {
     let mut recovered = Vec::new();
     let mut leftovers = Vec::new();
     let entries = std::fs::read_dir(tasks_dir).map_err(|e| AgentError::io("read", tasks_dir, e))?;
@@ -97,6 +104,13 @@ pub(crate) async fn recover(tasks_dir: &Path) -> Result<Vec<Recovered>, AgentErr
         }
         killed.push(alive);
     }
+    // What the drivers keep besides the process: an isolated task's cgroup
+    // (if its shim died too), containers.
+    let running: Vec<TaskId> = leftovers.iter().map(|l| l.task.clone()).collect();
+    let mut held = BTreeSet::new();
+    for driver in drivers {
+        held.extend(driver.recover(node, &running).await);
+    }
     let deadline = tokio::time::Instant::now() + KILL_WAIT;
     for (leftover, alive) in leftovers.into_iter().zip(killed) {
         let RunRecord {
@@ -106,7 +120,11 @@ pub(crate) async fn recover(tasks_dir: &Path) -> Result<Vec<Recovered>, AgentErr
             tracing::error!(task_id = %leftover.task, pid, "task process group still alive after SIGKILL");
         }
         let dir = tasks_dir.join(&leftover.task.0);
-        let message = if alive { LOST_KILLED } else { LOST_NOT_RUNNING };
+        let message = if alive || held.contains(&leftover.task) {
+            LOST_KILLED
+        } else {
+            LOST_NOT_RUNNING
+        };
         recovered.push(lost(&dir, leftover.task, leftover.record.job, message)?);
         remove_if_present(&dir.join(RUN_RECORD));
     }

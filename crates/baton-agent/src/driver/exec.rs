@@ -18,6 +18,7 @@
 //! Network: the host's (as `raw`): the task binds the ports the cluster gave
 //! it, told in `BATON_PORT_<NAME>`.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use baton_isolate::cgroup::{self, Usage, Version};
 use baton_isolate::protocol::{Request, Response};
 use baton_isolate::{HostLayout, IsolatedTask, bundle};
 use baton_spec::DriverKind;
-use baton_state::ExitInfo;
+use baton_state::{ExitInfo, NodeId, TaskId};
 use nix::unistd::{Gid, Uid, User, chown};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -203,6 +204,30 @@ impl Driver for ExecDriver {
         DriverKind::Exec
     }
 
+    async fn recover(&self, _node: &NodeId, running: &[TaskId]) -> BTreeSet<TaskId> {
+        // The shims see the earlier agent's sockets close and end their
+        // tasks; this is for a shim that died with it.
+        let driver = self.clone();
+        let running = running.to_vec();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = BTreeSet::new();
+            for task in running {
+                match driver.kill_leftover(&task.0) {
+                    Ok(true) => {
+                        found.insert(task);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(task_id = %task, error = %e, "cannot remove the task's cgroup");
+                    }
+                }
+            }
+            found
+        })
+        .await;
+        found.unwrap_or_default()
+    }
+
     async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError> {
         let cwd = run
             .spec
@@ -274,6 +299,9 @@ impl ExecDriver {
             .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C meant for the agent's terminal
+            // must not kill the shim and leave its task unwatched.
+            .process_group(0)
             // The shim must outlive a dropped handle long enough to see its
             // socket close, then it kills the task itself.
             .kill_on_drop(false)

@@ -5,7 +5,7 @@
 //! task; `raw` ([`RawDriver`]) is the first, and `exec` (isolated) and `docker`
 //! come next behind the same trait.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,10 +17,12 @@ use baton_state::{ExitInfo, NodeId, TaskId};
 use crate::error::AgentError;
 use crate::log_file::LogWriter;
 
+mod docker;
 mod exec;
 mod ports;
 mod raw;
 
+pub use docker::DockerDriver;
 pub use exec::{ExecDriver, SHIM_COMMAND};
 pub use raw::RawDriver;
 
@@ -74,6 +76,14 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Starts the task. An error means it never ran; its message (`start
     /// failed: ...`) becomes the task's status message.
     async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError>;
+
+    /// At agent start, before any task runs: ends whatever this driver still
+    /// holds from an earlier agent on `node` (processes left in an isolated
+    /// task's cgroup, containers), given the tasks that agent was running.
+    /// Returns those of `running` it found something of.
+    async fn recover(&self, _node: &NodeId, _running: &[TaskId]) -> BTreeSet<TaskId> {
+        BTreeSet::new()
+    }
 }
 
 /// A started task.

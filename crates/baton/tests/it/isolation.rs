@@ -12,30 +12,57 @@ use serde_json::Value;
 
 use crate::harness::{Dev, spec_file, wait_for};
 
-/// Whether the node of `dev` offers the exec driver; panics when it does not
-/// and `BATON_REQUIRE_EXEC` is set.
-fn exec_offered(dev: &Dev) -> bool {
+/// Whether the node of `dev` offers `driver`; panics when it does not and
+/// the variable `require` is set (as CI sets them).
+fn offered(dev: &Dev, driver: &str, require: &str) -> bool {
     let nodes = dev.json(&["node", "ls"]);
     let offered = nodes.as_array().expect("node list").iter().any(|n| {
         n["drivers"]
             .as_array()
-            .is_some_and(|d| d.iter().any(|d| d == "exec"))
+            .is_some_and(|d| d.iter().any(|d| d == driver))
     });
     if !offered {
         let log = std::fs::read_to_string(dev.dir.join("dev.log")).unwrap_or_default();
         let reason = log
             .lines()
-            .find(|l| l.contains("driver unavailable"))
+            .find(|l| l.contains("driver unavailable") && l.contains(driver))
             .unwrap_or("(no reason logged)")
             .to_owned();
         assert!(
-            std::env::var_os("BATON_REQUIRE_EXEC").is_none(),
-            "BATON_REQUIRE_EXEC is set but the node does not offer exec: {reason}"
+            std::env::var_os(require).is_none(),
+            "{require} is set but the node does not offer {driver}: {reason}"
         );
-        eprintln!("skipped: this node cannot run exec tasks: {reason}");
+        eprintln!("skipped: this node cannot run {driver} tasks: {reason}");
     }
     offered
 }
+
+fn exec_offered(dev: &Dev) -> bool {
+    offered(dev, "exec", "BATON_REQUIRE_EXEC")
+}
+
+/// Whether docker tasks can run, with the local test image built.
+fn docker_offered(dev: &Dev) -> bool {
+    if !offered(dev, "docker", "BATON_REQUIRE_DOCKER") {
+        return false;
+    }
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image");
+        let out = std::process::Command::new(&script)
+            .output()
+            .expect("run scripts/test-image");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    true
+}
+
+/// The image scripts/test-image builds.
+const TEST_IMAGE: &str = "baton-test/busybox:1";
 
 /// Runs a batch job and waits until its one task has finished; returns it.
 fn finished_task(dev: &Dev, job: &str, spec: &str) -> Value {
@@ -67,7 +94,7 @@ echo FDS $(ls /proc/self/fd | tr '\n' ' ')
 (ls /var/lib /root /home /run) >/dev/null 2>&1 && echo HOST_DIRS || echo NO_HOST_DIRS
 (unshare -U true && echo UNSHARE_OK) 2>/dev/null || echo UNSHARE_REFUSED
 (ln -s /etc/shadow ../task.log.1 && echo PLANTED) 2>/dev/null || echo CANNOT_PLANT
-echo work > /work/w && echo tmp > /tmp/t && cat /work/w /tmp/t
+echo home > $HOME/w && echo tmp > /tmp/t && cat $HOME/w /tmp/t
 "#;
 
 #[test]
@@ -76,14 +103,29 @@ fn an_exec_task_is_confined() {
     if !exec_offered(&dev) {
         return;
     }
+    probe_is_confined(&dev, "");
+}
+
+#[test]
+fn a_docker_task_is_confined() {
+    let (dev, _tmp) = Dev::start();
+    if !docker_offered(&dev) {
+        return;
+    }
+    probe_is_confined(&dev, &format!("  driver: docker\n  image: {TEST_IMAGE}\n"));
+}
+
+/// Runs [`PROBE`] as a task with the extra task fields `driver`, and checks
+/// what it saw.
+fn probe_is_confined(dev: &Dev, driver: &str) {
     let agent_pid = dev.child.as_ref().expect("dev").id();
     let spec = format!(
-        "name: probe\ntype: batch\nrestart: {{policy: never}}\ntask:\n  \
+        "name: probe\ntype: batch\nrestart: {{policy: never}}\ntask:\n{driver}  \
          command: [/bin/sh, -c, {probe}]\n  env: {{AGENT_PID: \"{agent_pid}\"}}\n",
         probe = serde_json::to_string(PROBE).expect("json string")
     );
-    let task = finished_task(&dev, "probe", &spec);
-    let log = log_of(&dev, &task);
+    let task = finished_task(dev, "probe", &spec);
+    let log = log_of(dev, &task);
     assert_eq!(task["state"], "complete", "{task}\n{log}");
     let lines: Vec<&str> = log.lines().collect();
     for expected in [
@@ -99,7 +141,7 @@ fn an_exec_task_is_confined() {
         "NO_HOST_DIRS",
         "UNSHARE_REFUSED",
         "CANNOT_PLANT",
-        "work",
+        "home",
         "tmp",
     ] {
         assert!(lines.contains(&expected), "no line {expected:?} in:\n{log}");
@@ -137,18 +179,55 @@ fn a_memory_hog_is_oom_killed_and_reported_so() {
     if !exec_offered(&dev) {
         return;
     }
-    let spec = "name: hog\ntype: batch\nrestart: {policy: never}\ntask:\n  \
-                command: [/bin/sh, -c, 'a=x; while :; do a=$a$a; done']\n  \
-                resources: {memory: 32Mi}\n";
-    let task = finished_task(&dev, "hog", spec);
+    let task = memory_hog(&dev, "");
+    let id = task["id"].as_str().expect("id");
+    assert!(!cgroup_dir("memory", id).exists(), "cgroup left behind");
+}
+
+#[test]
+fn a_memory_hog_in_docker_is_oom_killed_and_reported_so() {
+    let (dev, _tmp) = Dev::start();
+    if !docker_offered(&dev) {
+        return;
+    }
+    memory_hog(&dev, &format!("  driver: docker\n  image: {TEST_IMAGE}\n"));
+}
+
+#[test]
+fn a_missing_image_is_explained() {
+    let (dev, _tmp) = Dev::start();
+    if !docker_offered(&dev) {
+        return;
+    }
+    let spec = "name: ghost\ntype: batch\nrestart: {policy: never}\ntask:\n  driver: docker\n  \
+                image: baton-test/does-not-exist:1\n  command: [/bin/true]\n";
+    let task = finished_task(&dev, "ghost", spec);
+    assert_eq!(task["state"], "failed", "{task}");
+    let message = task["message"].as_str().expect("message");
+    assert!(
+        message.contains(
+            "image \"baton-test/does-not-exist:1\" is not on this node and could not be pulled"
+        ),
+        "{message}"
+    );
+}
+
+/// Runs a task that allocates without end under a 32Mi limit; checks it
+/// failed as OOM killed and returns it.
+fn memory_hog(dev: &Dev, driver: &str) -> Value {
+    let spec = format!(
+        "name: hog\ntype: batch\nrestart: {{policy: never}}\ntask:\n{driver}  \
+         command: [/bin/sh, -c, 'a=x; while :; do a=$a$a; done']\n  \
+         resources: {{memory: 32Mi}}\n"
+    );
+    let task = finished_task(dev, "hog", &spec);
     assert_eq!(task["state"], "failed", "{task}");
     let message = task["message"].as_str().expect("message");
     assert!(
         message.starts_with("OOM killed (memory limit 32Mi"),
         "{message}"
     );
-    let id = task["id"].as_str().expect("id");
-    assert!(!cgroup_dir("memory", id).exists(), "cgroup left behind");
+    task
 }
 
 #[test]
@@ -226,4 +305,43 @@ fn a_symlink_planted_by_a_raw_task_is_not_followed_by_logs() {
         stderr.contains("task.log.1: it is a symbolic link, which is never followed"),
         "stdout: {stdout}\nstderr: {stderr}"
     );
+}
+
+#[test]
+fn an_exec_task_does_not_outlive_a_crashed_agent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut dev = Dev::start_in(tmp.path());
+    if !exec_offered(&dev) {
+        return;
+    }
+    let file = spec_file(
+        &dev.dir,
+        "sleeper.yaml",
+        "name: sleeper\ntask:\n  command: [/bin/sleep, '1000']\n",
+    );
+    dev.ok(&["job", "run", file.to_str().expect("path")]);
+    let task = dev.running("sleeper").into_iter().next().expect("running");
+    let id = task["id"].as_str().expect("id").to_owned();
+    let pid = task["pid"].as_i64().expect("pid");
+    let cgroup = cgroup_dir("pids", &id);
+    assert!(cgroup.exists(), "{}", cgroup.display());
+    // kill -9 of the agent alone: its shims see their sockets close and end
+    // their tasks, so nothing runs unwatched until the agent is back.
+    dev.crash();
+    wait_for("the task's cgroup to go", Duration::from_secs(30), || {
+        (!cgroup.exists()).then_some(())
+    });
+    assert!(
+        !crate::harness::alive(pid),
+        "task process {pid} still alive"
+    );
+    // The restarted agent reports it lost; the service gets a new task.
+    let dev = Dev::start_in(tmp.path());
+    let replaced = wait_for("a replacement", Duration::from_secs(60), || {
+        let tasks = dev.tasks("sleeper");
+        let old = tasks.iter().find(|t| t["id"] == id.as_str())?;
+        (old["state"] == "lost").then_some(())?;
+        tasks.into_iter().find(|t| t["state"] == "running")
+    });
+    assert_ne!(replaced["id"], id.as_str());
 }
