@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_rpc::{
-    Assignment, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError, Session,
-    SessionMessage, TrustUpdate,
+    Assignment, Dispatcher, ExecEvent, ExecRequest, LogEvent, LogRequest, NodeDescription,
+    RpcError, Session, SessionMessage, TrustUpdate,
 };
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId, TaskReport, TaskState};
@@ -59,6 +59,9 @@ const MAX_BATCH: usize = 512;
 /// Runner news waiting for the loop. Runners wait when it is full, which only
 /// slows their reporting.
 const EVENT_QUEUE: usize = 256;
+
+/// Messages of one exec session buffered each way.
+const EXEC_BUFFER: usize = 16;
 
 /// Longest wait for the dispatcher to open a session or take a report before
 /// the call counts as failed and is retried: a hung call must not stop the
@@ -156,6 +159,8 @@ impl Known {
 struct RunnerHandle {
     stop: watch::Sender<Option<StopRequest>>,
     log_closed: watch::Receiver<bool>,
+    /// The driver running the task (for `baton exec`).
+    driver: Arc<dyn Driver>,
 }
 
 struct OpenSession {
@@ -382,6 +387,7 @@ impl Agent {
                 self.converge();
             }
             SessionMessage::Logs(request) => self.serve_logs(request),
+            SessionMessage::Exec(request) => self.serve_exec(request),
             SessionMessage::Trust(update) => self.push_update(ClusterUpdate::Trust(update)),
             SessionMessage::Managers(addrs) => {
                 tracing::debug!(managers = addrs.len(), "managers");
@@ -607,6 +613,7 @@ impl Agent {
             runner: Some(RunnerHandle {
                 stop: stop_tx,
                 log_closed: closed_rx,
+                driver: driver.clone(),
             }),
         };
         self.outbox.push(known.report(&task));
@@ -684,6 +691,48 @@ impl Agent {
                 });
             }
         }
+    }
+
+    /// Runs a `baton exec` command in a running task, through its driver,
+    /// over an exec stream this node opens.
+    fn serve_exec(&mut self, request: ExecRequest) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let node = session.node_id.clone();
+        let dispatcher = self.dispatcher.clone();
+        let driver = self
+            .tasks
+            .get(&request.task)
+            .filter(|known| known.local.state == TaskState::Running)
+            .and_then(|known| known.runner.as_ref())
+            .map(|runner| runner.driver.clone());
+        let span = tracing::info_span!("exec", task_id = %request.task, request = request.id);
+        self.streamers.spawn(
+            async move {
+                let (events, events_rx) = mpsc::channel(EXEC_BUFFER);
+                let input = match dispatcher.exec(&node, request.id, events_rx).await {
+                    Ok(input) => input,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the exec stream");
+                        return;
+                    }
+                };
+                match driver {
+                    Some(driver) => {
+                        tracing::info!(program = ?request.command.first(), "exec");
+                        driver
+                            .exec(&request.task, request.command, input, events)
+                            .await;
+                    }
+                    None => {
+                        let message = format!("task {} is not running on this node", request.task);
+                        let _ = events.send(ExecEvent::Error(message)).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Forgets the oldest finished tasks beyond the configured number, with

@@ -21,6 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use crate::config::ClientConfig;
+use crate::exec::{ClientFrame, ExecStart, FrameBuffer, ServerFrame};
 use crate::types::{
     AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo, JobPlan,
     JoinTokenInfo, NodeInfo, NodeLabelsRequest, RemovedNode, ScaleRequest, ScaleResponse,
@@ -333,6 +334,87 @@ impl ApiClient {
                 message: error_chain(&e),
             })
         }))
+    }
+
+    /// `POST /v1/tasks/{id}/exec`: runs `command` in the task, with `stdin`
+    /// as its input (its end closes the command's stdin); the answer is the
+    /// command's output and how it ended, as [`ServerFrame`]s. Full duplex
+    /// over HTTP/2, to the manager that answered last (a streamed body cannot
+    /// be sent twice).
+    pub async fn exec<S>(
+        &self,
+        id: &str,
+        command: Vec<String>,
+        stdin: S,
+    ) -> Result<impl Stream<Item = Result<ServerFrame, ApiError>> + use<S>, ApiError>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let start = ClientFrame::Start(ExecStart { command }).encode();
+        let body = futures::stream::once(async move { start })
+            .chain(stdin.map(|bytes| ClientFrame::Stdin(bytes).encode()))
+            .chain(futures::stream::once(async {
+                ClientFrame::StdinEof.encode()
+            }))
+            .map(Ok::<_, std::io::Error>);
+        let mut req = self
+            .request(Method::POST, &format!("/v1/tasks/{id}/exec"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body))
+            .build()
+            .map_err(|e| ApiError::Config(format!("request: {e}")))?;
+        let base = &self.bases[self.preferred.load(Ordering::Relaxed) % self.bases.len()];
+        *req.url_mut() = aim(base, req.url())?;
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| ApiError::Transport {
+                url: base.clone(),
+                message: error_chain(&e),
+            })?;
+        let resp = answer(resp).await?;
+        let url = origin(&resp);
+        let state = (resp.bytes_stream(), FrameBuffer::default(), false);
+        Ok(futures::stream::unfold(
+            state,
+            move |(mut chunks, mut frames, done)| {
+                let url = url.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        match frames.next_server() {
+                            Ok(Some(frame)) => {
+                                let last =
+                                    matches!(frame, ServerFrame::Exit(_) | ServerFrame::Error(_));
+                                return Some((Ok(frame), (chunks, frames, last)));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                let error = ApiError::Decode(e.to_string());
+                                return Some((Err(error), (chunks, frames, true)));
+                            }
+                        }
+                        let error = match chunks.next().await {
+                            Some(Ok(chunk)) => {
+                                frames.extend(&chunk);
+                                continue;
+                            }
+                            Some(Err(e)) => ApiError::Transport {
+                                url,
+                                message: error_chain(&e),
+                            },
+                            None => ApiError::Decode(
+                                "the exec stream ended before the command's exit".to_owned(),
+                            ),
+                        };
+                        return Some((Err(error), (chunks, frames, true)));
+                    }
+                }
+            },
+        ))
     }
 
     /// `GET /v1/nodes`.

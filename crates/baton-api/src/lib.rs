@@ -12,6 +12,7 @@
 
 mod client;
 mod config;
+pub mod exec;
 mod types;
 
 pub use client::{ApiClient, ApiError, Unanswered};

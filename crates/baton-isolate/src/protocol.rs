@@ -31,7 +31,19 @@ pub enum Request {
         /// The runtime spec. Its environment may hold secrets.
         spec: Box<Spec>,
     },
-    /// Send a signal to the task's PID 1.
+    /// Run a command inside the running container `id` (`baton exec`), as
+    /// the task's user, with its capabilities, no new privileges and its
+    /// seccomp filter, all read from the container's own spec. The shim's
+    /// stdio is the command's.
+    Exec {
+        /// Container id (the task id).
+        id: String,
+        /// The runtime's state directory.
+        state_root: PathBuf,
+        /// argv.
+        command: Vec<String>,
+    },
+    /// Send a signal to the process the shim watches.
     Signal {
         /// Signal number.
         signal: i32,
@@ -43,6 +55,11 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Create { id, .. } => f.debug_struct("Create").field("id", id).finish(),
+            Request::Exec { id, command, .. } => f
+                .debug_struct("Exec")
+                .field("id", id)
+                .field("program", &command.first())
+                .finish_non_exhaustive(),
             Request::Signal { signal } => f.debug_struct("Signal").field("signal", signal).finish(),
         }
     }

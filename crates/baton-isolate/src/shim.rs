@@ -32,6 +32,7 @@ use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{
     Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, pidfd_open, pidfd_send_signal, waitid,
@@ -40,14 +41,25 @@ use rustix::process::{
 use crate::cgroup;
 use crate::protocol::{Request, Response, read_frame, write_frame};
 
-/// Runs the shim. Its stdin must be the agent's socket.
-pub fn main() -> ExitCode {
-    let socket = match io::stdin().as_fd().try_clone_to_owned() {
-        Ok(fd) => UnixStream::from(fd),
-        Err(e) => {
-            eprintln!("baton shim: no socket on stdin: {e}");
+/// Runs the shim: `baton shim` has the agent's socket on its stdin and
+/// creates a task's container; `baton shim exec SOCKET` connects to the
+/// agent's socket at that path and runs a command in a running container,
+/// with its own stdio as the command's.
+pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
+    let socket = match args {
+        [] => io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(UnixStream::from),
+        [mode, path] if mode == "exec" => UnixStream::connect(path),
+        _ => {
+            eprintln!("baton shim: started by the agent only");
             return ExitCode::from(2);
         }
+    };
+    let Ok(socket) = socket else {
+        eprintln!("baton shim: no socket to the agent");
+        return ExitCode::from(2);
     };
     let mut output = match socket.try_clone() {
         Ok(s) => s,
@@ -64,8 +76,13 @@ pub fn main() -> ExitCode {
             bundle,
             spec,
         })) => (id, state_root, bundle, spec),
+        Ok(Some(Request::Exec {
+            id,
+            state_root,
+            command,
+        })) => return exec(&id, &state_root, command, &mut input, &mut output),
         Ok(_) => {
-            eprintln!("baton shim: expected a create request");
+            eprintln!("baton shim: expected a create or exec request");
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -113,6 +130,7 @@ pub fn main() -> ExitCode {
     if let Err(e) = container.delete(true) {
         eprintln!("baton shim: deleting container {id}: {e}");
     }
+    let _ = fs::remove_dir_all(&bundle);
     let (code, signal) = ended;
     let _ = write_frame(
         &mut output,
@@ -123,6 +141,108 @@ pub fn main() -> ExitCode {
         },
     );
     ExitCode::SUCCESS
+}
+
+/// `baton exec`: runs `command` in the running container `id`, as its task's
+/// user with its capabilities, no new privileges and its seccomp filter,
+/// waits for it and reports how it ended.
+fn exec(
+    id: &str,
+    state_root: &Path,
+    command: Vec<String>,
+    input: &mut BufReader<UnixStream>,
+    output: &mut UnixStream,
+) -> ExitCode {
+    let pid = match enter(id, state_root, command) {
+        Ok(pid) => pid,
+        Err(message) => {
+            let _ = write_frame(output, &Response::Failed { message });
+            return ExitCode::from(1);
+        }
+    };
+    let pidfd = match Pid::from_raw(pid).map(|p| pidfd_open(p, PidfdFlags::empty())) {
+        Some(Ok(fd)) => fd,
+        _ => {
+            let message = format!("cannot watch the command's process {pid}");
+            let _ = write_frame(output, &Response::Failed { message });
+            return ExitCode::from(1);
+        }
+    };
+    let pid = u32::try_from(pid).unwrap_or(0);
+    let agent_here = write_frame(output, &Response::Started { pid, micros: 0 }).is_ok();
+    let (code, signal) = supervise(input, &pidfd, agent_here);
+    let _ = write_frame(
+        output,
+        &Response::Exited {
+            code,
+            signal,
+            oom_kills: 0,
+        },
+    );
+    ExitCode::SUCCESS
+}
+
+/// Starts `command` in the container's namespaces and cgroup; its pid.
+fn enter(id: &str, state_root: &Path, command: Vec<String>) -> Result<i32, String> {
+    if !single_threaded() {
+        return Err("baton shim is not single-threaded; refusing to call the runtime".to_owned());
+    }
+    let container = Container::load(state_root.join(id))
+        .map_err(|e| format!("task {id} has no running container here: {e}"))?;
+    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
+        .map_err(|e| format!("cannot read the task's spec: {e}"))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or("the task's spec has no process")?;
+    // The runtime builds a joining process from namespaces and the cgroup
+    // only: the task's confinement is applied here from its own spec.
+    let seccomp = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().clone())
+        .ok_or("the task's spec has no seccomp filter")?;
+    let dup = |fd: io::Result<OwnedFd>| fd.map_err(|e| format!("cannot pass stdio: {e}"));
+    let stdin = dup(io::stdin().as_fd().try_clone_to_owned())?;
+    let stdout = dup(io::stdout().as_fd().try_clone_to_owned())?;
+    let stderr = dup(io::stderr().as_fd().try_clone_to_owned())?;
+    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_executor(Confined { seccomp })
+        .with_root_path(state_root)
+        .map_err(|e| format!("runtime: {e}"))?
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_tenant()
+        .with_container_args(command)
+        .with_cwd(Some(process.cwd()))
+        .with_user(Some(process.user().uid()))
+        .with_group(Some(process.user().gid()))
+        .with_no_new_privs(true)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("cannot run the command in task {id}: {e}"))?;
+    Ok(pid.as_raw())
+}
+
+/// Loads the task's seccomp filter in the joining process, just before it
+/// executes the command (no new privileges is set by then, so an
+/// unprivileged process may load it).
+#[derive(Clone)]
+struct Confined {
+    seccomp: oci_spec::runtime::LinuxSeccomp,
+}
+
+impl Executor for Confined {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        libcontainer::seccomp::initialize_seccomp(&self.seccomp)
+            .map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
 }
 
 /// Whether this process has exactly one thread (from `/proc/self/status`).
@@ -177,9 +297,11 @@ fn create(
         }
         Ok(container)
     })();
-    // The spec may hold secrets in its environment: it does not outlive the
-    // start.
-    let _ = fs::remove_dir_all(bundle);
+    // `baton exec` reads the running task's spec from the bundle: it stays
+    // (root-only) until the task ends.
+    if result.is_err() {
+        let _ = fs::remove_dir_all(bundle);
+    }
     result
 }
 
@@ -228,7 +350,7 @@ fn supervise(
                             let _ = pidfd_send_signal(pidfd, sig);
                         }
                     }
-                    Ok(Some(Request::Create { .. })) => {}
+                    Ok(Some(Request::Create { .. } | Request::Exec { .. })) => {}
                     Ok(None) | Err(_) => {
                         agent_here = false;
                         let _ = pidfd_send_signal(pidfd, Signal::KILL);

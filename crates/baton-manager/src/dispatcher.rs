@@ -45,8 +45,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use baton_rpc::{
-    Assignment, AssignmentSet, Dispatcher, LogEvent, LogRequest, NodeDescription, RpcError,
-    Session, SessionMessage, TrustUpdate,
+    Assignment, AssignmentSet, Dispatcher, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
+    NodeDescription, RpcError, Session, SessionMessage, TrustUpdate,
 };
 use baton_state::{Command, Node, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
@@ -83,6 +83,9 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// the manager itself was held up; the gap is not held against the nodes.
 const CHECKER_STALL: Duration = Duration::from_secs(1);
 
+/// Messages of one exec session buffered each way.
+const EXEC_BUFFER: usize = 16;
+
 /// The heartbeat period of a cluster of `nodes` nodes: `nodes /
 /// MAX_HEARTBEATS_PER_SEC` seconds, at least [`MIN_HEARTBEAT_PERIOD`].
 pub fn heartbeat_period(nodes: usize) -> Duration {
@@ -114,7 +117,25 @@ struct LogStream {
     tx: mpsc::Sender<LogEvent>,
 }
 
-/// Why a log stream could not be opened.
+/// An exec session asked of a node, until the node opens its stream.
+struct PendingExec {
+    node: NodeId,
+    /// Where the node's events go (to the API client).
+    events: mpsc::Sender<ExecEvent>,
+    /// The client's input, handed to the node's stream.
+    input: mpsc::Receiver<ExecInput>,
+}
+
+/// The API side of an exec session: input to send, events to read.
+#[derive(Debug)]
+pub struct ExecSession {
+    /// The command's input.
+    pub input: mpsc::Sender<ExecInput>,
+    /// Its output and how it ended.
+    pub events: mpsc::Receiver<ExecEvent>,
+}
+
+/// Why a log stream or an exec session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum LogStreamError {
     /// No such task.
@@ -145,6 +166,7 @@ pub struct DispatcherService {
     /// sign of life. Lock after `sessions` when both are held.
     silent: Mutex<HashMap<NodeId, Instant>>,
     logs: Mutex<HashMap<u64, LogStream>>,
+    execs: Mutex<HashMap<u64, PendingExec>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
     node_down_grace: Duration,
@@ -200,6 +222,7 @@ impl DispatcherService {
             sessions: Mutex::new(HashMap::new()),
             silent: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
+            execs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
             node_down_grace,
@@ -365,12 +388,55 @@ impl DispatcherService {
         }
     }
 
-    /// Opens a stream of a task's log from the node that runs (or ran) it.
-    pub async fn request_logs(
+    /// Asks the node running `task` to run `command` inside it. The node
+    /// answers by opening an exec stream ([`Dispatcher::exec`]); until then
+    /// the session waits here. The node refuses a task it does not run, or
+    /// one whose driver isolates nothing.
+    pub async fn request_exec(
         &self,
         task: &TaskId,
-        follow: bool,
-    ) -> Result<mpsc::Receiver<LogEvent>, LogStreamError> {
+        command: Vec<String>,
+    ) -> Result<ExecSession, LogStreamError> {
+        let (node, session_tx) = self.session_of_task(task)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events_rx) = mpsc::channel(EXEC_BUFFER);
+        let (input_tx, input_rx) = mpsc::channel(EXEC_BUFFER);
+        {
+            let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+            // Sessions whose client gave up before their node answered.
+            execs.retain(|_, pending| !pending.events.is_closed());
+            execs.insert(
+                id,
+                PendingExec {
+                    node: node.clone(),
+                    events: events_tx,
+                    input: input_rx,
+                },
+            );
+        }
+        let request = SessionMessage::Exec(ExecRequest {
+            id,
+            task: task.clone(),
+            command,
+        });
+        if session_tx.send(request).await.is_err() {
+            self.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(LogStreamError::NodeNotConnected(node));
+        }
+        Ok(ExecSession {
+            input: input_tx,
+            events: events_rx,
+        })
+    }
+
+    /// The node a task is placed on, and that node's session.
+    fn session_of_task(
+        &self,
+        task: &TaskId,
+    ) -> Result<(NodeId, mpsc::Sender<SessionMessage>), LogStreamError> {
         let snapshot = self.store.snapshot();
         let node = snapshot
             .state
@@ -384,6 +450,16 @@ impl DispatcherService {
             .get(&node)
             .map(|s| s.tx.clone())
             .ok_or_else(|| LogStreamError::NodeNotConnected(node.clone()))?;
+        Ok((node, session_tx))
+    }
+
+    /// Opens a stream of a task's log from the node that runs (or ran) it.
+    pub async fn request_logs(
+        &self,
+        task: &TaskId,
+        follow: bool,
+    ) -> Result<mpsc::Receiver<LogEvent>, LogStreamError> {
+        let (node, session_tx) = self.session_of_task(task)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(16);
         self.lock_logs().insert(
@@ -670,6 +746,38 @@ impl Dispatcher for DispatcherService {
             self.lock_logs().remove(&request);
         }
         sent.map_err(|_| RpcError::LogStreamClosed(request))
+    }
+
+    async fn exec(
+        &self,
+        node: &NodeId,
+        request: u64,
+        mut events: mpsc::Receiver<ExecEvent>,
+    ) -> Result<mpsc::Receiver<ExecInput>, RpcError> {
+        let pending = {
+            let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+            match execs.get(&request) {
+                // Same answer whether the session exists or is another node's.
+                Some(pending) if &pending.node == node => execs.remove(&request),
+                _ => None,
+            }
+        };
+        let Some(PendingExec {
+            events: to_client,
+            input,
+            ..
+        }) = pending
+        else {
+            return Err(RpcError::ExecClosed(request));
+        };
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if to_client.send(event).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(input)
     }
 
     async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {

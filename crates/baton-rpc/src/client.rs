@@ -13,15 +13,23 @@ use std::time::Duration;
 
 use baton_state::{NodeId, TaskReport};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::{debug, error};
 
 use crate::server::{CaError, NODE_ID_METADATA};
 use crate::tls::{ClientTls, manager_verifier};
-use crate::{Dispatcher, LogEvent, NodeDescription, RpcError, Session, convert, pb, transport};
+use crate::{
+    Dispatcher, ExecEvent, ExecInput, LogEvent, NodeDescription, RpcError, Session, convert, pb,
+    transport,
+};
 
 /// Session messages buffered between the network and the agent.
 const SESSION_BUFFER: usize = 16;
+
+/// Inputs of one exec session buffered on their way to the command.
+const EXEC_BUFFER: usize = 16;
 
 /// A [`Dispatcher`] on the far side of a gRPC channel.
 #[derive(Clone, Debug)]
@@ -127,6 +135,39 @@ impl Dispatcher for GrpcDispatcher {
             .await
             .map_err(|s| convert::status_to_rpc_error(&s, node, request))?;
         Ok(())
+    }
+
+    async fn exec(
+        &self,
+        node: &NodeId,
+        request: u64,
+        events: mpsc::Receiver<ExecEvent>,
+    ) -> Result<mpsc::Receiver<ExecInput>, RpcError> {
+        let open = pb::ExecUp {
+            event: Some(pb::exec_up::Event::Open(request)),
+        };
+        let up =
+            tokio_stream::once(open).chain(ReceiverStream::new(events).map(|event| pb::ExecUp {
+                event: Some(convert::exec_event_to_wire(event)),
+            }));
+        let mut down = self
+            .client()
+            .exec(up)
+            .await
+            .map_err(|s| convert::status_to_rpc_error(&s, node, request))?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(EXEC_BUFFER);
+        tokio::spawn(async move {
+            // Until the dispatcher ends the session: dropping the call
+            // earlier would cancel it before the node's last events went up.
+            while let Ok(Some(wire)) = down.message().await {
+                if let Some(input) = convert::exec_input_from_wire(wire) {
+                    // A driver that stopped reading input is fine.
+                    let _ = tx.send(input).await;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {

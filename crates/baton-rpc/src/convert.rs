@@ -15,8 +15,8 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::server::CaError;
 use crate::{
-    Assignment, AssignmentSet, LogEvent, LogRequest, NodeDescription, RpcError, SessionMessage,
-    TrustUpdate,
+    Assignment, AssignmentSet, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
+    NodeDescription, RpcError, SessionMessage, TrustUpdate,
 };
 
 /// A wire message that does not convert to the crate's types.
@@ -238,6 +238,11 @@ pub(crate) fn session_message_to_wire(
                 addrs: addrs.clone(),
             })
         }
+        SessionMessage::Exec(req) => pb::session_message::Message::Exec(pb::ExecRequest {
+            id: req.id,
+            task: req.task.0.clone(),
+            command: req.command.clone(),
+        }),
     };
     Ok(pb::SessionMessage {
         message: Some(message),
@@ -271,6 +276,66 @@ pub(crate) fn session_message_from_wire(
             renew_now: update.renew_now,
         })),
         pb::session_message::Message::Managers(list) => Ok(SessionMessage::Managers(list.addrs)),
+        pb::session_message::Message::Exec(req) => Ok(SessionMessage::Exec(ExecRequest {
+            id: req.id,
+            task: TaskId(req.task),
+            command: req.command,
+        })),
+    }
+}
+
+// ---- exec sessions ----
+
+fn exit_to_wire(exit: &ExitInfo) -> pb::ExitInfo {
+    pb::ExitInfo {
+        code: exit.code,
+        signal: exit.signal,
+        oom_killed: exit.oom_killed,
+    }
+}
+
+fn exit_from_wire(exit: pb::ExitInfo) -> ExitInfo {
+    ExitInfo {
+        code: exit.code,
+        signal: exit.signal,
+        oom_killed: exit.oom_killed,
+    }
+}
+
+pub(crate) fn exec_event_to_wire(event: ExecEvent) -> pb::exec_up::Event {
+    match event {
+        ExecEvent::Stdout(bytes) => pb::exec_up::Event::Stdout(bytes),
+        ExecEvent::Stderr(bytes) => pb::exec_up::Event::Stderr(bytes),
+        ExecEvent::Exit(exit) => pb::exec_up::Event::Exit(exit_to_wire(&exit)),
+        ExecEvent::Error(message) => pb::exec_up::Event::Error(message),
+    }
+}
+
+/// An exec event from the node; `None` for the opening message (not an
+/// event) or an empty one.
+pub(crate) fn exec_event_from_wire(wire: pb::ExecUp) -> Option<ExecEvent> {
+    match wire.event? {
+        pb::exec_up::Event::Open(_) => None,
+        pb::exec_up::Event::Stdout(bytes) => Some(ExecEvent::Stdout(bytes)),
+        pb::exec_up::Event::Stderr(bytes) => Some(ExecEvent::Stderr(bytes)),
+        pb::exec_up::Event::Exit(exit) => Some(ExecEvent::Exit(exit_from_wire(exit))),
+        pb::exec_up::Event::Error(message) => Some(ExecEvent::Error(message)),
+    }
+}
+
+pub(crate) fn exec_input_to_wire(input: ExecInput) -> pb::ExecDown {
+    pb::ExecDown {
+        event: Some(match input {
+            ExecInput::Stdin(bytes) => pb::exec_down::Event::Stdin(bytes),
+            ExecInput::StdinEof => pb::exec_down::Event::StdinEof(pb::Empty {}),
+        }),
+    }
+}
+
+pub(crate) fn exec_input_from_wire(wire: pb::ExecDown) -> Option<ExecInput> {
+    match wire.event? {
+        pb::exec_down::Event::Stdin(bytes) => Some(ExecInput::Stdin(bytes)),
+        pb::exec_down::Event::StdinEof(pb::Empty {}) => Some(ExecInput::StdinEof),
     }
 }
 
@@ -281,11 +346,7 @@ pub(crate) fn report_to_wire(report: &TaskReport) -> pb::TaskReport {
         task: report.task.0.clone(),
         state: task_state_to_wire(report.state).into(),
         message: report.message.clone(),
-        exit: report.exit.as_ref().map(|exit| pb::ExitInfo {
-            code: exit.code,
-            signal: exit.signal,
-            oom_killed: exit.oom_killed,
-        }),
+        exit: report.exit.as_ref().map(exit_to_wire),
         pid: report.pid,
     }
 }
@@ -295,11 +356,7 @@ pub(crate) fn report_from_wire(wire: pb::TaskReport) -> Result<TaskReport, Conve
         task: TaskId(wire.task),
         state: task_state_from_wire("TaskReport.state", wire.state)?,
         message: wire.message,
-        exit: wire.exit.map(|exit| ExitInfo {
-            code: exit.code,
-            signal: exit.signal,
-            oom_killed: exit.oom_killed,
-        }),
+        exit: wire.exit.map(exit_from_wire),
         pid: wire.pid,
     })
 }
@@ -330,7 +387,7 @@ pub(crate) fn rpc_error_to_status(e: &RpcError) -> Status {
         RpcError::Unavailable(msg) => Status::unavailable(msg.clone()),
         RpcError::NoSession(_) => Status::failed_precondition(e.to_string()),
         RpcError::PermissionDenied(msg) => Status::permission_denied(msg.clone()),
-        RpcError::LogStreamClosed(_) => Status::aborted(e.to_string()),
+        RpcError::LogStreamClosed(_) | RpcError::ExecClosed(_) => Status::aborted(e.to_string()),
         RpcError::NotLeader(leader) => {
             let mut status = Status::unavailable(e.to_string());
             if let Some(addr) = leader

@@ -39,7 +39,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use baton_spec::{DriverKind, Resources, TaskSpec};
-use baton_state::{NodeId, TaskDesired, TaskId, TaskReport, TaskState};
+use baton_state::{ExitInfo, NodeId, TaskDesired, TaskId, TaskReport, TaskState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -157,6 +157,42 @@ pub enum SessionMessage {
     /// The cluster addresses of every manager, to reconnect to another one
     /// when this one goes.
     Managers(Vec<String>),
+    /// Run a command inside a running task; answered with
+    /// [`Dispatcher::exec`].
+    Exec(ExecRequest),
+}
+
+/// A `baton exec` session asked of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Correlates the [`Dispatcher::exec`] stream with this request.
+    pub id: u64,
+    /// The running task to enter.
+    pub task: TaskId,
+    /// argv.
+    pub command: Vec<String>,
+}
+
+/// What flows from the node in an exec session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Output on the command's stdout.
+    Stdout(Vec<u8>),
+    /// Output on its stderr.
+    Stderr(Vec<u8>),
+    /// It ended (last event).
+    Exit(ExitInfo),
+    /// It could not run, or the session broke (last event).
+    Error(String),
+}
+
+/// What flows to the node in an exec session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecInput {
+    /// Bytes for the command's stdin.
+    Stdin(Vec<u8>),
+    /// Its stdin is closed.
+    StdinEof,
 }
 
 /// The roots a node must trust: sent when a session opens and whenever they
@@ -194,6 +230,9 @@ pub enum RpcError {
     /// The log reader went away: stop streaming.
     #[error("log stream {0} closed")]
     LogStreamClosed(u64),
+    /// The exec session is unknown, not this node's, or its client went away.
+    #[error("exec session {0} closed")]
+    ExecClosed(u64),
     /// Only the leading manager holds sessions: this one does not lead. The
     /// leader's cluster address, when this manager knows it.
     #[error("this manager is not the leader{}", .0.as_ref().map(|a| format!(" (the leader is at {a})")).unwrap_or_default())]
@@ -213,6 +252,18 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// Sends the next piece of a requested log stream.
     async fn send_logs(&self, node: &NodeId, request: u64, event: LogEvent)
     -> Result<(), RpcError>;
+
+    /// Carries exec session `request` (asked for with
+    /// [`SessionMessage::Exec`]): `events` go up, and the command's input
+    /// comes back. Only the node the request went to may carry it.
+    async fn exec(
+        &self,
+        _node: &NodeId,
+        request: u64,
+        _events: mpsc::Receiver<ExecEvent>,
+    ) -> Result<mpsc::Receiver<ExecInput>, RpcError> {
+        Err(RpcError::ExecClosed(request))
+    }
 
     /// Says the node is alive. Returns the period at which the dispatcher
     /// wants the next heartbeats; a node that stays silent for longer than

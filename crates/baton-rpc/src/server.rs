@@ -162,6 +162,12 @@ impl DispatcherServer {
 /// The stream a session answers with.
 pub type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
 
+/// The stream an exec session answers with: the command's input.
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecDown, Status>> + Send>>;
+
+/// Events of one exec session buffered between the node and its reader.
+const EXEC_BUFFER: usize = 16;
+
 fn node_of(identity: &PeerIdentity) -> NodeId {
     NodeId(identity.node_id.clone())
 }
@@ -169,6 +175,66 @@ fn node_of(identity: &PeerIdentity) -> NodeId {
 #[async_trait::async_trait]
 impl pb::dispatcher_server::Dispatcher for DispatcherServer {
     type SessionStream = SessionStream;
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<pb::ExecUp>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let identity = auth::require_node(&req, "Dispatcher/Exec")?;
+        let node = node_of(&identity);
+        let mut up = req.into_inner();
+        let request = match up.message().await? {
+            Some(pb::ExecUp {
+                event: Some(pb::exec_up::Event::Open(id)),
+            }) => id,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an exec stream must open with the request it carries",
+                ));
+            }
+        };
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(EXEC_BUFFER);
+        let mut input = self
+            .inner
+            .exec(&node, request, events_rx)
+            .await
+            .map_err(|e| convert::rpc_error_to_status(&e))?;
+        let (down_tx, down_rx) = tokio::sync::mpsc::channel(EXEC_BUFFER);
+        // One task carries both ways; the session ends (and with it the
+        // answer stream) when the node sends its last event or stops, or
+        // the reader goes away. Ending it here, rather than by the node
+        // dropping the call, lets the node's last event through.
+        tokio::spawn(async move {
+            let mut input_open = true;
+            loop {
+                tokio::select! {
+                    message = up.message() => {
+                        let Ok(Some(wire)) = message else { break };
+                        let Some(event) = convert::exec_event_from_wire(wire) else {
+                            continue;
+                        };
+                        let last = matches!(
+                            event,
+                            crate::ExecEvent::Exit(_) | crate::ExecEvent::Error(_)
+                        );
+                        if events_tx.send(event).await.is_err() || last {
+                            break;
+                        }
+                    }
+                    next = input.recv(), if input_open => match next {
+                        Some(input) => {
+                            if down_tx.send(Ok(convert::exec_input_to_wire(input))).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => input_open = false,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(down_rx))))
+    }
 
     async fn session(
         &self,

@@ -268,6 +268,16 @@ pub struct LogsArgs {
     follow: bool,
 }
 
+/// `baton exec TASK -- COMMAND [ARG...]`
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Task id of a running task of the exec or docker driver.
+    task: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
 /// How the client commands reach the API: options of every subcommand.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -690,6 +700,68 @@ pub async fn logs(client_args: ClientArgs, args: LogsArgs) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+/// Runs a command inside a running task: its stdin is ours, its output
+/// ours, and our exit status is its own (128 + N when signal N killed it).
+pub async fn exec(client_args: ClientArgs, args: ExecArgs) -> Result<(), Failure> {
+    use baton_api::exec::ServerFrame;
+
+    let api = client(client_args)?;
+    // Our stdin, read on a thread of its own (a blocking read of a terminal
+    // or pipe), until its end.
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(bytes::Bytes::copy_from_slice(&buf[..n]))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let input = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut frames = Box::pin(api.exec(&args.task, args.command, input).await?);
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    while let Some(frame) = frames.next().await {
+        match frame? {
+            ServerFrame::Stdout(bytes) => {
+                let _ = stdout.write_all(&bytes).and_then(|()| stdout.flush());
+            }
+            ServerFrame::Stderr(bytes) => {
+                let _ = stderr.write_all(&bytes).and_then(|()| stderr.flush());
+            }
+            ServerFrame::Exit(exit) => {
+                let status = match (exit.code, exit.signal) {
+                    (_, Some(signal)) => 128 + signal,
+                    (Some(code), None) => code,
+                    (None, None) => 1,
+                };
+                return if status == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure {
+                        code: u8::try_from(status & 0xff).unwrap_or(1),
+                        message: String::new(),
+                    })
+                };
+            }
+            ServerFrame::Error(message) => return Err(Failure::op(message)),
+        }
+    }
+    Err(Failure::op(
+        "the exec session ended without the command's exit",
+    ))
 }
 
 /// Runs a `cluster` subcommand.

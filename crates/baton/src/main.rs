@@ -39,6 +39,9 @@ enum Cmd {
     Task(cli::TaskCmd),
     /// Print a task's output.
     Logs(cli::LogsArgs),
+    /// Run a command inside a running task (exec or docker driver), with
+    /// the task's user and confinement. Exits with the command's status.
+    Exec(cli::ExecArgs),
     /// Inspect and manage nodes.
     #[command(subcommand)]
     Node(cli::NodeCmd),
@@ -100,7 +103,8 @@ fn main() -> ExitCode {
     {
         // The runtime's errors go to the shim's stderr: the task's log.
         node::init_tracing("error");
-        return baton_isolate::shim::main();
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        return baton_isolate::shim::main(&args);
     }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             Cmd::Job(cmd) => cli::job(args.client, cmd).await,
             Cmd::Task(cmd) => cli::task(args.client, cmd).await,
             Cmd::Logs(logs) => cli::logs(args.client, logs).await,
+            Cmd::Exec(exec) => cli::exec(args.client, exec).await,
             Cmd::Node(cmd) => cli::node(args.client, cmd).await,
             Cmd::Cluster(cmd) => cli::cluster(args.client, cmd).await,
         }

@@ -67,6 +67,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_rpc::{ExecEvent, ExecInput};
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId};
 use bollard::Docker;
@@ -79,6 +80,7 @@ use bollard::query_parameters::{
 };
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::RwLock;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::io::StreamReader;
 
@@ -424,6 +426,89 @@ impl DockerDriver {
         }
     }
 
+    /// One `baton exec` session: an engine exec in the task's container,
+    /// which runs with the container's user, capabilities, no-new-privileges
+    /// and seccomp profile.
+    async fn exec_session(
+        &self,
+        task: &TaskId,
+        command: Vec<String>,
+        mut input: mpsc::Receiver<ExecInput>,
+        events: &mpsc::Sender<ExecEvent>,
+    ) -> Result<ExitInfo, DockerError> {
+        let container = docker_name("task id", &task.0)?;
+        let options = bollard::exec::CreateExecOptions {
+            cmd: Some(command),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(&container, options)
+            .await
+            .map_err(|e| DockerError::engine("create exec in", &container, &e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| DockerError::engine("start exec in", &container, &e))?;
+        let bollard::exec::StartExecResults::Attached {
+            mut output,
+            input: mut stdin,
+        } = started
+        else {
+            return Err(DockerError::Engine {
+                op: "start exec in",
+                object: container,
+                reason: "the engine did not attach".to_owned(),
+            });
+        };
+        let mut stdin_open = true;
+        loop {
+            tokio::select! {
+                next = output.next() => match next {
+                    Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
+                        if events.send(ExecEvent::Stderr(message.to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(other)) => {
+                        if events.send(ExecEvent::Stdout(other.into_bytes().to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(_)) | None => break,
+                },
+                next = input.recv(), if stdin_open => match next {
+                    Some(ExecInput::Stdin(bytes)) => {
+                        use tokio::io::AsyncWriteExt as _;
+                        if stdin.write_all(&bytes).await.is_err() {
+                            stdin_open = false;
+                        }
+                    }
+                    Some(ExecInput::StdinEof) | None => {
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = stdin.shutdown().await;
+                        stdin_open = false;
+                    }
+                },
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| DockerError::engine("inspect exec in", &container, &e))?;
+        Ok(ExitInfo {
+            code: inspected.exit_code.and_then(|c| i32::try_from(c).ok()),
+            signal: None,
+            oom_killed: false,
+        })
+    }
+
     /// Creates the container, attaches to its output and starts it. Call
     /// with `networks` held shared. On error the container may exist: the
     /// caller removes it.
@@ -483,6 +568,20 @@ impl Driver for DockerDriver {
             .filter(|task| removed.contains(&task.0))
             .cloned()
             .collect()
+    }
+
+    async fn exec(
+        &self,
+        task: &TaskId,
+        command: Vec<String>,
+        input: mpsc::Receiver<ExecInput>,
+        events: mpsc::Sender<ExecEvent>,
+    ) {
+        let end = match self.exec_session(task, command, input, &events).await {
+            Ok(exit) => ExecEvent::Exit(exit),
+            Err(e) => ExecEvent::Error(e.to_string()),
+        };
+        let _ = events.send(end).await;
     }
 
     async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError> {

@@ -28,13 +28,15 @@ use std::time::Duration;
 use baton_isolate::cgroup::{self, Usage, Version};
 use baton_isolate::protocol::{Request, Response};
 use baton_isolate::{HostLayout, IsolatedTask, bundle};
+use baton_rpc::{ExecEvent, ExecInput};
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId};
 use nix::unistd::{Gid, Uid, User, chown};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::raw::{OUTPUT_GRACE, copy_output, task_env};
@@ -55,6 +57,9 @@ const WORK_DIR: &str = "work";
 const HOST_DIRS: &[&str] = &[
     "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
+
+/// How long a `baton shim exec` may take to connect back.
+const SHIM_CONNECT: Duration = Duration::from_secs(10);
 
 /// Where Debian's `tini` package puts its static build.
 const TINI: &str = "/usr/bin/tini-static";
@@ -228,6 +233,20 @@ impl Driver for ExecDriver {
         found.unwrap_or_default()
     }
 
+    async fn exec(
+        &self,
+        task: &TaskId,
+        command: Vec<String>,
+        input: mpsc::Receiver<ExecInput>,
+        events: mpsc::Sender<ExecEvent>,
+    ) {
+        let end = match self.exec_session(task, command, input, &events).await {
+            Ok(exit) => ExecEvent::Exit(exit),
+            Err(message) => ExecEvent::Error(message),
+        };
+        let _ = events.send(end).await;
+    }
+
     async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError> {
         let cwd = run
             .spec
@@ -281,6 +300,108 @@ impl Driver for ExecDriver {
 }
 
 impl ExecDriver {
+    /// One `baton exec` session: a `baton shim exec` whose stdio is the
+    /// command's, and which reports on a socket it connects to.
+    async fn exec_session(
+        &self,
+        task: &TaskId,
+        command: Vec<String>,
+        mut input: mpsc::Receiver<ExecInput>,
+        events: &mpsc::Sender<ExecEvent>,
+    ) -> Result<ExitInfo, String> {
+        let dir = self.bundles.with_file_name("exec");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot make {}: {}", dir.display(), describe_io(&e)))?;
+        let path = dir.join(format!("{:016x}.sock", rand::random::<u64>()));
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| format!("cannot listen at {}: {}", path.display(), describe_io(&e)))?;
+        let spawned = Command::new(&self.shim)
+            .arg(SHIM_COMMAND)
+            .arg("exec")
+            .arg(&path)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn();
+        let shim = match spawned {
+            Ok(shim) => shim,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(format!("cannot run the shim: {}", describe_io(&e)));
+            }
+        };
+        let accepted = tokio::time::timeout(SHIM_CONNECT, listener.accept()).await;
+        let _ = std::fs::remove_file(&path);
+        let (socket, _) = accepted
+            .map_err(|_| "the shim did not connect".to_owned())?
+            .map_err(|e| format!("the shim did not connect: {}", describe_io(&e)))?;
+        let (read, write) = socket.into_split();
+        let mut control = ExecHandle {
+            shim,
+            to_shim: write,
+            from_shim: BufReader::new(read),
+            line: Vec::new(),
+            pid: 0,
+            exit: None,
+            output: Vec::new(),
+        };
+        let request = Request::Exec {
+            id: task.0.clone(),
+            state_root: self.state_root.clone(),
+            command,
+        };
+        control.send(&request).await.map_err(|e| e.to_string())?;
+        match control.next_response().await.map_err(|e| e.to_string())? {
+            Response::Started { pid, .. } => control.pid = pid,
+            Response::Failed { message } => return Err(message),
+            other => return Err(format!("unexpected answer from the shim: {other:?}")),
+        }
+        let stdout = control.shim.stdout.take();
+        let stderr = control.shim.stderr.take();
+        let mut stdin = control.shim.stdin.take();
+        let pumps = [
+            stdout.map(|out| tokio::spawn(pump(out, events.clone(), ExecEvent::Stdout))),
+            stderr.map(|err| tokio::spawn(pump(err, events.clone(), ExecEvent::Stderr))),
+        ];
+        let mut killed = false;
+        let exit = loop {
+            tokio::select! {
+                response = control.next_response() => match response.map_err(|e| e.to_string())? {
+                    Response::Exited { code, signal, .. } => break ExitInfo { code, signal, oom_killed: false },
+                    other => tracing::warn!("unexpected shim frame {other:?}"),
+                },
+                next = input.recv(), if stdin.is_some() => match next {
+                    Some(ExecInput::Stdin(bytes)) => {
+                        if let Some(pipe) = stdin.as_mut()
+                            && pipe.write_all(&bytes).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    // End of input, or the client is gone: close its stdin.
+                    Some(ExecInput::StdinEof) | None => stdin = None,
+                },
+                () = events.closed(), if !killed => {
+                    // Nobody reads any more: end the command.
+                    control.signal(libc_signal::SIGKILL).await;
+                    killed = true;
+                }
+            }
+        };
+        drop(stdin);
+        let _ = control.shim.wait().await;
+        for pump in pumps.into_iter().flatten() {
+            let _ = tokio::time::timeout(OUTPUT_GRACE, pump).await;
+        }
+        Ok(exit)
+    }
+
     async fn spawn_shim(
         &self,
         request: Request,
@@ -418,13 +539,18 @@ impl ExecHandle {
         }
     }
 
-    async fn signal(&mut self, signal: i32) {
-        let mut frame = match serde_json::to_vec(&Request::Signal { signal }) {
-            Ok(frame) => frame,
-            Err(_) => return,
-        };
+    /// Writes one frame to the shim.
+    async fn send(&mut self, request: &Request) -> Result<(), String> {
+        let mut frame = serde_json::to_vec(request).map_err(|e| e.to_string())?;
         frame.push(b'\n');
-        if let Err(e) = self.to_shim.write_all(&frame).await {
+        self.to_shim
+            .write_all(&frame)
+            .await
+            .map_err(|e| format!("cannot talk to the shim: {}", describe_io(&e)))
+    }
+
+    async fn signal(&mut self, signal: i32) {
+        if let Err(e) = self.send(&Request::Signal { signal }).await {
             tracing::warn!(pid = self.pid, error = %e, "cannot reach the task's shim");
         }
     }
@@ -507,6 +633,25 @@ impl TaskHandle for ExecHandle {
                     self.signal(libc_signal::SIGKILL).await;
                 }
                 self.wait().await.map(|exit| (exit, true))
+            }
+        }
+    }
+}
+
+/// Copies one output pipe of an exec'd command into events.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    events: mpsc::Sender<ExecEvent>,
+    wrap: fn(Vec<u8>) -> ExecEvent,
+) {
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if events.send(wrap(buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
             }
         }
     }

@@ -11,8 +11,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use baton_rpc::{ExecEvent, ExecInput};
 use baton_spec::{DriverKind, TaskSpec};
 use baton_state::{ExitInfo, NodeId, TaskId};
+use tokio::sync::mpsc;
 
 use crate::error::AgentError;
 use crate::log_file::LogWriter;
@@ -83,6 +85,26 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Returns those of `running` it found something of.
     async fn recover(&self, _node: &NodeId, _running: &[TaskId]) -> BTreeSet<TaskId> {
         BTreeSet::new()
+    }
+
+    /// `baton exec`: runs `command` inside the running `task` (its
+    /// namespaces, its container) with the task's confinement, feeding it
+    /// `input` and sending its output to `events`, ending with
+    /// [`ExecEvent::Exit`] or [`ExecEvent::Error`]. If `events` closes (the
+    /// client went away) the command is killed. The default: refused, for a
+    /// driver that isolates nothing to enter.
+    async fn exec(
+        &self,
+        _task: &TaskId,
+        _command: Vec<String>,
+        _input: mpsc::Receiver<ExecInput>,
+        events: mpsc::Sender<ExecEvent>,
+    ) {
+        let message = format!(
+            "exec needs an isolated task (driver exec or docker); this one runs with {}",
+            self.kind().as_str()
+        );
+        let _ = events.send(ExecEvent::Error(message)).await;
     }
 }
 

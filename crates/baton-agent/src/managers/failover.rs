@@ -193,6 +193,17 @@ impl Dispatcher for FailoverDispatcher {
             .await
     }
 
+    async fn exec(
+        &self,
+        node: &NodeId,
+        request: u64,
+        events: tokio::sync::mpsc::Receiver<baton_rpc::ExecEvent>,
+    ) -> Result<tokio::sync::mpsc::Receiver<baton_rpc::ExecInput>, RpcError> {
+        self.session_dispatcher(node)?
+            .exec(node, request, events)
+            .await
+    }
+
     async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {
         self.session_dispatcher(node)?.heartbeat(node).await
     }

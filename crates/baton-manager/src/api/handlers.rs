@@ -276,40 +276,12 @@ pub async fn task_logs(
     Path(id): Path<String>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiFailure> {
-    if !app.raft.is_leader() {
-        // Agents hold their sessions with the leader, so logs come from it.
-        let leader_api = app.raft.leader().and_then(|(leader, _)| {
-            let snapshot = app.store.snapshot();
-            snapshot
-                .state
-                .member(&NodeId(baton_store::raft::node_id(leader)))
-                .and_then(|m| m.api_url.clone())
-        });
-        return Err(ApiFailure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_leader",
-            match leader_api {
-                Some(url) => format!(
-                    "logs are streamed by the leading manager: ask it with baton --addr {url}"
-                ),
-                None => "logs are streamed by the leading manager, and none leads now".to_owned(),
-            },
-        ));
-    }
+    leader_only(&app, "logs are streamed")?;
     let mut events = app
         .dispatcher
         .request_logs(&TaskId(id), params.follow)
         .await
-        .map_err(|e| match e {
-            LogStreamError::TaskNotFound(_) | LogStreamError::NotPlaced(_) => {
-                ApiFailure::not_found(e.to_string())
-            }
-            LogStreamError::NodeNotConnected(_) => ApiFailure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
-        })?;
+        .map_err(node_unreachable)?;
     // The first event decides the status: an agent that has no log answers 404.
     let first = events.recv().await;
     let first = match first {
@@ -341,6 +313,144 @@ pub async fn task_logs(
         });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Agents hold their sessions with the leader: what goes through a node's
+/// session (logs, exec) is served by the leader only. Elsewhere the answer
+/// names it.
+fn leader_only(app: &AppState, what: &str) -> Result<(), ApiFailure> {
+    if app.raft.is_leader() {
+        return Ok(());
+    }
+    let leader_api = app.raft.leader().and_then(|(leader, _)| {
+        let snapshot = app.store.snapshot();
+        snapshot
+            .state
+            .member(&NodeId(baton_store::raft::node_id(leader)))
+            .and_then(|m| m.api_url.clone())
+    });
+    Err(ApiFailure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_leader",
+        match leader_api {
+            Some(url) => format!("{what} by the leading manager: ask it with baton --addr {url}"),
+            None => format!("{what} by the leading manager, and none leads now"),
+        },
+    ))
+}
+
+fn node_unreachable(e: LogStreamError) -> ApiFailure {
+    match e {
+        LogStreamError::TaskNotFound(_) | LogStreamError::NotPlaced(_) => {
+            ApiFailure::not_found(e.to_string())
+        }
+        LogStreamError::NodeNotConnected(_) => ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+/// Run a command inside a running task (its namespaces or its container),
+/// full duplex over HTTP/2: the request body is a stream of exec frames
+/// (`start`, then stdin), the response body the command's output and its
+/// exit (see `baton_api::exec`). Tasks of the `raw` driver are refused by
+/// their node: they isolate nothing to enter.
+#[utoipa::path(post, path = "/v1/tasks/{id}/exec", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, description = "exec frames"), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn task_exec(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    use baton_api::exec::{ClientFrame, ExecExit, FrameBuffer, MAX_EXEC_ARGS, ServerFrame};
+    use baton_rpc::{ExecEvent, ExecInput};
+    use futures::StreamExt;
+
+    leader_only(&app, "exec sessions are brokered")?;
+    let bad = |message: String| ApiFailure::new(StatusCode::BAD_REQUEST, "invalid", message);
+    let mut body = body.into_data_stream();
+    let mut frames = FrameBuffer::default();
+    let start = loop {
+        match frames.next_client().map_err(|e| bad(e.to_string()))? {
+            Some(ClientFrame::Start(start)) => break start,
+            Some(_) => return Err(bad("an exec session starts with its command".to_owned())),
+            None => match body.next().await {
+                Some(Ok(chunk)) => frames.extend(&chunk),
+                _ => return Err(bad("the request ended before its command".to_owned())),
+            },
+        }
+    };
+    if start.command.is_empty()
+        || start.command[0].is_empty()
+        || start.command.len() > MAX_EXEC_ARGS
+        || start.command.iter().any(|a| a.contains('\0'))
+    {
+        return Err(bad(format!(
+            "command: expected 1 to {MAX_EXEC_ARGS} arguments, the first not empty, none with a NUL"
+        )));
+    }
+    let task = TaskId(id);
+    tracing::info!(task_id = %task, program = %start.command[0], "exec");
+    let session = app
+        .dispatcher
+        .request_exec(&task, start.command)
+        .await
+        .map_err(node_unreachable)?;
+    // The client's stdin, until it ends or the command does.
+    let input = session.input;
+    tokio::spawn(async move {
+        loop {
+            loop {
+                let frame = match frames.next_client() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(_) => return,
+                };
+                let forwarded = match frame {
+                    ClientFrame::Stdin(bytes) => ExecInput::Stdin(bytes.to_vec()),
+                    ClientFrame::StdinEof => ExecInput::StdinEof,
+                    ClientFrame::Start(_) => return,
+                };
+                if input.send(forwarded).await.is_err() {
+                    return;
+                }
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => frames.extend(&chunk),
+                _ => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(Some(session.events), |events| async move {
+        let mut events = events?;
+        let frame = match events.recv().await {
+            Some(ExecEvent::Stdout(bytes)) => ServerFrame::Stdout(bytes.into()),
+            Some(ExecEvent::Stderr(bytes)) => ServerFrame::Stderr(bytes.into()),
+            Some(ExecEvent::Exit(exit)) => {
+                let frame = ServerFrame::Exit(ExecExit {
+                    code: exit.code,
+                    signal: exit.signal,
+                });
+                return Some((Ok::<_, std::io::Error>(frame.encode()), None));
+            }
+            Some(ExecEvent::Error(message)) => {
+                return Some((Ok(ServerFrame::Error(message).encode()), None));
+            }
+            None => {
+                let frame = ServerFrame::Error("the node ended the session".to_owned());
+                return Some((Ok(frame.encode()), None));
+            }
+        };
+        Some((Ok(frame.encode()), Some(events)))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
         Body::from_stream(stream),
     )
         .into_response())

@@ -287,6 +287,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::list_tasks))
         .routes(routes!(handlers::get_task))
         .routes(routes!(handlers::task_logs))
+        .routes(routes!(handlers::task_exec))
         .routes(routes!(handlers::list_nodes))
         .routes(routes!(handlers::set_node_availability))
         .routes(routes!(placement::update_node_labels))

@@ -687,7 +687,8 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
                     Some(
                         SessionMessage::Logs(_)
                         | SessionMessage::Trust(_)
-                        | SessionMessage::Managers(_),
+                        | SessionMessage::Managers(_)
+                        | SessionMessage::Exec(_),
                     ) => {}
                     None => panic!("the session ended before its assignments"),
                 }

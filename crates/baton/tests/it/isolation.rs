@@ -345,3 +345,109 @@ fn an_exec_task_does_not_outlive_a_crashed_agent() {
     });
     assert_ne!(replaced["id"], id.as_str());
 }
+
+/// Starts a service `name` of one sleeping task with the extra task fields
+/// `driver`; returns its task id once it runs.
+fn running_sleeper(dev: &Dev, name: &str, driver: &str) -> String {
+    let spec = format!("name: {name}\ntask:\n{driver}  command: [/bin/sleep, '1000']\n");
+    let file = spec_file(&dev.dir, &format!("{name}.yaml"), &spec);
+    dev.ok(&["job", "run", file.to_str().expect("path")]);
+    let task = wait_for("the task to run", Duration::from_secs(30), || {
+        dev.running(name).into_iter().next()
+    });
+    task["id"].as_str().expect("id").to_owned()
+}
+
+/// `baton exec` into `task`: checks the command runs confined, gets our
+/// stdin, and gives us its output and its exit status.
+fn exec_is_confined(dev: &Dev, task: &str) {
+    let mut child = std::process::Command::new(crate::harness::baton_bin())
+        .args(["--config"])
+        .arg(dev.config())
+        .args(["exec", task, "--", "/bin/sh", "-c"])
+        .arg(
+            "id -u; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+             (touch /probe && echo ROOT_RW) 2>/dev/null || echo ROOT_RO; \
+             read line; echo \"got $line\"; echo to-stderr >&2; exit 7",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton exec");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"from-stdin\n").expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("baton exec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "65534",
+            "CapEff:\t0000000000000000",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+            "ROOT_RO",
+            "got from-stdin"
+        ],
+        "stderr: {stderr}"
+    );
+    assert_eq!(stderr.trim(), "to-stderr");
+}
+
+#[test]
+fn exec_enters_an_exec_task_confined() {
+    let (dev, _tmp) = Dev::start();
+    if !exec_offered(&dev) {
+        return;
+    }
+    let task = running_sleeper(&dev, "sleeper", "");
+    exec_is_confined(&dev, &task);
+}
+
+#[test]
+fn exec_enters_a_docker_task_confined() {
+    let (dev, _tmp) = Dev::start();
+    if !docker_offered(&dev) {
+        return;
+    }
+    let task = running_sleeper(
+        &dev,
+        "sleeper",
+        &format!("  driver: docker\n  image: {TEST_IMAGE}\n"),
+    );
+    exec_is_confined(&dev, &task);
+}
+
+#[test]
+fn exec_refuses_a_raw_task_and_a_finished_one() {
+    let (dev, _tmp) = Dev::start();
+    let task = running_sleeper(&dev, "plain", "  driver: raw\n");
+    let out = dev.cli(&["exec", &task, "--", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "exec needs an isolated task (driver exec or docker); this one runs with raw"
+        ),
+        "{stderr}"
+    );
+    dev.ok(&["job", "stop", "plain"]);
+    wait_for("the task to stop", Duration::from_secs(30), || {
+        dev.running("plain").is_empty().then_some(())
+    });
+    let out = dev.cli(&["exec", &task, "--", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not running on this node"), "{stderr}");
+    let out = dev.cli(&["exec", "no-such-task", "--", "/bin/true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
