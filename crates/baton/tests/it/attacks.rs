@@ -1351,6 +1351,89 @@ fn a_worker_cannot_inject_into_or_end_another_nodes_log_stream() {
     );
 }
 
+// 8. Exec sessions: a worker cannot take over another node's `baton exec`.
+
+#[test]
+fn a_worker_cannot_take_over_another_nodes_exec_session() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(tmp.path());
+    let b = cluster.add_agent("b", "1");
+    let spec = "name: sleeper\nreplicas: 1\ntask:\n  driver: raw\n  command: [/bin/sleep, '1000']\n  resources: {cpu: 100m, memory: 16Mi}\n";
+    cluster.run_job("sleeper", spec);
+    let task = wait_for("the sleeper to run on b", Duration::from_secs(30), || {
+        cluster
+            .tasks("sleeper")
+            .into_iter()
+            .find(|t| t["state"] == "running" && t["node"] == b.as_str())
+            .map(|t| t["id"].as_str().expect("id").to_owned())
+    });
+    let _a = cluster.add_agent("a", "1");
+    // b is frozen, so the session the engineer asks for waits for it.
+    let b_pid = i32::try_from(cluster.agents["b"].child.id()).expect("pid");
+    crate::harness::signal(b_pid, "STOP");
+    let mut cmd = Command::new(baton_bin());
+    cmd.arg("--config")
+        .arg(&cluster.admin)
+        .args(["exec", &task, "--", "/bin/echo", "from b"])
+        .env_remove("BATON_CONFIG");
+    let exec = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baton exec");
+    // The leader has asked b (its handler logs the session, then asks).
+    wait_for("the exec request", Duration::from_secs(30), || {
+        cluster
+            .manager
+            .log_text()
+            .contains(&format!("task_id={task} program=/bin/echo"))
+            .then_some(())
+    });
+    // Agent a opens an exec stream for every plausible request id (small
+    // counters) and writes into it.
+    let root = cluster.root_pem();
+    let (a_cert, a_key) = cluster.agent_identity("a");
+    let a_tls = ClientTls::new(&root, HotCert::new(&a_cert, &a_key).expect("a")).expect("tls");
+    let rt = runtime();
+    let answers = rt.block_on(async {
+        let channel = baton_rpc::transport::connect(&cluster.cluster_addr, &a_tls)
+            .await
+            .expect("connect");
+        let mut client = pb::dispatcher_client::DispatcherClient::new(channel);
+        let mut answers = BTreeSet::new();
+        for request in 0..200u64 {
+            let up = tokio_stream::iter([
+                pb::ExecUp {
+                    event: Some(pb::exec_up::Event::Open(request)),
+                },
+                pb::ExecUp {
+                    event: Some(pb::exec_up::Event::Stdout(b"INJECTED by a\n".to_vec())),
+                },
+            ]);
+            answers.insert(match client.exec(up).await {
+                Ok(_) => "accepted".to_owned(),
+                Err(status) => format!("code {}", i32::from(status.code())),
+            });
+        }
+        answers
+    });
+    // Aborted ("exec session closed") for every id, b's pending one too.
+    assert_eq!(answers, BTreeSet::from(["code 10".to_owned()]));
+    crate::harness::signal(b_pid, "CONT");
+    let out = exec.wait_with_output().expect("baton exec");
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !stdout.contains("INJECTED"),
+        "a wrote into b's session: {stdout}"
+    );
+    // b answered the session itself: a raw task has nothing to enter.
+    assert!(
+        stderr.contains("exec needs an isolated task"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
 /// Sessions opened with a node's certificate while `baton node rm` runs: one
 /// that passed the per-call check just before the revocation must not
 /// register the removed node again. Fails often, not always, while the bug is
