@@ -26,6 +26,7 @@
 //! replaces the outbox with the current state of every known task.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use baton_rpc::{
     Assignment, Dispatcher, ExecEvent, ExecRequest, LogEvent, LogRequest, NodeDescription,
-    RpcError, Session, SessionMessage, TrustUpdate,
+    RpcError, Session, SessionMessage, TaskUsage, TrustUpdate,
 };
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId, TaskReport, TaskState};
@@ -44,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
-use crate::driver::Driver;
+use crate::driver::{Driver, Usage};
 use crate::error::AgentError;
 use crate::executor::{Action, LocalTask, moves_forward, step};
 use crate::fingerprint;
@@ -59,6 +60,9 @@ const MAX_BATCH: usize = 512;
 /// Runner news waiting for the loop. Runners wait when it is full, which only
 /// slows their reporting.
 const EVENT_QUEUE: usize = 256;
+
+/// How often the agent samples and reports what its tasks use.
+const USAGE_PERIOD: Duration = Duration::from_secs(3);
 
 /// Messages of one exec session buffered each way.
 const EXEC_BUFFER: usize = 16;
@@ -112,6 +116,8 @@ pub struct Agent {
     events_rx: mpsc::Receiver<TaskEvent>,
     runners: JoinSet<()>,
     streamers: JoinSet<()>,
+    /// The previous usage sample of each running task, for CPU rates.
+    usage: Arc<std::sync::Mutex<UsageSamples>>,
     /// The heartbeat task of the current session.
     heartbeats: JoinSet<()>,
     /// Generations whose heartbeats gave up.
@@ -194,6 +200,45 @@ enum Event {
     Reported(ReportOutcome),
     HeartbeatLost(u64),
     RunnerDone(Result<(), JoinError>),
+    SampleUsage,
+}
+
+/// What the usage sampler keeps between two samples.
+#[derive(Default)]
+struct UsageSamples {
+    /// Per task: cumulative CPU time (ns) and when it was read.
+    last: HashMap<TaskId, (u64, std::time::Instant)>,
+    /// A sampling pass is running (a slow engine must not pile them up).
+    busy: bool,
+}
+
+/// Turns fresh samples into reports: the CPU rate over the time since a
+/// task's previous sample (so a task is reported from its second sample on).
+/// Tasks not sampled this time are forgotten.
+fn usage_report(
+    last: &mut HashMap<TaskId, (u64, std::time::Instant)>,
+    sampled: Vec<(TaskId, Option<Usage>, std::time::Instant)>,
+    now_ms: u64,
+) -> Vec<TaskUsage> {
+    let mut report = Vec::new();
+    let mut next = HashMap::with_capacity(sampled.len());
+    for (task, usage, at) in sampled {
+        let Some(usage) = usage else { continue };
+        if let Some((cpu_ns, then)) = last.get(&task) {
+            let elapsed_ns = at.saturating_duration_since(*then).as_nanos().max(1);
+            let used_ns = u128::from(usage.cpu_ns.saturating_sub(*cpu_ns));
+            report.push(TaskUsage {
+                task: task.clone(),
+                cpu_millis: u64::try_from(used_ns * 1000 / elapsed_ns).unwrap_or(u64::MAX),
+                memory_bytes: usage.memory_bytes,
+                pids: usage.pids,
+                at_ms: now_ms,
+            });
+        }
+        next.insert(task, (usage.cpu_ns, at));
+    }
+    *last = next;
+    report
 }
 
 /// Delay before retry number `attempt` (0-based): 100 ms doubled per attempt,
@@ -305,6 +350,7 @@ impl Agent {
             events_rx,
             runners: JoinSet::new(),
             streamers: JoinSet::new(),
+            usage: Arc::default(),
             heartbeats: JoinSet::new(),
             heartbeat_lost_tx,
             heartbeat_lost_rx,
@@ -317,6 +363,8 @@ impl Agent {
         tracing::info!(tasks = self.tasks.len(), "agent started");
         let mut opening = Some(self.open_session(Duration::ZERO));
         let mut reporting: Option<BoxFuture<ReportOutcome>> = None;
+        let mut usage_tick = tokio::time::interval(USAGE_PERIOD);
+        usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 biased;
@@ -331,6 +379,7 @@ impl Agent {
                 Some(done) = self.runners.join_next() => Event::RunnerDone(done),
                 // Streamers need nothing after they end.
                 Some(_) = self.streamers.join_next() => continue,
+                _ = usage_tick.tick() => Event::SampleUsage,
             };
             match event {
                 Event::Shutdown => {
@@ -372,6 +421,7 @@ impl Agent {
                     tracing::error!(error = %e, "task runner panicked");
                 }
                 Event::RunnerDone(_) => {}
+                Event::SampleUsage => self.sample_usage(),
             }
             if reporting.is_none() {
                 reporting = self.next_report();
@@ -693,6 +743,52 @@ impl Agent {
         }
     }
 
+    /// Samples what each running task uses, through its driver, and reports
+    /// it (in the background; one pass at a time).
+    fn sample_usage(&mut self) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        {
+            let mut samples = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            if samples.busy {
+                return;
+            }
+            samples.busy = true;
+        }
+        let node = session.node_id.clone();
+        let dispatcher = self.dispatcher.clone();
+        let running: Vec<(TaskId, Option<u32>, Arc<dyn Driver>)> = self
+            .tasks
+            .iter()
+            .filter(|(_, known)| known.local.state == TaskState::Running)
+            .filter_map(|(id, known)| {
+                let runner = known.runner.as_ref()?;
+                Some((id.clone(), known.pid, runner.driver.clone()))
+            })
+            .collect();
+        let state = self.usage.clone();
+        self.streamers.spawn(async move {
+            let sampled = futures::future::join_all(running.into_iter().map(
+                |(task, pid, driver)| async move {
+                    let usage = driver.usage(&task, pid).await;
+                    (task, usage, std::time::Instant::now())
+                },
+            ))
+            .await;
+            let report = {
+                let mut samples = state.lock().unwrap_or_else(|p| p.into_inner());
+                samples.busy = false;
+                usage_report(&mut samples.last, sampled, crate::runner::now_ms())
+            };
+            if !report.is_empty()
+                && let Err(e) = dispatcher.report_usage(&node, report).await
+            {
+                tracing::debug!(error = %e, "cannot report usage");
+            }
+        });
+    }
+
     /// Runs a `baton exec` command in a running task, through its driver,
     /// over an exec stream this node opens.
     fn serve_exec(&mut self, request: ExecRequest) {
@@ -867,6 +963,39 @@ async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usage_is_reported_from_the_second_sample_as_a_rate() {
+        let mut last = HashMap::new();
+        let t0 = std::time::Instant::now();
+        let task = TaskId("web.0.a".to_owned());
+        let usage = |cpu_ns| {
+            Some(Usage {
+                cpu_ns,
+                memory_bytes: 64 << 20,
+                pids: 3,
+            })
+        };
+        // The first sample only sets the baseline.
+        let first = usage_report(&mut last, vec![(task.clone(), usage(1_000_000_000), t0)], 1);
+        assert!(first.is_empty());
+        // Half a core over two seconds: one second of CPU.
+        let t1 = t0 + Duration::from_secs(2);
+        let second = usage_report(&mut last, vec![(task.clone(), usage(2_000_000_000), t1)], 2);
+        assert_eq!(
+            second,
+            [TaskUsage {
+                task: task.clone(),
+                cpu_millis: 500,
+                memory_bytes: 64 << 20,
+                pids: 3,
+                at_ms: 2,
+            }]
+        );
+        // A task not sampled any more is forgotten; one without figures too.
+        let third = usage_report(&mut last, vec![(task.clone(), None, t1)], 3);
+        assert!(third.is_empty() && last.is_empty());
+    }
     use super::*;
 
     #[test]

@@ -28,6 +28,43 @@ impl ProcStat {
     }
 }
 
+/// What one process uses, from `/proc/<pid>/stat` (utime and stime,
+/// fields 14 and 15, in clock ticks; threads, field 20) and
+/// `/proc/<pid>/statm` (resident pages, its second field).
+pub(crate) fn parse_usage(
+    stat: &str,
+    statm: &str,
+    ticks_per_second: u64,
+    page_size: u64,
+) -> Option<crate::driver::Usage> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `fields[0]` is field 3 of the file.
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    let ticks = field(14)?.checked_add(field(15)?)?;
+    let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(crate::driver::Usage {
+        cpu_ns: ticks.saturating_mul(1_000_000_000) / ticks_per_second.max(1),
+        memory_bytes: resident.saturating_mul(page_size),
+        pids: field(20)?,
+    })
+}
+
+/// What the process `pid` uses now (not its children).
+pub(crate) fn usage(pid: u32) -> Option<crate::driver::Usage> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten()?;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten()?;
+    parse_usage(
+        &stat,
+        &statm,
+        u64::try_from(ticks).ok()?,
+        u64::try_from(page).ok()?,
+    )
+}
+
 /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) is in
 /// parentheses and may itself contain spaces and parentheses, so fields are
 /// counted from the last `)`.
@@ -85,6 +122,20 @@ pub(crate) fn signal_name(number: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usage_is_read_from_stat_and_statm() {
+        // utime 150, stime 50 ticks; 3 threads; 25 resident pages.
+        let stat = "42 (my (odd) cmd) S 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 3 0 99 1000 \
+                    25 18446744073709551615";
+        let usage = parse_usage(stat, "1000 25 10 1 0 30 0\n", 100, 4096).expect("usage");
+        assert_eq!(usage.cpu_ns, 2_000_000_000);
+        assert_eq!(usage.memory_bytes, 25 * 4096);
+        assert_eq!(usage.pids, 3);
+        assert_eq!(parse_usage("garbage", "", 100, 4096), None);
+        let own = super::usage(std::process::id()).expect("this process");
+        assert!(own.memory_bytes > 0 && own.pids >= 1);
+    }
     use super::*;
 
     #[test]

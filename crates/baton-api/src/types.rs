@@ -137,6 +137,23 @@ pub struct TaskInfo {
     /// Host ports it holds on its node, by port name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<String, u16>,
+    /// What it uses, as its node last reported (running tasks, on the
+    /// leading manager, while fresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TaskUsageInfo>,
+}
+
+/// A running task's resource use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskUsageInfo {
+    /// CPU over the node's last sampling period, millicores.
+    pub cpu_millis: u64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u64,
+    /// When the node sampled it (ms since the epoch, the node's clock).
+    pub at: u64,
 }
 
 /// A node.

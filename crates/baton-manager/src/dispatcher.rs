@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use baton_rpc::{
     Assignment, AssignmentSet, Dispatcher, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
-    NodeDescription, RpcError, Session, SessionMessage, TrustUpdate,
+    NodeDescription, RpcError, Session, SessionMessage, TaskUsage, TrustUpdate,
 };
 use baton_state::{Command, Node, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
@@ -83,6 +83,12 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// the manager itself was held up; the gap is not held against the nodes.
 const CHECKER_STALL: Duration = Duration::from_secs(1);
 
+/// How long a node's usage report is shown (a few of its periods).
+const USAGE_FRESH: Duration = Duration::from_secs(15);
+
+/// Most tasks of one usage report kept.
+const MAX_USAGE_TASKS: usize = 10_000;
+
 /// Messages of one exec session buffered each way.
 const EXEC_BUFFER: usize = 16;
 
@@ -116,6 +122,9 @@ struct LogStream {
     node: NodeId,
     tx: mpsc::Sender<LogEvent>,
 }
+
+/// A node's latest usage report: when it came, and its tasks.
+type NodeUsage = (Instant, HashMap<TaskId, TaskUsage>);
 
 /// An exec session asked of a node, until the node opens its stream.
 struct PendingExec {
@@ -167,6 +176,8 @@ pub struct DispatcherService {
     silent: Mutex<HashMap<NodeId, Instant>>,
     logs: Mutex<HashMap<u64, LogStream>>,
     execs: Mutex<HashMap<u64, PendingExec>>,
+    /// The latest usage report of each node, and when it came.
+    usage: Mutex<HashMap<NodeId, NodeUsage>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
     node_down_grace: Duration,
@@ -223,6 +234,7 @@ impl DispatcherService {
             silent: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
             node_down_grace,
@@ -430,6 +442,21 @@ impl DispatcherService {
             input: input_tx,
             events: events_rx,
         })
+    }
+
+    /// What a running task uses, as its node last reported, if that report
+    /// is fresh. Only the task's own node is believed.
+    pub fn usage(&self, task: &baton_state::Task) -> Option<TaskUsage> {
+        if task.status.state != baton_state::TaskState::Running {
+            return None;
+        }
+        let node = task.node.as_ref()?;
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, tasks) = usage.get(node)?;
+        if at.elapsed() > USAGE_FRESH {
+            return None;
+        }
+        tasks.get(&task.id).cloned()
     }
 
     /// The node a task is placed on, and that node's session.
@@ -778,6 +805,22 @@ impl Dispatcher for DispatcherService {
             }
         });
         Ok(input)
+    }
+
+    async fn report_usage(&self, node: &NodeId, usage: Vec<TaskUsage>) -> Result<(), RpcError> {
+        if !self.lock_sessions().contains_key(node) {
+            return Err(RpcError::NoSession(node.clone()));
+        }
+        let tasks = usage
+            .into_iter()
+            .take(MAX_USAGE_TASKS)
+            .map(|u| (u.task.clone(), u))
+            .collect();
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone(), (Instant::now(), tasks));
+        Ok(())
     }
 
     async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {

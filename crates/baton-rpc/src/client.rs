@@ -21,8 +21,8 @@ use tracing::{debug, error};
 use crate::server::{CaError, NODE_ID_METADATA};
 use crate::tls::{ClientTls, manager_verifier};
 use crate::{
-    Dispatcher, ExecEvent, ExecInput, LogEvent, NodeDescription, RpcError, Session, convert, pb,
-    transport,
+    Dispatcher, ExecEvent, ExecInput, LogEvent, NodeDescription, RpcError, Session, TaskUsage,
+    convert, pb, transport,
 };
 
 /// Session messages buffered between the network and the agent.
@@ -168,6 +168,17 @@ impl Dispatcher for GrpcDispatcher {
             }
         });
         Ok(rx)
+    }
+
+    async fn report_usage(&self, node: &NodeId, usage: Vec<TaskUsage>) -> Result<(), RpcError> {
+        let report = pb::UsageReport {
+            tasks: usage.iter().map(convert::usage_to_wire).collect(),
+        };
+        self.client()
+            .report_usage(report)
+            .await
+            .map_err(|s| convert::status_to_rpc_error(&s, node, 0))?;
+        Ok(())
     }
 
     async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {

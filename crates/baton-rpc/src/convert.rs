@@ -16,7 +16,7 @@ use crate::pb;
 use crate::server::CaError;
 use crate::{
     Assignment, AssignmentSet, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
-    NodeDescription, RpcError, SessionMessage, TrustUpdate,
+    NodeDescription, RpcError, SessionMessage, TaskUsage, TrustUpdate,
 };
 
 /// A wire message that does not convert to the crate's types.
@@ -281,6 +281,28 @@ pub(crate) fn session_message_from_wire(
             task: TaskId(req.task),
             command: req.command,
         })),
+    }
+}
+
+// ---- usage ----
+
+pub(crate) fn usage_to_wire(usage: &TaskUsage) -> pb::TaskUsage {
+    pb::TaskUsage {
+        task: usage.task.0.clone(),
+        cpu_millis: usage.cpu_millis,
+        memory_bytes: usage.memory_bytes,
+        pids: usage.pids,
+        at_ms: usage.at_ms,
+    }
+}
+
+pub(crate) fn usage_from_wire(wire: pb::TaskUsage) -> TaskUsage {
+    TaskUsage {
+        task: TaskId(wire.task),
+        cpu_millis: wire.cpu_millis,
+        memory_bytes: wire.memory_bytes,
+        pids: wire.pids,
+        at_ms: wire.at_ms,
     }
 }
 

@@ -173,6 +173,22 @@ pub struct ExecRequest {
     pub command: Vec<String>,
 }
 
+/// The resource use of one running task, as its node sampled it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// Task.
+    pub task: TaskId,
+    /// CPU used over the node's last sampling period, in millicores.
+    pub cpu_millis: u64,
+    /// Memory in use (without reclaimable file cache where the driver can
+    /// tell), bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u64,
+    /// When it was sampled, ms since the Unix epoch (the node's clock).
+    pub at_ms: u64,
+}
+
 /// What flows from the node in an exec session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExecEvent {
@@ -263,6 +279,12 @@ pub trait Dispatcher: Send + Sync + 'static {
         _events: mpsc::Receiver<ExecEvent>,
     ) -> Result<mpsc::Receiver<ExecInput>, RpcError> {
         Err(RpcError::ExecClosed(request))
+    }
+
+    /// Reports the latest resource use of the node's running tasks. Kept in
+    /// memory by the leader for `baton task ls` and `task stats`.
+    async fn report_usage(&self, _node: &NodeId, _usage: Vec<TaskUsage>) -> Result<(), RpcError> {
+        Ok(())
     }
 
     /// Says the node is alive. Returns the period at which the dispatcher

@@ -304,6 +304,24 @@ impl pb::dispatcher_server::Dispatcher for DispatcherServer {
         Ok(Response::new(pb::SendLogsResponse {}))
     }
 
+    async fn report_usage(
+        &self,
+        req: Request<pb::UsageReport>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let identity = auth::require_node(&req, "Dispatcher/ReportUsage")?;
+        let usage = req
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(convert::usage_from_wire)
+            .collect();
+        self.inner
+            .report_usage(&node_of(&identity), usage)
+            .await
+            .map_err(|e| convert::rpc_error_to_status(&e))?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn heartbeat(
         &self,
         req: Request<pb::HeartbeatRequest>,

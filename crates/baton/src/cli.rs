@@ -82,6 +82,15 @@ pub enum TaskCmd {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
+    /// Show what a running task uses (CPU, memory, processes), a line per
+    /// sample its node reports, until the task stops or Ctrl-C.
+    Stats {
+        /// Task id.
+        task: String,
+        /// Print the latest sample once and exit.
+        #[arg(long)]
+        no_stream: bool,
+    },
 }
 
 /// `baton node …`
@@ -649,7 +658,8 @@ fn exit_text(task: &TaskInfo) -> String {
 fn print_tasks(tasks: &[TaskInfo]) {
     print_table(
         &[
-            "id", "job", "slot", "node", "state", "restarts", "pid", "exit", "message",
+            "id", "job", "slot", "node", "state", "restarts", "pid", "cpu", "mem", "exit",
+            "message",
         ],
         tasks
             .iter()
@@ -662,6 +672,8 @@ fn print_tasks(tasks: &[TaskInfo]) {
                     t.state.clone(),
                     t.restarts.to_string(),
                     or_dash(t.pid),
+                    or_dash(t.usage.map(|u| format!("{}m", u.cpu_millis))),
+                    or_dash(t.usage.map(|u| baton_spec::human_memory(u.memory_bytes))),
                     exit_text(t),
                     t.message.clone(),
                 ]
@@ -682,6 +694,62 @@ pub async fn task(client_args: ClientArgs, cmd: TaskCmd) -> Result<(), Failure> 
             }
             Ok(())
         }
+        TaskCmd::Stats { task, no_stream } => task_stats(client_args, &task, no_stream).await,
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a time in ms since the epoch.
+fn clock_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// How often `task stats` asks for a fresh sample (nodes report every 3 s).
+const STATS_POLL: Duration = Duration::from_secs(1);
+
+/// Prints a task's usage: a header, then a line per new sample.
+async fn task_stats(client_args: ClientArgs, id: &str, no_stream: bool) -> Result<(), Failure> {
+    let api = client(client_args)?;
+    let mut last_at = None;
+    let mut printed_header = false;
+    loop {
+        let task = api.get_task(id).await?;
+        if task.state != "running" {
+            return if printed_header {
+                Ok(())
+            } else {
+                Err(Failure::op(format!(
+                    "task {id} is {}, not running",
+                    task.state
+                )))
+            };
+        }
+        if let Some(usage) = task.usage
+            && last_at != Some(usage.at)
+        {
+            if !printed_header {
+                println!("{:<12} {:>8} {:>10} {:>6}", "TIME", "CPU", "MEM", "PIDS");
+                printed_header = true;
+            }
+            println!(
+                "{:<12} {:>8} {:>10} {:>6}",
+                clock_utc(usage.at),
+                format!("{}m", usage.cpu_millis),
+                baton_spec::human_memory(usage.memory_bytes),
+                usage.pids
+            );
+            let _ = std::io::stdout().flush();
+            last_at = Some(usage.at);
+            if no_stream {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(STATS_POLL).await;
     }
 }
 

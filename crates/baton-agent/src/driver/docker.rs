@@ -85,7 +85,7 @@ use tokio::task::JoinHandle;
 use tokio_util::io::StreamReader;
 
 use super::raw::{OUTPUT_GRACE, copy_output};
-use super::{Driver, TaskHandle, TaskRun};
+use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::AgentError;
 
 mod config;
@@ -120,17 +120,6 @@ pub struct DockerDriver {
     /// remove a job's network: a network is never removed between another
     /// task's check and its start.
     networks: Arc<RwLock<()>>,
-}
-
-/// Resource usage of one task's container at one instant.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// CPU time used since the container started, in nanoseconds.
-    pub cpu_ns: u64,
-    /// Memory in use, less the inactive file cache (as `docker stats`).
-    pub memory_bytes: u64,
-    /// Processes and threads.
-    pub pids: u64,
 }
 
 /// What can go wrong talking to the engine. Messages never carry the task's
@@ -304,7 +293,7 @@ impl DockerDriver {
     /// no such container or no figures for it. One engine sample: it takes up
     /// to a second to answer (20.10 samples each container once a second),
     /// so sample many tasks concurrently.
-    pub async fn usage(&self, task: &TaskId) -> Option<Usage> {
+    pub async fn container_usage(&self, task: &TaskId) -> Option<Usage> {
         let container = docker_name("task id", &task.0).ok()?;
         let options = StatsOptionsBuilder::default()
             .stream(false)
@@ -568,6 +557,10 @@ impl Driver for DockerDriver {
             .filter(|task| removed.contains(&task.0))
             .cloned()
             .collect()
+    }
+
+    async fn usage(&self, task: &TaskId, _pid: Option<u32>) -> Option<Usage> {
+        self.container_usage(task).await
     }
 
     async fn exec(

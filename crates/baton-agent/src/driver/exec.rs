@@ -133,11 +133,6 @@ impl ExecDriver {
         self.version
     }
 
-    /// What a task uses now; `None` once it is gone.
-    pub fn usage(&self, task: &str) -> Option<Usage> {
-        cgroup::usage(self.version, &bundle::cgroup_path(&self.layout, task))
-    }
-
     /// Kills whatever is left in the cgroup of `task` (by a shim that died
     /// with the agent) and removes it. Returns whether there was one.
     pub fn kill_leftover(&self, task: &str) -> std::io::Result<bool> {
@@ -231,6 +226,11 @@ impl Driver for ExecDriver {
         })
         .await;
         found.unwrap_or_default()
+    }
+
+    async fn usage(&self, task: &TaskId, _pid: Option<u32>) -> Option<Usage> {
+        // The task's whole cgroup: every process it started.
+        cgroup::usage(self.version, &bundle::cgroup_path(&self.layout, &task.0))
     }
 
     async fn exec(

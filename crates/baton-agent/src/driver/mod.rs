@@ -24,6 +24,7 @@ mod exec;
 mod ports;
 mod raw;
 
+pub use baton_isolate::cgroup::Usage;
 pub use docker::DockerDriver;
 pub use exec::{ExecDriver, SHIM_COMMAND};
 pub use raw::RawDriver;
@@ -85,6 +86,12 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     /// Returns those of `running` it found something of.
     async fn recover(&self, _node: &NodeId, _running: &[TaskId]) -> BTreeSet<TaskId> {
         BTreeSet::new()
+    }
+
+    /// What the running `task` (whose main process is host pid `pid`) uses
+    /// now; `None` when the driver cannot tell.
+    async fn usage(&self, _task: &TaskId, _pid: Option<u32>) -> Option<Usage> {
+        None
     }
 
     /// `baton exec`: runs `command` inside the running `task` (its

@@ -23,7 +23,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use baton_spec::DriverKind;
-use baton_state::ExitInfo;
+use baton_state::{ExitInfo, TaskId};
 use nix::sys::signal::Signal;
 use nix::unistd::{Uid, User, geteuid};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -31,7 +31,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::ports::port_env;
-use super::{Driver, TaskHandle, TaskRun};
+use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::{AgentError, describe_io};
 use crate::log_file::LogWriter;
 use crate::process::signal_group;
@@ -123,6 +123,11 @@ pub(super) fn task_env(run: &TaskRun, home: &str) -> BTreeMap<String, String> {
 impl Driver for RawDriver {
     fn kind(&self) -> DriverKind {
         DriverKind::Raw
+    }
+
+    /// Approximate: the task's main process only, not what it started.
+    async fn usage(&self, _task: &TaskId, pid: Option<u32>) -> Option<Usage> {
+        crate::process::usage(pid?)
     }
 
     async fn start(&self, run: TaskRun) -> Result<Box<dyn TaskHandle>, AgentError> {

@@ -204,6 +204,16 @@ impl Dispatcher for FailoverDispatcher {
             .await
     }
 
+    async fn report_usage(
+        &self,
+        node: &NodeId,
+        usage: Vec<baton_rpc::TaskUsage>,
+    ) -> Result<(), RpcError> {
+        self.session_dispatcher(node)?
+            .report_usage(node, usage)
+            .await
+    }
+
     async fn heartbeat(&self, node: &NodeId) -> Result<Duration, RpcError> {
         self.session_dispatcher(node)?.heartbeat(node).await
     }

@@ -1,6 +1,6 @@
 //! State objects to wire types, by hand.
 
-use baton_api::{JobInfo, NodeInfo, SlotFailureInfo, TaskInfo};
+use baton_api::{JobInfo, NodeInfo, SlotFailureInfo, TaskInfo, TaskUsageInfo};
 use baton_state::{
     Job, JobDesired, JobPhase, Node, NodeAvailability, NodeState, State, Task, TaskDesired,
 };
@@ -46,7 +46,7 @@ pub fn job_info(state: &State, job: &Job, with_source: bool) -> JobInfo {
     }
 }
 
-pub fn task_info(task: &Task) -> TaskInfo {
+pub fn task_info(task: &Task, usage: Option<baton_rpc::TaskUsage>) -> TaskInfo {
     TaskInfo {
         id: task.id.0.clone(),
         job: task.job.clone(),
@@ -68,6 +68,12 @@ pub fn task_info(task: &Task) -> TaskInfo {
         started_at: task.status.started_at.map(|t| t.0),
         finished_at: task.status.finished_at.map(|t| t.0),
         ports: task.ports.clone(),
+        usage: usage.map(|u| TaskUsageInfo {
+            cpu_millis: u.cpu_millis,
+            memory_bytes: u.memory_bytes,
+            pids: u.pids,
+            at: u.at_ms,
+        }),
     }
 }
 

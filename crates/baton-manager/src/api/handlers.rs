@@ -236,9 +236,15 @@ pub async fn list_tasks(
             if state.job(job).is_none() {
                 return Err(ApiFailure::not_found(format!("job {job:?} not found")));
             }
-            state.tasks_of_job(job).map(task_info).collect()
+            state
+                .tasks_of_job(job)
+                .map(|t| task_info(t, app.dispatcher.usage(t)))
+                .collect()
         }
-        None => state.tasks().map(task_info).collect(),
+        None => state
+            .tasks()
+            .map(|t| task_info(t, app.dispatcher.usage(t)))
+            .collect(),
     };
     tasks.sort_by(|a, b| (&a.job, a.created_at, &a.id).cmp(&(&b.job, b.created_at, &b.id)));
     Ok(Json(tasks))
@@ -256,7 +262,7 @@ pub async fn get_task(
         .state
         .task(&TaskId(id.clone()))
         .ok_or_else(|| ApiFailure::not_found(format!("task {id} not found")))?;
-    Ok(Json(task_info(task)))
+    Ok(Json(task_info(task, app.dispatcher.usage(task))))
 }
 
 /// Options of a log request.

@@ -451,3 +451,49 @@ fn exec_refuses_a_raw_task_and_a_finished_one() {
     let out = dev.cli(&["exec", "no-such-task", "--", "/bin/true"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
+
+#[test]
+fn usage_of_running_tasks_is_shown() {
+    let (dev, _tmp) = Dev::start();
+    if !exec_offered(&dev) {
+        return;
+    }
+    // A task that burns CPU in a shell loop.
+    let spec = "name: burn\ntask:\n  command: [/bin/sh, -c, 'while :; do :; done']\n  \
+                resources: {cpu: 500m}\n";
+    let file = spec_file(&dev.dir, "burn.yaml", spec);
+    dev.ok(&["job", "run", file.to_str().expect("path")]);
+    // Nodes report every few seconds, from a task's second sample on.
+    let usage = wait_for("the task's usage", Duration::from_secs(60), || {
+        let task = dev.running("burn").into_iter().next()?;
+        let usage = task.get("usage")?.clone();
+        (usage["cpu_millis"].as_u64()? > 100).then_some((task, usage))
+    });
+    let (task, usage) = usage;
+    assert!(
+        usage["memory_bytes"].as_u64().expect("memory") > 0,
+        "{usage}"
+    );
+    assert!(usage["pids"].as_u64().expect("pids") >= 1, "{usage}");
+    let id = task["id"].as_str().expect("id");
+    let out = dev.ok(&["task", "stats", id, "--no-stream"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("CPU") && lines[0].contains("MEM"),
+        "{out}"
+    );
+    assert!(
+        lines[1]
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|c| c.ends_with('m')),
+        "{out}"
+    );
+    // `task ls` shows the same columns.
+    let table = dev.ok(&["task", "ls"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("CPU")),
+        "{table}"
+    );
+}

@@ -274,7 +274,7 @@ async fn a_fork_bomb_is_contained() {
     // Each `stats` answer takes up to a second (engine 20.10 samples once a
     // second), so few attempts span a long time.
     let busy = poll(30, || async {
-        let usage = driver.usage(&run.task).await?;
+        let usage = driver.container_usage(&run.task).await?;
         assert!(usage.pids <= 64, "{usage:?}");
         (usage.pids > 10).then_some(usage)
     })
