@@ -818,7 +818,7 @@ impl Agent {
                     Some(driver) => {
                         tracing::info!(program = ?request.command.first(), "exec");
                         driver
-                            .exec(&request.task, request.command, input, events)
+                            .exec(&request.task, request.command, request.tty, input, events)
                             .await;
                     }
                     None => {
@@ -963,6 +963,7 @@ async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn usage_is_reported_from_the_second_sample_as_a_rate() {
@@ -996,7 +997,6 @@ mod tests {
         let third = usage_report(&mut last, vec![(task.clone(), None, t1)], 3);
         assert!(third.is_empty() && last.is_empty());
     }
-    use super::*;
 
     #[test]
     fn backoff_doubles_to_a_cap_with_jitter_in_the_upper_half() {

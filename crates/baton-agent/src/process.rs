@@ -122,6 +122,7 @@ pub(crate) fn signal_name(number: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn usage_is_read_from_stat_and_statm() {
@@ -136,7 +137,6 @@ mod tests {
         let own = super::usage(std::process::id()).expect("this process");
         assert!(own.memory_bytes > 0 && own.pids >= 1);
     }
-    use super::*;
 
     #[test]
     fn parse_stat_counts_fields_after_the_command_name() {

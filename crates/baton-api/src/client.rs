@@ -336,26 +336,23 @@ impl ApiClient {
         }))
     }
 
-    /// `POST /v1/tasks/{id}/exec`: runs `command` in the task, with `stdin`
-    /// as its input (its end closes the command's stdin); the answer is the
-    /// command's output and how it ended, as [`ServerFrame`]s. Full duplex
-    /// over HTTP/2, to the manager that answered last (a streamed body cannot
-    /// be sent twice).
+    /// `POST /v1/tasks/{id}/exec`: runs `start`'s command in the task, then
+    /// sends `input` (stdin, its end, resizes); the answer is the command's
+    /// output and how it ended, as [`ServerFrame`]s. Full duplex over HTTP/2,
+    /// to the manager that answered last (a streamed body cannot be sent
+    /// twice).
     pub async fn exec<S>(
         &self,
         id: &str,
-        command: Vec<String>,
-        stdin: S,
+        start: ExecStart,
+        input: S,
     ) -> Result<impl Stream<Item = Result<ServerFrame, ApiError>> + use<S>, ApiError>
     where
-        S: Stream<Item = Bytes> + Send + 'static,
+        S: Stream<Item = ClientFrame> + Send + 'static,
     {
-        let start = ClientFrame::Start(ExecStart { command }).encode();
+        let start = ClientFrame::Start(start).encode();
         let body = futures::stream::once(async move { start })
-            .chain(stdin.map(|bytes| ClientFrame::Stdin(bytes).encode()))
-            .chain(futures::stream::once(async {
-                ClientFrame::StdinEof.encode()
-            }))
+            .chain(input.map(|frame| frame.encode()))
             .map(Ok::<_, std::io::Error>);
         let mut req = self
             .request(Method::POST, &format!("/v1/tasks/{id}/exec"))

@@ -25,6 +25,8 @@ pub enum ClientFrame {
     Stdin(Bytes),
     /// The command's stdin is closed.
     StdinEof,
+    /// The client's terminal was resized.
+    Resize(TtySize),
 }
 
 /// The command of an exec session.
@@ -32,6 +34,19 @@ pub enum ClientFrame {
 pub struct ExecStart {
     /// argv; never empty.
     pub command: Vec<String>,
+    /// Run it on a pseudo-terminal of this size (the client's stdin is a
+    /// terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// What the server sends.
@@ -73,6 +88,7 @@ pub enum FrameError {
 const START: u8 = 1;
 const STDIN: u8 = 2;
 const STDIN_EOF: u8 = 3;
+const RESIZE: u8 = 4;
 const STDOUT: u8 = 11;
 const STDERR: u8 = 12;
 const EXIT: u8 = 13;
@@ -98,6 +114,7 @@ impl ClientFrame {
             ClientFrame::Start(start) => frame(START, &json(start)),
             ClientFrame::Stdin(bytes) => frame(STDIN, bytes),
             ClientFrame::StdinEof => frame(STDIN_EOF, &[]),
+            ClientFrame::Resize(size) => frame(RESIZE, &json(size)),
         }
     }
 }
@@ -156,6 +173,9 @@ impl FrameBuffer {
             ),
             STDIN => ClientFrame::Stdin(payload),
             STDIN_EOF => ClientFrame::StdinEof,
+            RESIZE => ClientFrame::Resize(
+                serde_json::from_slice(&payload).map_err(|e| FrameError::Bad(e.to_string()))?,
+            ),
             other => return Err(FrameError::UnknownKind(other)),
         }))
     }
@@ -186,6 +206,11 @@ mod tests {
         let client = [
             ClientFrame::Start(ExecStart {
                 command: vec!["sh".into(), "-c".into(), "cat".into()],
+                tty: Some(TtySize { rows: 24, cols: 80 }),
+            }),
+            ClientFrame::Resize(TtySize {
+                rows: 50,
+                cols: 132,
             }),
             ClientFrame::Stdin(Bytes::from_static(b"\x00\xffbinary")),
             ClientFrame::StdinEof,

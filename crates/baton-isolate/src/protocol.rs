@@ -26,7 +26,9 @@ pub enum Request {
         id: String,
         /// The runtime's state directory (one per agent).
         state_root: PathBuf,
-        /// Where to write the bundle (`config.json`); removed once started.
+        /// Where to write the bundle (`config.json`); kept while the task
+        /// runs (`baton exec` reads the task's process from it), removed
+        /// when it ends.
         bundle: PathBuf,
         /// The runtime spec. Its environment may hold secrets.
         spec: Box<Spec>,
@@ -42,6 +44,16 @@ pub enum Request {
         state_root: PathBuf,
         /// argv.
         command: Vec<String>,
+        /// Run it on a pseudo-terminal of (rows, columns).
+        #[serde(default)]
+        tty: Option<(u16, u16)>,
+    },
+    /// The exec'd command's terminal was resized.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
     },
     /// Send a signal to the process the shim watches.
     Signal {
@@ -60,6 +72,11 @@ impl std::fmt::Debug for Request {
                 .field("id", id)
                 .field("program", &command.first())
                 .finish_non_exhaustive(),
+            Request::Resize { rows, cols } => f
+                .debug_struct("Resize")
+                .field("rows", rows)
+                .field("cols", cols)
+                .finish(),
             Request::Signal { signal } => f.debug_struct("Signal").field("signal", signal).finish(),
         }
     }

@@ -22,7 +22,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -80,7 +80,8 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             id,
             state_root,
             command,
-        })) => return exec(&id, &state_root, command, &mut input, &mut output),
+            tty,
+        })) => return exec(&id, &state_root, command, tty, &mut input, &mut output),
         Ok(_) => {
             eprintln!("baton shim: expected a create or exec request");
             return ExitCode::from(2);
@@ -121,7 +122,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let pid = u32::try_from(pid).unwrap_or(0);
     let agent_here = write_frame(&mut output, &Response::Started { pid, micros }).is_ok();
-    let ended = supervise(&mut input, &pidfd, agent_here);
+    let ended = supervise(&mut input, &pidfd, agent_here, None);
     let oom_kills = cgroup::version()
         .map(|v| cgroup::oom_kills(v, &cgroup_path))
         .unwrap_or(0);
@@ -150,11 +151,12 @@ fn exec(
     id: &str,
     state_root: &Path,
     command: Vec<String>,
+    tty: Option<(u16, u16)>,
     input: &mut BufReader<UnixStream>,
     output: &mut UnixStream,
 ) -> ExitCode {
-    let pid = match enter(id, state_root, command) {
-        Ok(pid) => pid,
+    let (pid, pty) = match enter(id, state_root, command, tty) {
+        Ok(entered) => entered,
         Err(message) => {
             let _ = write_frame(output, &Response::Failed { message });
             return ExitCode::from(1);
@@ -170,7 +172,7 @@ fn exec(
     };
     let pid = u32::try_from(pid).unwrap_or(0);
     let agent_here = write_frame(output, &Response::Started { pid, micros: 0 }).is_ok();
-    let (code, signal) = supervise(input, &pidfd, agent_here);
+    let (code, signal) = supervise(input, &pidfd, agent_here, pty.as_ref());
     let _ = write_frame(
         output,
         &Response::Exited {
@@ -182,8 +184,16 @@ fn exec(
     ExitCode::SUCCESS
 }
 
-/// Starts `command` in the container's namespaces and cgroup; its pid.
-fn enter(id: &str, state_root: &Path, command: Vec<String>) -> Result<i32, String> {
+/// Starts `command` in the container's namespaces and cgroup, as the
+/// task's own process (its user, capabilities, environment, working
+/// directory) with the command as argv; on a pseudo-terminal of `tty`'s size
+/// (rows, columns) when asked, whose master end is returned with the pid.
+fn enter(
+    id: &str,
+    state_root: &Path,
+    command: Vec<String>,
+    tty: Option<(u16, u16)>,
+) -> Result<(i32, Option<OwnedFd>), String> {
     if !single_threaded() {
         return Err("baton shim is not single-threaded; refusing to call the runtime".to_owned());
     }
@@ -191,38 +201,111 @@ fn enter(id: &str, state_root: &Path, command: Vec<String>) -> Result<i32, Strin
         .map_err(|e| format!("task {id} has no running container here: {e}"))?;
     let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
         .map_err(|e| format!("cannot read the task's spec: {e}"))?;
-    let process = spec
+    let mut process = spec
         .process()
-        .as_ref()
+        .clone()
         .ok_or("the task's spec has no process")?;
+    process
+        .set_args(Some(command))
+        .set_terminal(Some(tty.is_some()))
+        .set_no_new_privileges(Some(true));
     // The runtime builds a joining process from namespaces and the cgroup
-    // only: the task's confinement is applied here from its own spec.
+    // only: the task's seccomp filter is loaded here, from its own spec.
     let seccomp = spec
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().clone())
         .ok_or("the task's spec has no seccomp filter")?;
-    let dup = |fd: io::Result<OwnedFd>| fd.map_err(|e| format!("cannot pass stdio: {e}"));
-    let stdin = dup(io::stdin().as_fd().try_clone_to_owned())?;
-    let stdout = dup(io::stdout().as_fd().try_clone_to_owned())?;
-    let stderr = dup(io::stderr().as_fd().try_clone_to_owned())?;
-    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_executor(Confined { seccomp })
-        .with_root_path(state_root)
-        .map_err(|e| format!("runtime: {e}"))?
-        .with_stdin(stdin)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
-        .as_tenant()
-        .with_container_args(command)
-        .with_cwd(Some(process.cwd()))
-        .with_user(Some(process.user().uid()))
-        .with_group(Some(process.user().gid()))
-        .with_no_new_privs(true)
-        .with_detach(true)
-        .build()
-        .map_err(|e| format!("cannot run the command in task {id}: {e}"))?;
-    Ok(pid.as_raw())
+    // Private files of this session, next to the runtime's state (root only).
+    let private = |what: &str| state_root.join(format!(".{id}.{what}.{}", std::process::id()));
+    let process_file = private("process.json");
+    let console = private("console.sock");
+    let written = serde_json::to_vec(&process)
+        .map_err(|e| e.to_string())
+        .and_then(|json| {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&process_file)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+                .map_err(|e| format!("cannot write {}: {e}", process_file.display()))
+        });
+    let listener = match (&written, tty) {
+        (Ok(()), Some(_)) => Some(
+            std::os::unix::net::UnixListener::bind(&console)
+                .map_err(|e| format!("cannot make a console socket: {e}"))?,
+        ),
+        _ => None,
+    };
+    let built = written.and_then(|()| {
+        let dup = |fd: io::Result<OwnedFd>| fd.map_err(|e| format!("cannot pass stdio: {e}"));
+        let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_executor(Confined { seccomp })
+            .with_root_path(state_root)
+            .map_err(|e| format!("runtime: {e}"))?;
+        if tty.is_some() {
+            builder = builder.with_console_socket(Some(&console));
+        } else {
+            builder = builder
+                .with_stdin(dup(io::stdin().as_fd().try_clone_to_owned())?)
+                .with_stdout(dup(io::stdout().as_fd().try_clone_to_owned())?)
+                .with_stderr(dup(io::stderr().as_fd().try_clone_to_owned())?);
+        }
+        builder
+            .as_tenant()
+            .with_process(Some(&process_file))
+            .with_detach(true)
+            .build()
+            .map_err(|e| format!("cannot run the command in task {id}: {e}"))
+    });
+    let _ = fs::remove_file(&process_file);
+    let _ = fs::remove_file(&console);
+    let pid = built?;
+    let pty = match (listener, tty) {
+        (Some(listener), Some((rows, cols))) => {
+            let master = receive_pty(&listener)?;
+            let _ = rustix::termios::tcsetwinsize(&master, winsize(rows, cols));
+            Some(master)
+        }
+        _ => None,
+    };
+    Ok((pid.as_raw(), pty))
+}
+
+/// The pseudo-terminal's master end, which the runtime sends over the
+/// console socket once the process has it as its controlling terminal.
+fn receive_pty(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, String> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let (conn, _) = listener
+        .accept()
+        .map_err(|e| format!("the runtime sent no terminal: {e}"))?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut name = [0u8; 4096];
+    recvmsg(
+        &conn,
+        &mut [io::IoSliceMut::new(&mut name)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("the runtime sent no terminal: {e}"))?;
+    control
+        .drain()
+        .find_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        })
+        .ok_or_else(|| "the runtime sent no terminal".to_owned())
+}
+
+fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
 }
 
 /// Loads the task's seccomp filter in the joining process, just before it
@@ -305,34 +388,72 @@ fn create(
     result
 }
 
-/// Waits until the task's PID 1 exits, relaying signals from the agent. If
-/// the agent goes away, kills the task. Returns (exit code, signal).
+/// Waits until the watched process exits, relaying signals (and terminal
+/// resizes) from the agent, and with `pty`, copying between our stdio and
+/// the pseudo-terminal. If the agent goes away, kills the process. Returns
+/// (exit code, signal).
 fn supervise(
     input: &mut BufReader<UnixStream>,
     pidfd: &OwnedFd,
     mut agent_here: bool,
+    pty: Option<&OwnedFd>,
 ) -> (Option<i32>, Option<i32>) {
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    let mut stdin_open = pty.is_some();
+    let mut buf = vec![0u8; 16 << 10];
     loop {
-        let (socket_ready, task_ready) = {
-            let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
-            if agent_here {
-                fds.push(PollFd::new(input.get_ref(), PollFlags::IN));
+        let mut fds = vec![PollFd::new(pidfd, PollFlags::IN)];
+        if agent_here {
+            fds.push(PollFd::new(input.get_ref(), PollFlags::IN));
+        }
+        if let Some(master) = pty {
+            fds.push(PollFd::new(master, PollFlags::IN));
+            if stdin_open {
+                fds.push(PollFd::new(&stdin, PollFlags::IN));
             }
-            match poll(&mut fds, None) {
-                Ok(_) => (
-                    fds.get(1).is_some_and(|fd| !fd.revents().is_empty()),
-                    !fds[0].revents().is_empty(),
-                ),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    eprintln!("baton shim: poll: {e}");
-                    (false, true)
+        }
+        if let Err(e) = poll(&mut fds, None) {
+            if e == rustix::io::Errno::INTR {
+                continue;
+            }
+            eprintln!("baton shim: poll: {e}");
+        }
+        let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        let mut next = 1;
+        let socket_ready = agent_here && ready[next];
+        if agent_here {
+            next += 1;
+        }
+        if let Some(master) = pty {
+            if ready[next] {
+                // The output first: what the command wrote before it ended.
+                match rustix::io::read(master, &mut buf) {
+                    Ok(n) if n > 0 => {
+                        let _ = rustix::io::write(&stdout, &buf[..n]);
+                    }
+                    // EIO: every process holding the terminal has ended.
+                    _ => stdin_open = false,
                 }
             }
-        };
-        if task_ready {
+            if stdin_open && ready.get(next + 1).copied().unwrap_or(false) {
+                match rustix::io::read(&stdin, &mut buf) {
+                    Ok(n) if n > 0 => {
+                        let _ = rustix::io::write(master, &buf[..n]);
+                    }
+                    _ => stdin_open = false,
+                }
+            }
+        }
+        if ready[0] {
             match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
-                Ok(Some(status)) => return (status.exit_status(), status.terminating_signal()),
+                Ok(Some(status)) => {
+                    if let Some(master) = pty {
+                        drain(master, &stdout, &mut buf);
+                    }
+                    return (status.exit_status(), status.terminating_signal());
+                }
                 Ok(None) | Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     eprintln!("baton shim: waitid: {e}");
@@ -350,6 +471,11 @@ fn supervise(
                             let _ = pidfd_send_signal(pidfd, sig);
                         }
                     }
+                    Ok(Some(Request::Resize { rows, cols })) => {
+                        if let Some(master) = pty {
+                            let _ = rustix::termios::tcsetwinsize(master, winsize(rows, cols));
+                        }
+                    }
                     Ok(Some(Request::Create { .. } | Request::Exec { .. })) => {}
                     Ok(None) | Err(_) => {
                         agent_here = false;
@@ -362,5 +488,16 @@ fn supervise(
                 }
             }
         }
+    }
+}
+
+/// What is left on the terminal once the command has ended.
+fn drain(master: &OwnedFd, to: &io::Stdout, buf: &mut [u8]) {
+    let _ = rustix::fs::fcntl_setfl(master, rustix::fs::OFlags::NONBLOCK);
+    while let Ok(n) = rustix::io::read(master, &mut *buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = rustix::io::write(to, &buf[..n]);
     }
 }

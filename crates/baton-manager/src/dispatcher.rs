@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use baton_rpc::{
     Assignment, AssignmentSet, Dispatcher, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
-    NodeDescription, RpcError, Session, SessionMessage, TaskUsage, TrustUpdate,
+    NodeDescription, RpcError, Session, SessionMessage, TaskUsage, TrustUpdate, Winsize,
 };
 use baton_state::{Command, Node, NodeId, NodeState, State, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
@@ -82,6 +82,9 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// A gap between two checks longer than this (plus [`CHECK_INTERVAL`]) means
 /// the manager itself was held up; the gap is not held against the nodes.
 const CHECKER_STALL: Duration = Duration::from_secs(1);
+
+/// How long a node has to open an exec session it was asked for.
+const EXEC_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a node's usage report is shown (a few of its periods).
 const USAGE_FRESH: Duration = Duration::from_secs(15);
@@ -405,9 +408,10 @@ impl DispatcherService {
     /// the session waits here. The node refuses a task it does not run, or
     /// one whose driver isolates nothing.
     pub async fn request_exec(
-        &self,
+        self: &Arc<Self>,
         task: &TaskId,
         command: Vec<String>,
+        tty: Option<Winsize>,
     ) -> Result<ExecSession, LogStreamError> {
         let (node, session_tx) = self.session_of_task(task)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -430,6 +434,7 @@ impl DispatcherService {
             id,
             task: task.clone(),
             command,
+            tty,
         });
         if session_tx.send(request).await.is_err() {
             self.execs
@@ -438,6 +443,28 @@ impl DispatcherService {
                 .remove(&id);
             return Err(LogStreamError::NodeNotConnected(node));
         }
+        // A node that never opens the session (it went away, or could not
+        // reach this manager) must not leave the client waiting for ever.
+        let waiting = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(EXEC_OPEN_TIMEOUT).await;
+            let Some(dispatcher) = waiting.upgrade() else {
+                return;
+            };
+            let pending = dispatcher
+                .execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(pending) = pending {
+                let message = format!(
+                    "node {} did not answer the exec request within {}s",
+                    pending.node,
+                    EXEC_OPEN_TIMEOUT.as_secs()
+                );
+                let _ = pending.events.send(ExecEvent::Error(message)).await;
+            }
+        });
         Ok(ExecSession {
             input: input_tx,
             events: events_rx,

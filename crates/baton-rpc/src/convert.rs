@@ -16,7 +16,7 @@ use crate::pb;
 use crate::server::CaError;
 use crate::{
     Assignment, AssignmentSet, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
-    NodeDescription, RpcError, SessionMessage, TaskUsage, TrustUpdate,
+    NodeDescription, RpcError, SessionMessage, TaskUsage, TrustUpdate, Winsize,
 };
 
 /// A wire message that does not convert to the crate's types.
@@ -242,6 +242,7 @@ pub(crate) fn session_message_to_wire(
             id: req.id,
             task: req.task.0.clone(),
             command: req.command.clone(),
+            tty: req.tty.map(winsize_to_wire),
         }),
     };
     Ok(pb::SessionMessage {
@@ -280,6 +281,7 @@ pub(crate) fn session_message_from_wire(
             id: req.id,
             task: TaskId(req.task),
             command: req.command,
+            tty: req.tty.map(winsize_from_wire),
         })),
     }
 }
@@ -307,6 +309,21 @@ pub(crate) fn usage_from_wire(wire: pb::TaskUsage) -> TaskUsage {
 }
 
 // ---- exec sessions ----
+
+fn winsize_to_wire(size: Winsize) -> pb::Winsize {
+    pb::Winsize {
+        rows: u32::from(size.rows),
+        cols: u32::from(size.cols),
+    }
+}
+
+/// Sizes beyond a `u16` are clamped (the kernel's `winsize` is 16-bit).
+fn winsize_from_wire(size: pb::Winsize) -> Winsize {
+    Winsize {
+        rows: u16::try_from(size.rows).unwrap_or(u16::MAX),
+        cols: u16::try_from(size.cols).unwrap_or(u16::MAX),
+    }
+}
 
 fn exit_to_wire(exit: &ExitInfo) -> pb::ExitInfo {
     pb::ExitInfo {
@@ -350,6 +367,7 @@ pub(crate) fn exec_input_to_wire(input: ExecInput) -> pb::ExecDown {
         event: Some(match input {
             ExecInput::Stdin(bytes) => pb::exec_down::Event::Stdin(bytes),
             ExecInput::StdinEof => pb::exec_down::Event::StdinEof(pb::Empty {}),
+            ExecInput::Resize(size) => pb::exec_down::Event::Resize(winsize_to_wire(size)),
         }),
     }
 }
@@ -358,6 +376,7 @@ pub(crate) fn exec_input_from_wire(wire: pb::ExecDown) -> Option<ExecInput> {
     match wire.event? {
         pb::exec_down::Event::Stdin(bytes) => Some(ExecInput::Stdin(bytes)),
         pb::exec_down::Event::StdinEof(pb::Empty {}) => Some(ExecInput::StdinEof),
+        pb::exec_down::Event::Resize(size) => Some(ExecInput::Resize(winsize_from_wire(size))),
     }
 }
 

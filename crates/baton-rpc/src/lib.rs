@@ -171,6 +171,17 @@ pub struct ExecRequest {
     pub task: TaskId,
     /// argv.
     pub command: Vec<String>,
+    /// Run it on a pseudo-terminal of this size.
+    pub tty: Option<Winsize>,
+}
+
+/// The size of a terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Winsize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// The resource use of one running task, as its node sampled it.
@@ -209,6 +220,8 @@ pub enum ExecInput {
     Stdin(Vec<u8>),
     /// Its stdin is closed.
     StdinEof,
+    /// Its terminal was resized.
+    Resize(Winsize),
 }
 
 /// The roots a node must trust: sent when a session opens and whenever they

@@ -58,13 +58,22 @@ pub struct JobSpec {
 
 /// What is wrong with an absolute working directory, if anything: a
 /// directory in a kernel filesystem is how a task reaches the host through
-/// a leaked descriptor (`/proc/self/fd/7`: runc's CVE-2024-21626), and `..`
-/// would hide such a path. Checked at submission and again by the agent
-/// (which does not trust the manager's copy).
+/// a leaked descriptor (`/proc/self/fd/7`: runc's CVE-2024-21626), and `..`,
+/// `.` or `//` would hide such a path. Checked at submission and again by
+/// the agent (which does not trust the manager's copy).
 pub fn workdir_problem(dir: &str) -> Option<String> {
-    let components: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
-    if components.contains(&"..") {
-        return Some("contains \"..\" (expected a plain absolute path)".to_owned());
+    let inner = dir.strip_prefix('/').unwrap_or(dir);
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    let components: Vec<&str> = inner.split('/').collect();
+    if !inner.is_empty()
+        && components
+            .iter()
+            .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
+        return Some(
+            "is not a plain absolute path (expected no \".\", \"..\" or empty component)"
+                .to_owned(),
+        );
     }
     match components.first() {
         Some(first @ (&"proc" | &"sys" | &"dev")) => Some(format!(

@@ -181,7 +181,8 @@ fn task() -> impl Strategy<Value = TaskSpec> {
     (
         ("[^\u{0}]{1,12}", prop::collection::vec(text(), 0..4)),
         prop::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,10}", text(), 0..4),
-        prop::option::of("/[^\u{0}]{0,12}"),
+        // Plain absolute paths (no ".", ".." or empty component).
+        prop::option::of("/w[a-z0-9_-]{0,6}(/[a-z0-9_-]{1,8}){0,2}"),
         prop::option::of(prop_oneof![
             "[a-z_][a-z0-9_-]{0,31}",
             any::<u32>().prop_map(|uid| uid.to_string()),

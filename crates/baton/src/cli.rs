@@ -773,32 +773,65 @@ pub async fn logs(client_args: ClientArgs, args: LogsArgs) -> Result<(), Failure
 /// Runs a command inside a running task: its stdin is ours, its output
 /// ours, and our exit status is its own (128 + N when signal N killed it).
 pub async fn exec(client_args: ClientArgs, args: ExecArgs) -> Result<(), Failure> {
-    use baton_api::exec::ServerFrame;
+    use baton_api::exec::{ClientFrame, ExecStart, ServerFrame, TtySize};
+    use std::io::IsTerminal;
 
     let api = client(client_args)?;
+    // A terminal on our side: one on the command's side too, of our size,
+    // with ours in raw mode (restored on the way out) so keys pass through.
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let size = || {
+        rustix::termios::tcgetwinsize(std::io::stdout())
+            .ok()
+            .map(|w| TtySize {
+                rows: w.ws_row,
+                cols: w.ws_col,
+            })
+    };
+    let _raw = if tty { RawMode::enter() } else { None };
+    let (tx, rx) = tokio::sync::mpsc::channel::<ClientFrame>(8);
     // Our stdin, read on a thread of its own (a blocking read of a terminal
     // or pipe), until its end.
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let stdin_tx = tx.clone();
     std::thread::spawn(move || {
         use std::io::Read;
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; 16 << 10];
         loop {
             match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = stdin_tx.blocking_send(ClientFrame::StdinEof);
+                    return;
+                }
                 Ok(n) => {
-                    if tx
-                        .blocking_send(bytes::Bytes::copy_from_slice(&buf[..n]))
-                        .is_err()
-                    {
+                    let bytes = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if stdin_tx.blocking_send(ClientFrame::Stdin(bytes)).is_err() {
                         return;
                     }
                 }
             }
         }
     });
+    if tty
+        && let Ok(mut resized) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    {
+        tokio::spawn(async move {
+            while resized.recv().await.is_some() {
+                if let Some(size) = size()
+                    && tx.send(ClientFrame::Resize(size)).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    let start = ExecStart {
+        command: args.command,
+        tty: if tty { size() } else { None },
+    };
     let input = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let mut frames = Box::pin(api.exec(&args.task, args.command, input).await?);
+    let mut frames = Box::pin(api.exec(&args.task, start, input).await?);
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     while let Some(frame) = frames.next().await {
@@ -830,6 +863,36 @@ pub async fn exec(client_args: ClientArgs, args: ExecArgs) -> Result<(), Failure
     Err(Failure::op(
         "the exec session ended without the command's exit",
     ))
+}
+
+/// Our terminal in raw mode until dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        let saved = rustix::termios::tcgetattr(std::io::stdin()).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &raw,
+        )
+        .ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
 }
 
 /// Runs a `cluster` subcommand.

@@ -67,7 +67,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_rpc::{ExecEvent, ExecInput};
+use baton_rpc::{ExecEvent, ExecInput, Winsize};
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId};
 use bollard::Docker;
@@ -422,6 +422,7 @@ impl DockerDriver {
         &self,
         task: &TaskId,
         command: Vec<String>,
+        tty: Option<Winsize>,
         mut input: mpsc::Receiver<ExecInput>,
         events: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExitInfo, DockerError> {
@@ -431,6 +432,7 @@ impl DockerDriver {
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
+            tty: Some(tty.is_some()),
             privileged: Some(false),
             ..Default::default()
         };
@@ -455,9 +457,18 @@ impl DockerDriver {
                 reason: "the engine did not attach".to_owned(),
             });
         };
+        if let Some(size) = tty {
+            self.resize_exec(&exec.id, size).await;
+        }
         let mut stdin_open = true;
         loop {
             tokio::select! {
+                () = events.closed() => {
+                    // Nobody reads any more: the engine cannot stop an exec,
+                    // so its process is killed (it is inside the container).
+                    self.kill_exec(&exec.id).await;
+                    break;
+                }
                 next = output.next() => match next {
                     Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
                         if events.send(ExecEvent::Stderr(message.to_vec())).await.is_err() {
@@ -478,6 +489,7 @@ impl DockerDriver {
                             stdin_open = false;
                         }
                     }
+                    Some(ExecInput::Resize(size)) => self.resize_exec(&exec.id, size).await,
                     Some(ExecInput::StdinEof) | None => {
                         use tokio::io::AsyncWriteExt as _;
                         let _ = stdin.shutdown().await;
@@ -496,6 +508,32 @@ impl DockerDriver {
             signal: None,
             oom_killed: false,
         })
+    }
+
+    /// Kills an exec's process with SIGKILL, by its host pid.
+    async fn kill_exec(&self, exec: &str) {
+        let pid = match self.docker.inspect_exec(exec).await {
+            Ok(inspected) if inspected.running == Some(true) => inspected.pid,
+            _ => None,
+        };
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Sets the size of an exec's terminal; best effort (a session without
+    /// a terminal, or one already ended, has none).
+    async fn resize_exec(&self, exec: &str, size: Winsize) {
+        let options = bollard::query_parameters::ResizeExecOptionsBuilder::default()
+            .h(i32::from(size.rows))
+            .w(i32::from(size.cols))
+            .build();
+        if let Err(e) = self.docker.resize_exec(exec, options).await {
+            tracing::debug!(error = %describe(&e), "cannot resize the exec's terminal");
+        }
     }
 
     /// Creates the container, attaches to its output and starts it. Call
@@ -567,10 +605,11 @@ impl Driver for DockerDriver {
         &self,
         task: &TaskId,
         command: Vec<String>,
+        tty: Option<Winsize>,
         input: mpsc::Receiver<ExecInput>,
         events: mpsc::Sender<ExecEvent>,
     ) {
-        let end = match self.exec_session(task, command, input, &events).await {
+        let end = match self.exec_session(task, command, tty, input, &events).await {
             Ok(exit) => ExecEvent::Exit(exit),
             Err(e) => ExecEvent::Error(e.to_string()),
         };

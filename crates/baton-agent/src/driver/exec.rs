@@ -28,7 +28,7 @@ use std::time::Duration;
 use baton_isolate::cgroup::{self, Usage, Version};
 use baton_isolate::protocol::{Request, Response};
 use baton_isolate::{HostLayout, IsolatedTask, bundle};
-use baton_rpc::{ExecEvent, ExecInput};
+use baton_rpc::{ExecEvent, ExecInput, Winsize};
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId};
 use nix::unistd::{Gid, Uid, User, chown};
@@ -72,7 +72,7 @@ pub struct ExecDriver {
     layout: HostLayout,
     /// The runtime's state directory.
     state_root: PathBuf,
-    /// Where bundles are written for the moment of a start.
+    /// Where each task's bundle is, while it runs.
     bundles: PathBuf,
     version: Version,
 }
@@ -137,6 +137,8 @@ impl ExecDriver {
     /// with the agent) and removes it. Returns whether there was one.
     pub fn kill_leftover(&self, task: &str) -> std::io::Result<bool> {
         let _ = std::fs::remove_dir_all(self.state_root.join(task));
+        // Its spec, environment included.
+        let _ = std::fs::remove_dir_all(self.bundles.join(task));
         cgroup::kill_and_remove(self.version, &bundle::cgroup_path(&self.layout, task))
     }
 }
@@ -237,10 +239,11 @@ impl Driver for ExecDriver {
         &self,
         task: &TaskId,
         command: Vec<String>,
+        tty: Option<Winsize>,
         input: mpsc::Receiver<ExecInput>,
         events: mpsc::Sender<ExecEvent>,
     ) {
-        let end = match self.exec_session(task, command, input, &events).await {
+        let end = match self.exec_session(task, command, tty, input, &events).await {
             Ok(exit) => ExecEvent::Exit(exit),
             Err(message) => ExecEvent::Error(message),
         };
@@ -306,6 +309,7 @@ impl ExecDriver {
         &self,
         task: &TaskId,
         command: Vec<String>,
+        tty: Option<Winsize>,
         mut input: mpsc::Receiver<ExecInput>,
         events: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExitInfo, String> {
@@ -355,6 +359,7 @@ impl ExecDriver {
             id: task.0.clone(),
             state_root: self.state_root.clone(),
             command,
+            tty: tty.map(|size| (size.rows, size.cols)),
         };
         control.send(&request).await.map_err(|e| e.to_string())?;
         match control.next_response().await.map_err(|e| e.to_string())? {
@@ -385,6 +390,12 @@ impl ExecDriver {
                         }
                     }
                     // End of input, or the client is gone: close its stdin.
+                    Some(ExecInput::Resize(size)) => {
+                        let resize = Request::Resize { rows: size.rows, cols: size.cols };
+                        if let Err(e) = control.send(&resize).await {
+                            tracing::debug!(error = %e, "cannot resize the exec's terminal");
+                        }
+                    }
                     Some(ExecInput::StdinEof) | None => stdin = None,
                 },
                 () = events.closed(), if !killed => {

@@ -2,8 +2,10 @@
 //!
 //! A [`Driver`] starts a task from a [`TaskRun`] and returns a [`TaskHandle`]
 //! to wait for it or stop it. The executor does not know how a driver runs a
-//! task; `raw` ([`RawDriver`]) is the first, and `exec` (isolated) and `docker`
-//! come next behind the same trait.
+//! task: `exec` ([`ExecDriver`], isolated, the default), `docker`
+//! ([`DockerDriver`]) and `raw` ([`RawDriver`], no isolation, off unless
+//! enabled) sit behind the same trait, which also enters a running task
+//! (`baton exec`), samples its usage and cleans up after a crashed agent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,7 +13,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_rpc::{ExecEvent, ExecInput};
+use baton_rpc::{ExecEvent, ExecInput, Winsize};
 use baton_spec::{DriverKind, TaskSpec};
 use baton_state::{ExitInfo, NodeId, TaskId};
 use tokio::sync::mpsc;
@@ -95,7 +97,8 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
     }
 
     /// `baton exec`: runs `command` inside the running `task` (its
-    /// namespaces, its container) with the task's confinement, feeding it
+    /// namespaces, its container) with the task's confinement, on a
+    /// pseudo-terminal of size `tty` if given, feeding it
     /// `input` and sending its output to `events`, ending with
     /// [`ExecEvent::Exit`] or [`ExecEvent::Error`]. If `events` closes (the
     /// client went away) the command is killed. The default: refused, for a
@@ -104,6 +107,7 @@ pub trait Driver: Send + Sync + fmt::Debug + 'static {
         &self,
         _task: &TaskId,
         _command: Vec<String>,
+        _tty: Option<Winsize>,
         _input: mpsc::Receiver<ExecInput>,
         events: mpsc::Sender<ExecEvent>,
     ) {

@@ -403,9 +403,13 @@ pub async fn task_exec(
     }
     let task = TaskId(id);
     tracing::info!(task_id = %task, program = %start.command[0], "exec");
+    let tty = start.tty.map(|size| baton_rpc::Winsize {
+        rows: size.rows,
+        cols: size.cols,
+    });
     let session = app
         .dispatcher
-        .request_exec(&task, start.command)
+        .request_exec(&task, start.command, tty)
         .await
         .map_err(node_unreachable)?;
     // The client's stdin, until it ends or the command does.
@@ -421,6 +425,10 @@ pub async fn task_exec(
                 let forwarded = match frame {
                     ClientFrame::Stdin(bytes) => ExecInput::Stdin(bytes.to_vec()),
                     ClientFrame::StdinEof => ExecInput::StdinEof,
+                    ClientFrame::Resize(size) => ExecInput::Resize(baton_rpc::Winsize {
+                        rows: size.rows,
+                        cols: size.cols,
+                    }),
                     ClientFrame::Start(_) => return,
                 };
                 if input.send(forwarded).await.is_err() {

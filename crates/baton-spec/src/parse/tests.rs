@@ -317,7 +317,10 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
         (
             "a pids limit too small",
             Yaml,
-            yaml(("memory: 64Mi}", "memory: 64Mi, pids: 3}")),
+            VALID
+                .replacen("driver: raw", "driver: exec", 1)
+                .replacen("memory: 64Mi}", "memory: 64Mi, pids: 3}", 1)
+                .into_bytes(),
             "web.yaml:9:46: task.resources.pids: \"3\" is out of range (expected 16 to 65536)",
         ),
         (
@@ -568,7 +571,25 @@ fn invalid_cases() -> Vec<(&'static str, SpecFormat, Vec<u8>, &'static str)> {
             "workdir hiding /proc behind ..",
             Yaml,
             yaml(("workdir: /tmp", "workdir: /tmp/../proc/1/cwd")),
-            "web.yaml:8:12: task.workdir: \"/tmp/../proc/1/cwd\" contains \"..\" (expected a plain absolute path)",
+            "web.yaml:8:12: task.workdir: \"/tmp/../proc/1/cwd\" is not a plain absolute path (expected no \".\", \"..\" or empty component)",
+        ),
+        (
+            "workdir hiding /proc behind .",
+            Yaml,
+            yaml(("workdir: /tmp", "workdir: /./proc/self/fd/7")),
+            "web.yaml:8:12: task.workdir: \"/./proc/self/fd/7\" is not a plain absolute path (expected no \".\", \"..\" or empty component)",
+        ),
+        (
+            "workdir hiding /proc behind //",
+            Yaml,
+            yaml(("workdir: /tmp", "workdir: //proc/self/fd/7")),
+            "web.yaml:8:12: task.workdir: \"//proc/self/fd/7\" is not a plain absolute path (expected no \".\", \"..\" or empty component)",
+        ),
+        (
+            "a pids limit for the raw driver",
+            Yaml,
+            yaml(("memory: 64Mi}", "memory: 64Mi, pids: 64}")),
+            "web.yaml:9:46: task.resources.pids: the raw driver isolates nothing, so it cannot limit processes (use driver exec or docker)",
         ),
         (
             "json: empty",

@@ -641,7 +641,7 @@ impl Validator<'_> {
         let resources = match fields.get("resources") {
             None => Some((
                 Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES),
-                DEFAULT_PIDS_LIMIT,
+                None,
             )),
             Some(entry) => self.resources(&fields.path("resources"), &entry.value),
         };
@@ -671,7 +671,20 @@ impl Validator<'_> {
                 }
             }
         };
-        let (resources, pids_limit) = resources?;
+        let (resources, pids) = resources?;
+        let pids_limit = match pids {
+            Some((pos, _)) if driver == Some(DriverKind::Raw) => {
+                self.error(
+                    &field_path(&fields.path("resources"), "pids"),
+                    pos,
+                    "the raw driver isolates nothing, so it cannot limit processes \
+                     (use driver exec or docker)",
+                );
+                return None;
+            }
+            Some((_, limit)) => limit,
+            None => DEFAULT_PIDS_LIMIT,
+        };
         Some(TaskSpec {
             driver: driver?,
             command: command?,
@@ -913,8 +926,9 @@ impl Validator<'_> {
         Some(text.to_owned())
     }
 
-    /// `resources`: what the task reserves, and its pids limit.
-    fn resources(&mut self, path: &str, node: &Node) -> Option<(Resources, u32)> {
+    /// `resources`: what the task reserves, and its pids limit if given (with
+    /// where it was written).
+    fn resources(&mut self, path: &str, node: &Node) -> Option<(Resources, Option<(Pos, u32)>)> {
         let fields = self.fields(
             path,
             node,
@@ -971,13 +985,15 @@ impl Validator<'_> {
                 .map(|(_, bytes)| bytes),
         };
         let pids = match fields.get("pids") {
-            None => Some(DEFAULT_PIDS_LIMIT),
-            Some(entry) => self.uint(
-                &fields.path("pids"),
-                &entry.value,
-                *PIDS_LIMIT_RANGE.start(),
-                *PIDS_LIMIT_RANGE.end(),
-            ),
+            None => Some(None),
+            Some(entry) => self
+                .uint(
+                    &fields.path("pids"),
+                    &entry.value,
+                    *PIDS_LIMIT_RANGE.start(),
+                    *PIDS_LIMIT_RANGE.end(),
+                )
+                .map(|limit| Some((entry.value.pos, limit))),
         };
         Some((
             Resources {
@@ -1322,7 +1338,6 @@ impl Validator<'_> {
     }
 }
 
-/// `[A-Za-z_][A-Za-z0-9_]*`
 /// What is wrong with an image reference, if anything. A light check (the
 /// engine parses it fully): the characters of `[registry[:port]/]name[:tag]
 /// [@digest]` only, so nothing reaches the engine's API that is not one.
@@ -1345,6 +1360,7 @@ fn image_problem(image: &str) -> Option<&'static str> {
     None
 }
 
+/// `[A-Za-z_][A-Za-z0-9_]*`
 fn is_env_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

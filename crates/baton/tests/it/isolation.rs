@@ -497,3 +497,69 @@ fn usage_of_running_tasks_is_shown() {
         "{table}"
     );
 }
+
+/// `baton exec` run on a terminal (util-linux `script` gives it one, of 40
+/// rows and 100 columns): the command gets a terminal too. Returns what the
+/// command printed and our exit status.
+fn exec_on_a_terminal(dev: &Dev, task: &str, command: &str) -> (String, Option<i32>) {
+    let exec = format!(
+        "stty rows 40 cols 100; {} --config {} exec {task} -- /bin/sh -c '{command}'",
+        crate::harness::baton_bin(),
+        dev.config().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &exec, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    // Held open, never written: no end of input reaches the terminal.
+    let _stdin = child.stdin.take();
+    let out = child.wait_with_output().expect("script");
+    (
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+        out.status.code(),
+    )
+}
+
+#[test]
+fn exec_from_a_terminal_gets_a_terminal() {
+    let (dev, _tmp) = Dev::start();
+    if !exec_offered(&dev) {
+        return;
+    }
+    let task = running_sleeper(&dev, "sleeper", "");
+    let (out, code) = exec_on_a_terminal(
+        &dev,
+        &task,
+        "tty; test -t 0 && echo STDIN_IS_TTY; stty size; grep Seccomp: /proc/self/status; exit 5",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["/dev/pts/0", "STDIN_IS_TTY", "40 100", "Seccomp:\t2"],
+        "{out}"
+    );
+    assert_eq!(code, Some(5), "{out}");
+}
+
+#[test]
+fn exec_from_a_terminal_gets_a_terminal_in_docker() {
+    let (dev, _tmp) = Dev::start();
+    if !docker_offered(&dev) {
+        return;
+    }
+    let task = running_sleeper(
+        &dev,
+        "sleeper",
+        &format!("  driver: docker\n  image: {TEST_IMAGE}\n"),
+    );
+    // The engine (API 1.41) sizes an exec's terminal only once it runs, so
+    // the size is not checked here.
+    let (out, code) =
+        exec_on_a_terminal(&dev, &task, "tty; test -t 0 && echo STDIN_IS_TTY; exit 5");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(lines.contains(&"STDIN_IS_TTY"), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{out}");
+    assert_eq!(code, Some(5), "{out}");
+}
