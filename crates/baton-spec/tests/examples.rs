@@ -154,3 +154,66 @@ fn placement_example_spreads_over_zones_on_ssd_workers() {
     assert_eq!(spec.task.ports[0].static_port, None);
     assert!(spec.task.ports[0].publish);
 }
+
+/// The spec of the two isolation examples, which differ in driver, name,
+/// image, command and environment only.
+fn isolated_example(
+    name: &str,
+    driver: DriverKind,
+    image: Option<&str>,
+    script: &str,
+    env: BTreeMap<String, String>,
+) -> JobSpec {
+    JobSpec {
+        placement: Default::default(),
+        name: name.to_owned(),
+        kind: JobKind::Service { replicas: 1 },
+        task: TaskSpec {
+            ports: Default::default(),
+            image: image.map(str::to_owned),
+            capabilities: Vec::new(),
+            pids_limit: 64,
+            driver,
+            command: vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()],
+            env,
+            workdir: None,
+            user: None,
+            resources: Resources {
+                disk_bytes: 0,
+                cpu_millis: 100,
+                memory_bytes: 32 << 20,
+            },
+            kill_timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy {
+            condition: RestartCondition::Always,
+            max_attempts: 0,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        },
+    }
+}
+
+#[test]
+fn isolated_example_runs_isolated_by_default() {
+    let expected = isolated_example(
+        "hello",
+        DriverKind::Exec,
+        None,
+        "while true; do echo \"hello from $(id -un) in $PWD\"; date > /work/last-beat; sleep 5; done",
+        BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+    );
+    assert_eq!(parse_example("isolated.yaml"), expected);
+}
+
+#[test]
+fn docker_example_uses_the_local_test_image() {
+    let expected = isolated_example(
+        "hello-docker",
+        DriverKind::Docker,
+        Some("baton-test/busybox:1"),
+        "while true; do echo \"hello from uid $(id -u)\"; sleep 5; done",
+        BTreeMap::new(),
+    );
+    assert_eq!(parse_example("docker.yaml"), expected);
+}
