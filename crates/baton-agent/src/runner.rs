@@ -192,7 +192,14 @@ impl Runner {
             Err(e) => return (TaskState::Failed, e.to_string(), None),
         };
         let pid = handle.pid();
-        if let Err(e) = self.record_run(pid).await {
+        // An isolated task may be over (and reaped by its shim, or its
+        // container gone) before it is recorded; its driver, not the pid,
+        // finds what a crashed agent left of it.
+        let gone_already =
+            self.driver.kind().is_isolated() && (pid == 0 || read_stat(pid).is_none());
+        if gone_already {
+            tracing::debug!(pid, "task ended before its process was recorded");
+        } else if let Err(e) = self.record_run(pid).await {
             // Without its record a crash of the agent would orphan the process:
             // do not let it run unrecorded.
             let _ = handle.stop(Duration::ZERO).await;

@@ -81,10 +81,9 @@ use bollard::query_parameters::{
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::RwLock;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::io::StreamReader;
 
-use super::raw::{OUTPUT_GRACE, copy_output};
+use super::output::{Ending, Output, stop_gracefully};
 use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::AgentError;
 
@@ -545,7 +544,7 @@ impl DockerDriver {
         container: &str,
         network: &str,
         image: &str,
-    ) -> Result<JoinHandle<()>, DockerError> {
+    ) -> Result<Output, DockerError> {
         self.ensure_network(&run.job, network).await?;
         let options = CreateContainerOptionsBuilder::default()
             .name(container)
@@ -571,9 +570,11 @@ impl DockerDriver {
                 .map_ok(bollard::container::LogOutput::into_bytes)
                 .map_err(io::Error::other),
         );
-        let copier = tokio::spawn(copy_output(output, run.log.clone()));
+        let mut copier = Output::default();
+        copier.copy(output, run.log.clone());
         if let Err(e) = self.docker.start_container(container, None).await {
-            copier.abort();
+            // Dropping the copier leaves nothing behind: its stream ends with
+            // the container's removal.
             return Err(DockerError::engine("start container", container, &e));
         }
         Ok(copier)
@@ -672,7 +673,7 @@ impl Driver for DockerDriver {
             container,
             network,
             pid,
-            output: Some(output),
+            output,
             exit: None,
             sent: SignalsSent::default(),
             removed: false,
@@ -688,8 +689,9 @@ struct DockerHandle {
     container: String,
     network: String,
     pid: u32,
-    /// The output copier, until it has finished (or been given up on).
-    output: Option<JoinHandle<()>>,
+    /// The output copier (the engine ends its stream once the container's
+    /// output is closed; the grace only bounds a stuck engine).
+    output: Output,
     /// Set once the container has ended.
     exit: Option<ExitInfo>,
     /// Signals delivered by [`TaskHandle::stop`].
@@ -791,18 +793,7 @@ impl TaskHandle for DockerHandle {
                 exit
             }
         };
-        if let Some(copier) = &mut self.output {
-            // The engine ends the attach stream once the container's output
-            // is closed; the grace only bounds a stuck engine.
-            if tokio::time::timeout(OUTPUT_GRACE, &mut *copier)
-                .await
-                .is_err()
-            {
-                tracing::warn!(task_id = %self.task, "container output still open after it ended; the rest is dropped");
-                copier.abort();
-            }
-            self.output = None;
-        }
+        self.output.drain(&self.task.0).await;
         if !self.removed {
             if let Err(e) = self.driver.remove_container(&self.container).await {
                 tracing::warn!(task_id = %self.task, error = %e, "cannot remove ended container");
@@ -814,15 +805,27 @@ impl TaskHandle for DockerHandle {
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
-        if self.exit.is_none() && self.signal("SIGTERM").await {
-            self.sent.term = true;
+        stop_gracefully(self, grace).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ending for DockerHandle {
+    fn ended(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Through the engine, to docker-init, which forwards it to the task.
+    /// What was delivered tells a SIGTERM/SIGKILL exit from the task's own.
+    async fn signal_end(&mut self, force: bool) -> bool {
+        let delivered = self.signal(if force { "SIGKILL" } else { "SIGTERM" }).await;
+        if delivered {
+            if force {
+                self.sent.kill = true;
+            } else {
+                self.sent.term = true;
+            }
         }
-        if let Ok(res) = tokio::time::timeout(grace, self.wait()).await {
-            return res.map(|exit| (exit, self.sent.kill));
-        }
-        if self.exit.is_none() && self.signal("SIGKILL").await {
-            self.sent.kill = true;
-        }
-        self.wait().await.map(|exit| (exit, self.sent.kill))
+        delivered
     }
 }

@@ -37,9 +37,9 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use super::raw::{OUTPUT_GRACE, copy_output, task_env};
+use super::output::{Ending, Output, stop_gracefully};
+use super::raw::task_env;
 use super::{Driver, TaskHandle, TaskRun};
 use crate::error::{AgentError, describe_io};
 
@@ -57,6 +57,9 @@ const WORK_DIR: &str = "work";
 const HOST_DIRS: &[&str] = &[
     "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
+
+/// How long an exec'd command's output may stay open after it ended.
+const EXEC_OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a `baton shim exec` may take to connect back.
 const SHIM_CONNECT: Duration = Duration::from_secs(10);
@@ -352,8 +355,9 @@ impl ExecDriver {
             from_shim: BufReader::new(read),
             line: Vec::new(),
             pid: 0,
+            task: task.0.clone(),
             exit: None,
-            output: Vec::new(),
+            output: Output::default(),
         };
         let request = Request::Exec {
             id: task.0.clone(),
@@ -408,7 +412,7 @@ impl ExecDriver {
         drop(stdin);
         let _ = control.shim.wait().await;
         for pump in pumps.into_iter().flatten() {
-            let _ = tokio::time::timeout(OUTPUT_GRACE, pump).await;
+            let _ = tokio::time::timeout(EXEC_OUTPUT_GRACE, pump).await;
         }
         Ok(exit)
     }
@@ -439,12 +443,12 @@ impl ExecDriver {
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| failed(format!("{}: {}", self.shim.display(), describe_io(&e))))?;
-        let mut output = Vec::with_capacity(2);
+        let mut output = Output::default();
         if let Some(stdout) = shim.stdout.take() {
-            output.push(tokio::spawn(copy_output(stdout, run.log.clone())));
+            output.copy(stdout, run.log.clone());
         }
         if let Some(stderr) = shim.stderr.take() {
-            output.push(tokio::spawn(copy_output(stderr, run.log.clone())));
+            output.copy(stderr, run.log.clone());
         }
         let socket = UnixStream::from_std(ours).map_err(|e| failed(describe_io(&e)))?;
         let (read, write) = socket.into_split();
@@ -454,17 +458,13 @@ impl ExecDriver {
             from_shim: BufReader::new(read),
             line: Vec::new(),
             pid: 0,
+            task: run.task.0.clone(),
             exit: None,
             output,
         };
-        let mut frame = serde_json::to_vec(&request).map_err(|e| failed(e.to_string()))?;
-        frame.push(b'\n');
-        if let Err(e) = handle.to_shim.write_all(&frame).await {
+        if let Err(e) = handle.send(&request).await {
             handle.abandon().await;
-            return Err(failed(format!(
-                "cannot talk to the shim: {}",
-                describe_io(&e)
-            )));
+            return Err(failed(e));
         }
         match handle.next_response().await {
             Ok(Response::Started { pid, micros }) => {
@@ -517,8 +517,10 @@ struct ExecHandle {
     line: Vec<u8>,
     /// Host pid of the task's PID 1.
     pid: u32,
+    /// Task id, for logs.
+    task: String,
     exit: Option<ExitInfo>,
-    output: Vec<JoinHandle<()>>,
+    output: Output,
 }
 
 impl ExecHandle {
@@ -560,9 +562,14 @@ impl ExecHandle {
             .map_err(|e| format!("cannot talk to the shim: {}", describe_io(&e)))
     }
 
-    async fn signal(&mut self, signal: i32) {
-        if let Err(e) = self.send(&Request::Signal { signal }).await {
-            tracing::warn!(pid = self.pid, error = %e, "cannot reach the task's shim");
+    /// Sends `signal` to the watched process; whether the shim got it.
+    async fn signal(&mut self, signal: i32) -> bool {
+        match self.send(&Request::Signal { signal }).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(pid = self.pid, error = %e, "cannot reach the task's shim");
+                false
+            }
         }
     }
 
@@ -570,26 +577,7 @@ impl ExecHandle {
     async fn abandon(&mut self) {
         let _ = self.to_shim.shutdown().await;
         let _ = self.shim.wait().await;
-        self.drain_output().await;
-    }
-
-    async fn drain_output(&mut self) {
-        let drained = tokio::time::timeout(OUTPUT_GRACE, async {
-            while let Some(copier) = self.output.first_mut() {
-                let _ = copier.await;
-                self.output.remove(0);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                pid = self.pid,
-                "task output still open after it ended; the rest is dropped"
-            );
-        }
-        for copier in self.output.drain(..) {
-            copier.abort();
-        }
+        self.output.drain(&self.task).await;
     }
 }
 
@@ -629,23 +617,29 @@ impl TaskHandle for ExecHandle {
                 exit
             }
         };
-        self.drain_output().await;
+        self.output.drain(&self.task).await;
         Ok(exit)
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
-        if self.exit.is_none() {
-            self.signal(libc_signal::SIGTERM).await;
-        }
-        match tokio::time::timeout(grace, self.wait()).await {
-            Ok(res) => res.map(|exit| (exit, false)),
-            Err(_) => {
-                if self.exit.is_none() {
-                    self.signal(libc_signal::SIGKILL).await;
-                }
-                self.wait().await.map(|exit| (exit, true))
-            }
-        }
+        stop_gracefully(self, grace).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ending for ExecHandle {
+    fn ended(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// Through the shim, which signals the task's PID 1 by its pidfd.
+    async fn signal_end(&mut self, force: bool) -> bool {
+        let signal = if force {
+            libc_signal::SIGKILL
+        } else {
+            libc_signal::SIGTERM
+        };
+        self.signal(signal).await
     }
 }
 

@@ -23,6 +23,7 @@ use crate::log_file::LogWriter;
 
 mod docker;
 mod exec;
+mod output;
 mod ports;
 mod raw;
 

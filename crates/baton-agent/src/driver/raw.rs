@@ -26,14 +26,12 @@ use baton_spec::DriverKind;
 use baton_state::{ExitInfo, TaskId};
 use nix::sys::signal::Signal;
 use nix::unistd::{Uid, User, geteuid};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
 
+use super::output::{Ending, Output, stop_gracefully};
 use super::ports::port_env;
 use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::{AgentError, describe_io};
-use crate::log_file::LogWriter;
 use crate::process::signal_group;
 
 /// `PATH` given to every task (Debian's default for root).
@@ -42,11 +40,6 @@ pub(super) const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/us
 /// Group given to a numeric uid that has no passwd entry (`nogroup`): never
 /// the agent's own group, which would often be root.
 const FALLBACK_GID: u32 = 65534;
-
-/// How long to wait, after a task's process group is gone, for its output to
-/// reach the log. Only a process that left the group (with `setsid`) can keep
-/// the pipes open this long.
-pub(super) const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs tasks as plain processes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -196,40 +189,20 @@ impl Driver for RawDriver {
             pid: 0,
             reason: "exited before its pid was read".to_owned(),
         })?;
-        let mut output = Vec::with_capacity(2);
+        let mut output = Output::default();
         if let Some(stdout) = child.stdout.take() {
-            output.push(tokio::spawn(copy_output(stdout, run.log.clone())));
+            output.copy(stdout, run.log.clone());
         }
         if let Some(stderr) = child.stderr.take() {
-            output.push(tokio::spawn(copy_output(stderr, run.log.clone())));
+            output.copy(stderr, run.log.clone());
         }
         Ok(Box::new(RawHandle {
             child,
             pid,
+            task: run.task.0.clone(),
             exit: None,
             output,
         }))
-    }
-}
-
-/// Copies one output pipe into the log until it closes.
-pub(super) async fn copy_output(mut from: impl AsyncRead + Unpin, log: LogWriter) {
-    let mut buf = vec![0u8; 16 << 10];
-    let mut log_failed = false;
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        // Keep reading even when the log cannot be written (disk full): a task
-        // blocked on a full pipe would hang.
-        if log_failed {
-            continue;
-        }
-        if let Err(e) = log.write(&buf[..n]).await {
-            tracing::warn!(error = %e, "task output is being dropped");
-            log_failed = true;
-        }
     }
 }
 
@@ -240,8 +213,9 @@ struct RawHandle {
     pid: u32,
     /// Set once the main process has been reaped.
     exit: Option<ExitInfo>,
-    /// The output copiers still running.
-    output: Vec<JoinHandle<()>>,
+    /// Task id, for logs.
+    task: String,
+    output: Output,
 }
 
 #[async_trait::async_trait]
@@ -273,44 +247,33 @@ impl TaskHandle for RawHandle {
                 exit
             }
         };
-        let drained = tokio::time::timeout(OUTPUT_GRACE, async {
-            // One at a time, removing each once done: a finished JoinHandle
-            // must not be polled again if this future is dropped and rerun.
-            while let Some(copier) = self.output.first_mut() {
-                // A copier only ends by returning; a join error means it panicked.
-                let _ = copier.await;
-                self.output.remove(0);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                pid = self.pid,
-                "task output still open after its process group ended; the rest is dropped"
-            );
-        }
-        for copier in self.output.drain(..) {
-            copier.abort();
-        }
+        self.output.drain(&self.task).await;
         Ok(exit)
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
-        if self.exit.is_none() {
-            // Until it is reaped the pid (and so the group id) is still this task's.
-            if let Err(e) = signal_group(self.pid, Signal::SIGTERM) {
+        stop_gracefully(self, grace).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Ending for RawHandle {
+    fn ended(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    async fn signal_end(&mut self, force: bool) -> bool {
+        // Until it is reaped the pid (and so the group id) is still this task's.
+        let signal = if force {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        match signal_group(self.pid, signal) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!(pid = self.pid, error = %e, "cannot signal task process group");
-            }
-        }
-        match tokio::time::timeout(grace, self.wait()).await {
-            Ok(res) => res.map(|exit| (exit, false)),
-            Err(_) => {
-                if self.exit.is_none()
-                    && let Err(e) = signal_group(self.pid, Signal::SIGKILL)
-                {
-                    tracing::warn!(pid = self.pid, error = %e, "cannot kill task process group");
-                }
-                self.wait().await.map(|exit| (exit, true))
+                false
             }
         }
     }
@@ -324,6 +287,7 @@ mod tests {
     use baton_state::{NodeId, TaskId};
 
     use super::*;
+    use crate::log_file::LogWriter;
 
     #[tokio::test]
     async fn the_task_is_told_its_ports_and_a_spec_cannot_forge_them() {

@@ -145,7 +145,24 @@ fn openapi_describes_the_api_and_nodes_are_listed() {
     assert_eq!(nodes[0].state, "ready");
     assert_eq!(nodes[0].role, "worker");
     assert!(nodes[0].cert_expires_at.is_some());
-    assert_eq!(nodes[0].drivers, vec!["raw".to_owned()]);
+    // `baton dev` enables raw; exec and docker are offered where they work
+    // (both do in CI, which requires them).
+    let drivers = &nodes[0].drivers;
+    assert_eq!(
+        drivers.first().map(String::as_str),
+        Some("raw"),
+        "{drivers:?}"
+    );
+    assert!(
+        drivers[1..].iter().all(|d| d == "exec" || d == "docker"),
+        "{drivers:?}"
+    );
+    if std::env::var_os("BATON_REQUIRE_EXEC").is_some() {
+        assert!(drivers.iter().any(|d| d == "exec"), "{drivers:?}");
+    }
+    if std::env::var_os("BATON_REQUIRE_DOCKER").is_some() {
+        assert!(drivers.iter().any(|d| d == "docker"), "{drivers:?}");
+    }
     assert!(nodes[0].cpu_millis >= 1000);
 
     let out = dev.ok(&["node", "ls"]);

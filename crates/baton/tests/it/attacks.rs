@@ -495,6 +495,18 @@ async fn call(
             .await
             .map(drop)
             .map_err(|s| (i32::from(s.code()), s.message().to_owned())),
+        ("Dispatcher", "Exec") => pb::dispatcher_client::DispatcherClient::new(channel)
+            .exec(tokio_stream::iter([pb::ExecUp {
+                event: Some(pb::exec_up::Event::Open(1)),
+            }]))
+            .await
+            .map(drop)
+            .map_err(|s| (i32::from(s.code()), s.message().to_owned())),
+        ("Dispatcher", "ReportUsage") => pb::dispatcher_client::DispatcherClient::new(channel)
+            .report_usage(pb::UsageReport { tasks: Vec::new() })
+            .await
+            .map(drop)
+            .map_err(|s| (i32::from(s.code()), s.message().to_owned())),
         ("Dispatcher", "Heartbeat") => pb::dispatcher_client::DispatcherClient::new(channel)
             .heartbeat(pb::HeartbeatRequest {})
             .await
@@ -600,6 +612,8 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
         ("Dispatcher", "Report"),
         ("Dispatcher", "SendLogs"),
         ("Dispatcher", "Heartbeat"),
+        ("Dispatcher", "Exec"),
+        ("Dispatcher", "ReportUsage"),
         ("Ca", "GetRootCa"),
         ("Ca", "Join"),
         ("Ca", "Renew"),
