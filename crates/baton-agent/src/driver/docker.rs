@@ -83,7 +83,7 @@ use tokio::sync::RwLock;
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
-use super::output::{Ending, Output, stop_gracefully};
+use super::output::Output;
 use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::AgentError;
 
@@ -804,13 +804,6 @@ impl TaskHandle for DockerHandle {
         Ok(exit)
     }
 
-    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
-        stop_gracefully(self, grace).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Ending for DockerHandle {
     fn ended(&self) -> bool {
         self.exit.is_some()
     }

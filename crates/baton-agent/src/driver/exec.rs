@@ -38,7 +38,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use super::output::{Ending, Output, stop_gracefully};
+use super::output::Output;
 use super::raw::task_env;
 use super::{Driver, TaskHandle, TaskRun};
 use crate::error::{AgentError, describe_io};
@@ -621,13 +621,6 @@ impl TaskHandle for ExecHandle {
         Ok(exit)
     }
 
-    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
-        stop_gracefully(self, grace).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Ending for ExecHandle {
     fn ended(&self) -> bool {
         self.exit.is_some()
     }

@@ -130,8 +130,24 @@ pub trait TaskHandle: Send + fmt::Debug {
     /// Cancel-safe: it may be dropped and called again, also after it returned.
     async fn wait(&mut self) -> Result<ExitInfo, AgentError>;
 
+    /// Whether the task has been seen to end.
+    fn ended(&self) -> bool;
+
+    /// Asks the task to end (SIGTERM), or forces it (`force`: SIGKILL).
+    /// Returns whether the signal was delivered.
+    async fn signal_end(&mut self, force: bool) -> bool;
+
     /// Stops the task: asks it to end (SIGTERM), forces it (SIGKILL) after
     /// `grace`, and waits as [`TaskHandle::wait`]. Returns how it ended and
     /// whether it had to be forced.
-    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError>;
+    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
+        if !self.ended() {
+            self.signal_end(false).await;
+        }
+        if let Ok(ended) = tokio::time::timeout(grace, self.wait()).await {
+            return ended.map(|exit| (exit, false));
+        }
+        let forced = !self.ended() && self.signal_end(true).await;
+        self.wait().await.map(|exit| (exit, forced))
+    }
 }

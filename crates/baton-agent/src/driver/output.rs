@@ -1,15 +1,11 @@
-//! What every driver does with a task's output and its ending: copy the
-//! output into the task's log, wait for the last of it once the task ended,
-//! and stop a task gracefully.
+//! What every driver does with a task's output: copy it into the task's
+//! log, and wait for the last of it once the task ended.
 
 use std::time::Duration;
 
-use baton_state::ExitInfo;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
-use super::TaskHandle;
-use crate::error::AgentError;
 use crate::log_file::LogWriter;
 
 /// How long to wait, after a task ended, for the rest of its output to reach
@@ -73,31 +69,4 @@ async fn copy_output(mut from: impl AsyncRead + Unpin, log: LogWriter) {
             log_failed = true;
         }
     }
-}
-
-/// How a handle asks its task to end.
-#[async_trait::async_trait]
-pub(super) trait Ending: TaskHandle {
-    /// Whether the task has been seen to end.
-    fn ended(&self) -> bool;
-
-    /// Asks the task to end (SIGTERM), or forces it (`force`: SIGKILL).
-    /// Returns whether the signal was delivered.
-    async fn signal_end(&mut self, force: bool) -> bool;
-}
-
-/// Stops a task: SIGTERM, up to `grace` to end, then SIGKILL. Returns how it
-/// ended and whether it had to be killed.
-pub(super) async fn stop_gracefully(
-    handle: &mut (impl Ending + ?Sized),
-    grace: Duration,
-) -> Result<(ExitInfo, bool), AgentError> {
-    if !handle.ended() {
-        handle.signal_end(false).await;
-    }
-    if let Ok(ended) = tokio::time::timeout(grace, handle.wait()).await {
-        return ended.map(|exit| (exit, false));
-    }
-    let forced = !handle.ended() && handle.signal_end(true).await;
-    handle.wait().await.map(|exit| (exit, forced))
 }

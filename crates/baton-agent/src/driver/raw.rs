@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use baton_spec::DriverKind;
 use baton_state::{ExitInfo, TaskId};
@@ -28,7 +27,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Uid, User, geteuid};
 use tokio::process::{Child, Command};
 
-use super::output::{Ending, Output, stop_gracefully};
+use super::output::Output;
 use super::ports::port_env;
 use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::{AgentError, describe_io};
@@ -251,13 +250,6 @@ impl TaskHandle for RawHandle {
         Ok(exit)
     }
 
-    async fn stop(&mut self, grace: Duration) -> Result<(ExitInfo, bool), AgentError> {
-        stop_gracefully(self, grace).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Ending for RawHandle {
     fn ended(&self) -> bool {
         self.exit.is_some()
     }
@@ -282,6 +274,7 @@ impl Ending for RawHandle {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use baton_spec::{DriverKind, PortSpec, Resources, TaskSpec};
     use baton_state::{NodeId, TaskId};
