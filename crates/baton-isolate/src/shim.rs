@@ -41,6 +41,9 @@ use rustix::process::{
 use crate::cgroup;
 use crate::protocol::{Request, Response, read_frame, write_frame};
 
+/// The argument that makes a shim run a command in a running container.
+pub const EXEC_MODE: &str = "exec";
+
 /// Runs the shim: `baton shim` has the agent's socket on its stdin and
 /// creates a task's container; `baton shim exec SOCKET` connects to the
 /// agent's socket at that path and runs a command in a running container,
@@ -51,7 +54,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
             .as_fd()
             .try_clone_to_owned()
             .map(UnixStream::from),
-        [mode, path] if mode == "exec" => UnixStream::connect(path),
+        [mode, path] if mode == EXEC_MODE => UnixStream::connect(path),
         _ => {
             eprintln!("baton shim: started by the agent only");
             return ExitCode::from(2);

@@ -327,7 +327,7 @@ impl ExecDriver {
             .map_err(|e| format!("cannot listen at {}: {}", path.display(), describe_io(&e)))?;
         let spawned = Command::new(&self.shim)
             .arg(SHIM_COMMAND)
-            .arg("exec")
+            .arg(baton_isolate::shim::EXEC_MODE)
             .arg(&path)
             .env_clear()
             .stdin(Stdio::piped())
@@ -393,13 +393,13 @@ impl ExecDriver {
                             stdin = None;
                         }
                     }
-                    // End of input, or the client is gone: close its stdin.
                     Some(ExecInput::Resize(size)) => {
                         let resize = Request::Resize { rows: size.rows, cols: size.cols };
                         if let Err(e) = control.send(&resize).await {
                             tracing::debug!(error = %e, "cannot resize the exec's terminal");
                         }
                     }
+                    // End of input, or the client is gone: close its stdin.
                     Some(ExecInput::StdinEof) | None => stdin = None,
                 },
                 () = events.closed(), if !killed => {
