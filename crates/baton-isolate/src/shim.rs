@@ -126,13 +126,19 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     let pid = u32::try_from(pid).unwrap_or(0);
     let agent_here = write_frame(&mut output, &Response::Started { pid, micros }).is_ok();
     let ended = supervise(&mut input, &pidfd, agent_here, None);
-    let oom_kills = cgroup::version()
-        .map(|v| cgroup::oom_kills(v, &cgroup_path))
-        .unwrap_or(0);
+    let version = cgroup::version().ok();
+    let oom_kills = version.map_or(0, |v| cgroup::oom_kills(v, &cgroup_path));
     // Force: kills whatever the task left behind, removes its cgroups and the
     // runtime's state.
     if let Err(e) = container.delete(true) {
         eprintln!("baton shim: deleting container {id}: {e}");
+    }
+    // The runtime removes each hierarchy's directory once; one whose last
+    // process was still being reaped stays behind, empty. Sweep them.
+    if let Some(version) = version
+        && let Err(e) = cgroup::kill_and_remove(version, &cgroup_path)
+    {
+        eprintln!("baton shim: removing cgroup {cgroup_path}: {e}");
     }
     let _ = fs::remove_dir_all(&bundle);
     let (code, signal) = ended;
