@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 
 use crate::Failure;
-use crate::output::{Format, format_utc_ms, or_dash, print_json, print_table};
+use crate::output::{Format, format_utc_clock_ms, format_utc_ms, or_dash, print_json, print_table};
 
 /// `baton job …`
 #[derive(Debug, Subcommand)]
@@ -698,17 +698,6 @@ pub async fn task(client_args: ClientArgs, cmd: TaskCmd) -> Result<(), Failure> 
     }
 }
 
-/// `HH:MM:SS` (UTC) of a time in ms since the epoch.
-fn clock_utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
 /// How often `task stats` asks for a fresh sample (nodes report every 3 s).
 const STATS_POLL: Duration = Duration::from_secs(1);
 
@@ -738,7 +727,7 @@ async fn task_stats(client_args: ClientArgs, id: &str, no_stream: bool) -> Resul
             }
             println!(
                 "{:<12} {:>8} {:>10} {:>6}",
-                clock_utc(usage.at),
+                format_utc_clock_ms(usage.at),
                 format!("{}m", usage.cpu_millis),
                 baton_spec::human_memory(usage.memory_bytes),
                 usage.pids

@@ -45,6 +45,17 @@ pub fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
+/// The time of day of a time in ms since the Unix epoch, `HH:MM:SS` UTC.
+pub fn format_utc_clock_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs % 86_400) / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
 /// A time in ms since the Unix epoch as `YYYY-MM-DD HH:MM` UTC.
 pub fn format_utc_ms(ms: u64) -> String {
     let secs = ms / 1000;
@@ -73,5 +84,7 @@ mod tests {
         assert_eq!(format_utc_ms(0), "1970-01-01 00:00");
         assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29 00:00");
         assert_eq!(format_utc_ms(1_800_000_000_000), "2027-01-15 08:00");
+        assert_eq!(format_utc_clock_ms(1_800_000_045_999), "08:00:45");
+        assert_eq!(format_utc_clock_ms(86_399_000), "23:59:59");
     }
 }

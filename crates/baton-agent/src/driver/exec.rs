@@ -38,7 +38,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use super::output::Output;
+use super::output::{OUTPUT_GRACE, Output};
 use super::raw::task_env;
 use super::{Driver, TaskHandle, TaskRun};
 use crate::error::{AgentError, describe_io};
@@ -57,9 +57,6 @@ const WORK_DIR: &str = "work";
 const HOST_DIRS: &[&str] = &[
     "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
-
-/// How long an exec'd command's output may stay open after it ended.
-const EXEC_OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a `baton shim exec` may take to connect back.
 const SHIM_CONNECT: Duration = Duration::from_secs(10);
@@ -129,11 +126,6 @@ impl ExecDriver {
             bundles: isolate.join("bundles"),
             version,
         })
-    }
-
-    /// The cgroup version tasks get.
-    pub fn cgroup_version(&self) -> Version {
-        self.version
     }
 
     /// Kills whatever is left in the cgroup of `task` (by a shim that died
@@ -306,6 +298,21 @@ impl Driver for ExecDriver {
 }
 
 impl ExecDriver {
+    /// `baton shim` with a clean environment, `stdin`, and piped output, in
+    /// its own process group: a Ctrl-C meant for the agent's terminal must
+    /// not kill a shim and leave its task unwatched.
+    fn shim_command(&self, stdin: Stdio) -> Command {
+        let mut command = Command::new(&self.shim);
+        command
+            .arg(SHIM_COMMAND)
+            .env_clear()
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        command
+    }
+
     /// One `baton exec` session: a `baton shim exec` whose stdio is the
     /// command's, and which reports on a socket it connects to.
     async fn exec_session(
@@ -325,15 +332,10 @@ impl ExecDriver {
         let path = dir.join(format!("{:016x}.sock", rand::random::<u64>()));
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(|e| format!("cannot listen at {}: {}", path.display(), describe_io(&e)))?;
-        let spawned = Command::new(&self.shim)
-            .arg(SHIM_COMMAND)
+        let spawned = self
+            .shim_command(Stdio::piped())
             .arg(baton_isolate::shim::EXEC_MODE)
             .arg(&path)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true)
             .spawn();
         let shim = match spawned {
@@ -412,7 +414,7 @@ impl ExecDriver {
         drop(stdin);
         let _ = control.shim.wait().await;
         for pump in pumps.into_iter().flatten() {
-            let _ = tokio::time::timeout(EXEC_OUTPUT_GRACE, pump).await;
+            let _ = tokio::time::timeout(OUTPUT_GRACE, pump).await;
         }
         Ok(exit)
     }
@@ -429,15 +431,8 @@ impl ExecDriver {
         let (ours, theirs) = StdUnixStream::pair().map_err(|e| failed(describe_io(&e)))?;
         ours.set_nonblocking(true)
             .map_err(|e| failed(describe_io(&e)))?;
-        let mut shim = Command::new(&self.shim)
-            .arg(SHIM_COMMAND)
-            .env_clear()
-            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C meant for the agent's terminal
-            // must not kill the shim and leave its task unwatched.
-            .process_group(0)
+        let mut shim = self
+            .shim_command(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             // The shim must outlive a dropped handle long enough to see its
             // socket close, then it kills the task itself.
             .kill_on_drop(false)

@@ -11,7 +11,7 @@ use crate::log_file::LogWriter;
 /// How long to wait, after a task ended, for the rest of its output to reach
 /// the log. Only a process that escaped the task (left its process group, or
 /// a stuck engine) can keep its output open this long.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+pub(super) const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// The copiers of a task's output streams into its log.
 #[derive(Debug, Default)]
