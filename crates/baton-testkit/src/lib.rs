@@ -1,6 +1,8 @@
 //! Fixtures shared by Baton's tests and benches. Only ever a
 //! dev-dependency: nothing shipped depends on it.
 
+pub mod drivers;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

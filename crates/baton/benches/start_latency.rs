@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -36,8 +36,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 /// The command every row starts.
 const COMMAND: &str = "/bin/true";
 
-/// The image docker rows run (built by `scripts/test-image`).
-const IMAGE: &str = "baton-test/busybox:1";
+use baton_testkit::drivers::{TEST_IMAGE as IMAGE, build_test_image};
 
 /// Where cgroup v1 hierarchies are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -364,24 +363,6 @@ impl<S: tracing::Subscriber> Layer<S> for ShimTimes {
         if let Some(value) = micros.0 {
             *SHIM_MICROS.lock().expect("shim time") = Some(value);
         }
-    }
-}
-
-/// Runs `scripts/test-image`, which builds the docker rows' image if absent.
-fn build_test_image() -> Result<(), String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image");
-    let out = Command::new(&script)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use baton_testkit::drivers::{TEST_IMAGE, build_test_image, skip_unless_required};
+
 use crate::harness::{Dev, spec_file, wait_for};
 
 /// Whether the node of `dev` offers `driver`; panics when it does not and
@@ -26,13 +28,8 @@ fn offered(dev: &Dev, driver: &str, require: &str) -> bool {
         let reason = log
             .lines()
             .find(|l| l.contains("driver unavailable") && l.contains(driver))
-            .unwrap_or("(no reason logged)")
-            .to_owned();
-        assert!(
-            std::env::var_os(require).is_none(),
-            "{require} is set but the node does not offer {driver}: {reason}"
-        );
-        eprintln!("skipped: this node cannot run {driver} tasks: {reason}");
+            .unwrap_or("(no reason logged)");
+        skip_unless_required(require, &format!("the {driver} driver"), reason);
     }
     offered
 }
@@ -46,23 +43,9 @@ fn docker_offered(dev: &Dev) -> bool {
     if !offered(dev, "docker", "BATON_REQUIRE_DOCKER") {
         return false;
     }
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image");
-        let out = std::process::Command::new(&script)
-            .output()
-            .expect("run scripts/test-image");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    build_test_image().expect("the test image");
     true
 }
-
-/// The image scripts/test-image builds.
-const TEST_IMAGE: &str = "baton-test/busybox:1";
 
 /// Runs a batch job and waits until its one task has finished; returns it.
 fn finished_task(dev: &Dev, job: &str, spec: &str) -> Value {

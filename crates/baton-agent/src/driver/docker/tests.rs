@@ -8,9 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use baton_spec::{PortSpec, Resources, TaskSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::*;
 use crate::log_file::{LOG_FILE, LogWriter};
 
-const IMAGE: &str = "baton-test/busybox:1";
+use baton_testkit::drivers::{TEST_IMAGE as IMAGE, build_test_image, skip_unless_required};
 
 /// Pause between two looks at a condition being polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -28,34 +27,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 async fn engine_or_skip() -> Option<DockerDriver> {
     match DockerDriver::connect().await {
         Ok(driver) => {
-            build_test_image();
+            build_test_image().expect("the test image");
             Some(driver)
         }
-        Err(reason) if std::env::var_os("BATON_REQUIRE_DOCKER").is_some_and(|v| !v.is_empty()) => {
-            panic!("BATON_REQUIRE_DOCKER is set and there is no usable engine: {reason}")
-        }
         Err(reason) => {
-            eprintln!("skipped: no Docker engine: {reason}");
+            skip_unless_required("BATON_REQUIRE_DOCKER", "the docker driver", &reason);
             None
         }
     }
-}
-
-/// Runs `scripts/test-image` once per test process.
-fn build_test_image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-image");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
 }
 
 /// Polls `check` until it yields a value, at most `attempts` times.
