@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Method, Request};
 use baton_api::{ApiClient, ApiError, ClientConfig};
 use baton_pki::{ClusterCa, JoinToken, PeerIdentity, Role};
-use baton_state::{Command, Node, NodeAvailability, NodeId, NodeRole, NodeState, Timestamp};
+use baton_state::{Command, Node, NodeId, NodeRole, Timestamp};
 use baton_store::Store;
 use baton_store::raft::RaftStore;
 use tokio_util::sync::CancellationToken;
@@ -406,7 +406,9 @@ async fn a_manager_without_the_token_file_says_to_rotate() {
     assert_eq!(status, 404, "the worker token is still not held");
 }
 
-async fn join_worker(fx: &Fixture, id: &str) {
+/// Admits and registers a worker with the raw driver, 1 CPU, 1 GiB, 10 GiB
+/// of disk and `labels` from its agent.
+async fn join_worker(fx: &Fixture, id: &str, labels: &[(&str, &str)]) {
     let now = crate::now();
     fx.store
         .propose(Command::AdmitNode {
@@ -418,29 +420,22 @@ async fn join_worker(fx: &Fixture, id: &str) {
         })
         .await
         .expect("admit");
+    let mut node = Node::new(
+        NodeId(id.into()),
+        "host",
+        baton_spec::Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            disk_bytes: 10 << 30,
+        },
+        BTreeSet::from([baton_spec::DriverKind::Raw]),
+    );
+    node.labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     fx.store
-        .propose(Command::RegisterNode {
-            node: Node {
-                drain_deadline: None,
-                labels: Default::default(),
-                operator_labels: Default::default(),
-                id: NodeId(id.into()),
-                hostname: "host".into(),
-                capacity: baton_spec::Resources {
-                    disk_bytes: 0,
-                    cpu_millis: 1000,
-                    memory_bytes: 1 << 30,
-                },
-                drivers: BTreeSet::new(),
-                state: NodeState::Ready,
-                availability: NodeAvailability::Active,
-                registered_at: now,
-                state_since: now,
-                address: None,
-                version: "test".into(),
-            },
-            now,
-        })
+        .propose(Command::RegisterNode { node, now })
         .await
         .expect("register");
 }
@@ -448,8 +443,8 @@ async fn join_worker(fx: &Fixture, id: &str) {
 #[tokio::test]
 async fn removing_nodes_needs_force_when_ready_and_never_the_last_manager() {
     let fx = fixture().await;
-    join_worker(&fx, "w1").await;
-    join_worker(&fx, "w2").await;
+    join_worker(&fx, "w1", &[]).await;
+    join_worker(&fx, "w2", &[]).await;
 
     let (_, nodes) = call(&fx, Method::GET, "/v1/nodes", admin(&fx)).await;
     let w1 = nodes
@@ -545,11 +540,31 @@ async fn call_json(
     caller: Caller,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    call_body(
+        fx,
+        method,
+        path,
+        "application/json",
+        &body.to_string(),
+        caller,
+    )
+    .await
+}
+
+/// A request with a raw body and content type through the router.
+async fn call_body(
+    fx: &Fixture,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    caller: Caller,
+) -> (u16, serde_json::Value) {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
+        .header("content-type", content_type)
+        .body(Body::from(body.to_owned()))
         .expect("request");
     req.extensions_mut().insert(caller);
     let resp = router(fx.app.clone())
@@ -560,8 +575,10 @@ async fn call_json(
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .expect("body");
-    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, body)
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]

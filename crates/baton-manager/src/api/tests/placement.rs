@@ -1,81 +1,11 @@
 //! Tests of the placement routes: node labels, drain deadlines, scaling and
 //! planning a submission.
 
-use std::collections::BTreeSet;
-
-use axum::body::Body;
-use axum::http::{Method, Request};
-use baton_spec::{DriverKind, Resources};
-use baton_state::{Command, Node, NodeId, NodeRole, TaskReport, TaskState, Timestamp};
+use axum::http::Method;
+use baton_state::{Command, NodeId, TaskReport, TaskState};
 use serde_json::json;
-use tower::ServiceExt;
 
-use super::{Fixture, admin, call, call_json, fixture};
-use crate::api::{Caller, router};
-
-/// Admits and registers a worker with the raw driver, 1 CPU, 1 GiB and
-/// `labels` from its agent.
-async fn register(fx: &Fixture, id: &str, labels: &[(&str, &str)]) {
-    let now = crate::now();
-    fx.store
-        .propose(Command::AdmitNode {
-            id: NodeId(id.into()),
-            role: NodeRole::Worker,
-            cert_not_after: Timestamp(now.0 + 3_600_000),
-            cert_root: String::new(),
-            now,
-        })
-        .await
-        .expect("admit");
-    let mut node = Node::new(
-        NodeId(id.into()),
-        "host",
-        Resources {
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-            disk_bytes: 10 << 30,
-        },
-        BTreeSet::from([DriverKind::Raw]),
-    );
-    node.labels = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    fx.store
-        .propose(Command::RegisterNode { node, now })
-        .await
-        .expect("register");
-}
-
-/// A request with a raw body and content type through the router.
-async fn call_body(
-    fx: &Fixture,
-    method: Method,
-    path: &str,
-    content_type: &str,
-    body: &str,
-    caller: Caller,
-) -> (u16, serde_json::Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", content_type)
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    req.extensions_mut().insert(caller);
-    let resp = router(fx.app.clone())
-        .oneshot(req)
-        .await
-        .expect("infallible");
-    let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
-}
+use super::{Fixture, admin, call, call_body, call_json, fixture, join_worker};
 
 fn service(name: &str, replicas: u32, command: &str) -> String {
     format!(
@@ -149,7 +79,7 @@ fn node_json<'a>(nodes: &'a serde_json::Value, id: &str) -> &'a serde_json::Valu
 #[tokio::test]
 async fn operator_labels_win_over_the_agents_and_an_agent_label_cannot_be_removed() {
     let fx = fixture().await;
-    register(&fx, "w1", &[("zone", "a"), ("disk", "ssd")]).await;
+    join_worker(&fx, "w1", &[("zone", "a"), ("disk", "ssd")]).await;
 
     let (status, node) = call_json(
         &fx,
@@ -276,7 +206,7 @@ async fn operator_labels_win_over_the_agents_and_an_agent_label_cannot_be_remove
 #[tokio::test]
 async fn a_drain_may_have_a_deadline_and_nothing_else_may() {
     let fx = fixture().await;
-    register(&fx, "w1", &[]).await;
+    join_worker(&fx, "w1", &[]).await;
     let before = crate::now();
     let (status, node) = call_json(
         &fx,
@@ -408,7 +338,7 @@ async fn scaling_changes_a_services_replicas_and_is_refused_for_other_jobs() {
 #[tokio::test]
 async fn a_plan_shows_where_new_tasks_would_go_and_changes_nothing() {
     let fx = fixture().await;
-    register(&fx, "w1", &[("zone", "a")]).await;
+    join_worker(&fx, "w1", &[("zone", "a")]).await;
     let index = fx.store.snapshot().index;
     let (status, plan) = call_body(
         &fx,
@@ -478,7 +408,7 @@ async fn a_plan_shows_where_new_tasks_would_go_and_changes_nothing() {
 #[tokio::test]
 async fn a_plan_of_an_update_shows_its_first_step_and_counts_the_rest() {
     let fx = fixture().await;
-    register(&fx, "w1", &[]).await;
+    join_worker(&fx, "w1", &[]).await;
     submit(&fx, &service("web", 3, "sleep 100")).await;
     control_pass(&fx).await;
     run_assigned(&fx, "w1").await;
