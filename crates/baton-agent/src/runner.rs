@@ -192,14 +192,7 @@ impl Runner {
             Err(e) => return (TaskState::Failed, e.to_string(), None),
         };
         let pid = handle.pid();
-        // An isolated task may be over (and reaped by its shim, or its
-        // container gone) before it is recorded; its driver, not the pid,
-        // finds what a crashed agent left of it.
-        let gone_already =
-            self.driver.kind().is_isolated() && (pid == 0 || read_stat(pid).is_none());
-        if gone_already {
-            tracing::debug!(pid, "task ended before its process was recorded");
-        } else if let Err(e) = self.record_run(pid).await {
+        if let Err(e) = self.record_run(pid).await {
             // Without its record a crash of the agent would orphan the process:
             // do not let it run unrecorded.
             let _ = handle.stop(Duration::ZERO).await;
@@ -227,13 +220,23 @@ impl Runner {
         LogWriter::open(&self.task_dir, self.log_max_bytes).await
     }
 
+    /// Records the task's process so that a restarted agent can kill it.
     async fn record_run(&self, pid: u32) -> Result<(), AgentError> {
-        // The process is not reaped before the handle waits for it, so its
-        // /proc entry exists even if it already exited.
-        let stat = read_stat(pid).ok_or_else(|| AgentError::Process {
-            pid,
-            reason: "no /proc entry".to_owned(),
-        })?;
+        // A raw task's process is not reaped before the handle waits for it,
+        // so its /proc entry exists even if it already exited. An isolated
+        // task may be over (reaped by its shim, its container gone) before
+        // this: nothing to record, and its driver, not a pid, finds what a
+        // crashed agent left of it.
+        let Some(stat) = (pid != 0).then(|| read_stat(pid)).flatten() else {
+            if self.driver.kind().is_isolated() {
+                tracing::debug!(pid, "task ended before its process was recorded");
+                return Ok(());
+            }
+            return Err(AgentError::Process {
+                pid,
+                reason: "no /proc entry".to_owned(),
+            });
+        };
         let record = RunRecord {
             version: RECORD_VERSION,
             job: self.assignment.job.clone(),
