@@ -84,6 +84,9 @@ fn service(name: String, replicas: u32, resources: Resources, placement: Placeme
             image: None,
             capabilities: Vec::new(),
             pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
+            secrets: Vec::new(),
+            env_secrets: std::collections::BTreeMap::new(),
+            configs: Vec::new(),
         },
         restart: RestartPolicy {
             condition: RestartCondition::Always,

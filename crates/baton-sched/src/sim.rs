@@ -145,6 +145,9 @@ fn job_spec(name: &str, kind: JobKind, resources: Resources, placement: Placemen
             image: None,
             capabilities: Vec::new(),
             pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
+            secrets: Vec::new(),
+            env_secrets: std::collections::BTreeMap::new(),
+            configs: Vec::new(),
         },
         restart: RestartPolicy {
             condition: restart,

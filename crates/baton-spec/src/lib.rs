@@ -14,11 +14,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod constraint;
+mod files;
 mod label;
 mod parse;
 mod quantity;
 
 pub use constraint::{Attribute, Constraint, ConstraintError, NodeAttributes, Op};
+pub use files::{
+    FileKind, FileMount, MAX_FILE_BYTES, MAX_FILE_NAME_LEN, MAX_TASK_FILES, file_name_problem,
+    file_size_problem,
+};
 pub use label::{
     MAX_LABEL_VALUE_CHARS, MAX_LABELS, check_label, check_label_key, check_labels, parse_label,
 };
@@ -62,6 +67,12 @@ pub struct JobSpec {
 /// `.` or `//` would hide such a path. Checked at submission and again by
 /// the agent (which does not trust the manager's copy).
 pub fn workdir_problem(dir: &str) -> Option<String> {
+    path_problem(dir, "a task's working directory")
+}
+
+/// What is wrong with an absolute path inside a task (`what` names it in
+/// the message), if anything: the rules of [`workdir_problem`].
+pub fn path_problem(dir: &str, what: &str) -> Option<String> {
     let inner = dir.strip_prefix('/').unwrap_or(dir);
     let inner = inner.strip_suffix('/').unwrap_or(inner);
     let components: Vec<&str> = inner.split('/').collect();
@@ -77,7 +88,7 @@ pub fn workdir_problem(dir: &str) -> Option<String> {
     }
     match components.first() {
         Some(first @ (&"proc" | &"sys" | &"dev")) => Some(format!(
-            "is under /{first} (a task's working directory cannot be in a kernel filesystem)"
+            "is under /{first} ({what} cannot be in a kernel filesystem)"
         )),
         _ => None,
     }
@@ -307,6 +318,43 @@ pub struct TaskSpec {
     /// Most processes and threads the task may have at once (isolated drivers).
     #[serde(default = "default_pids_limit")]
     pub pids_limit: u32,
+    /// Secrets mounted as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileMount>,
+    /// Environment variables set from secrets: variable -> secret name. The
+    /// weaker option: a process's environment is readable by whatever can
+    /// read its `/proc/PID/environ`, is inherited by its children, and a
+    /// docker engine stores it in the container's configuration on disk.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_secrets: BTreeMap<String, String>,
+    /// Configs mounted as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileMount>,
+}
+
+impl TaskSpec {
+    /// The names of the secrets the task uses (files and variables), sorted,
+    /// each once.
+    pub fn secret_names(&self) -> std::collections::BTreeSet<&str> {
+        self.secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.env_secrets.values().map(String::as_str))
+            .collect()
+    }
+
+    /// The names of the configs the task mounts, sorted, each once.
+    pub fn config_names(&self) -> std::collections::BTreeSet<&str> {
+        self.configs.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    /// The names of the task's files of `kind`.
+    pub fn file_names(&self, kind: FileKind) -> std::collections::BTreeSet<&str> {
+        match kind {
+            FileKind::Secret => self.secret_names(),
+            FileKind::Config => self.config_names(),
+        }
+    }
 }
 
 /// Default of [`TaskSpec::pids_limit`].

@@ -7,6 +7,7 @@ use baton_spec::{JobSpec, SpecFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId, Timestamp};
+use crate::secret::SecretBytes;
 use crate::objects::{
     Cluster, ExitInfo, Node, NodeAvailability, NodeRole, NodeState, Task, TaskState,
 };
@@ -171,6 +172,37 @@ pub enum Command {
         /// Clock at the edge.
         now: Timestamp,
     },
+    /// Stores a new secret. Refused if the name is taken (secrets never
+    /// change), invalid, or the value too large.
+    CreateSecret {
+        /// Name.
+        name: String,
+        /// The value.
+        value: SecretBytes,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// Forgets a secret. Refused while a job uses it.
+    RemoveSecret {
+        /// Name.
+        name: String,
+    },
+    /// Stores a new config. Refused if the name is taken (configs never
+    /// change), invalid, or the contents too large.
+    CreateConfig {
+        /// Name.
+        name: String,
+        /// The contents.
+        #[serde(with = "crate::secret::base64_bytes")]
+        data: Vec<u8>,
+        /// Clock at the edge.
+        now: Timestamp,
+    },
+    /// Forgets a config. Refused while a job uses it.
+    RemoveConfig {
+        /// Name.
+        name: String,
+    },
 }
 
 impl Command {
@@ -196,6 +228,10 @@ impl Command {
             Command::SetManagerAddresses { .. } => "set_manager_addresses",
             Command::UpdateNodeLabels { .. } => "update_node_labels",
             Command::ScaleJob { .. } => "scale_job",
+            Command::CreateSecret { .. } => "create_secret",
+            Command::RemoveSecret { .. } => "remove_secret",
+            Command::CreateConfig { .. } => "create_config",
+            Command::RemoveConfig { .. } => "remove_config",
         }
     }
 }
@@ -329,6 +365,20 @@ pub struct PlanUnplaced {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// A new secret or config.
+    FileCreated {
+        /// Secret or config.
+        kind: baton_spec::FileKind,
+        /// Name.
+        name: String,
+    },
+    /// A secret or config removed.
+    FileRemoved {
+        /// Secret or config.
+        kind: baton_spec::FileKind,
+        /// Name.
+        name: String,
+    },
     /// A new job.
     JobCreated {
         /// Name.

@@ -18,10 +18,10 @@ mod state;
 pub use command::{Command, Event, Plan, PlanPlacement, PlanStop, PlanUnplaced, TaskReport};
 pub use ids::{NodeId, TaskId, Timestamp};
 pub use objects::{
-    Cluster, ExitInfo, ExternalCa, Job, JobDesired, JobPhase, JobSummary, Member, Node,
-    NodeAvailability, NodeRole, NodeState, NodeView, RootRotation, Slot, SlotFailure, Task,
+    Cluster, ConfigEntry, ExitInfo, ExternalCa, Job, JobDesired, JobPhase, JobSummary, Member, Node,
+    NodeAvailability, NodeRole, NodeState, NodeView, RootRotation, SecretEntry, Slot, SlotFailure, Task,
     TaskDesired, TaskState, TaskStatus,
 };
 pub use restart::{RestartDecision, restart_decision};
-pub use secret::Secret;
+pub use secret::{Secret, SecretBytes, base64_bytes};
 pub use state::{ApplyError, ChangeMark, MIN_CERT_VALIDITY, State};

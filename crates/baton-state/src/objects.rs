@@ -8,7 +8,7 @@ use baton_spec::{DriverKind, JobSpec, NodeAttributes, Resources, SpecFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId, Timestamp};
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretBytes, base64_bytes};
 
 /// What the user wants of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -558,4 +558,28 @@ pub struct Member {
     /// A manager's user API URL, as it last announced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+}
+
+/// A secret kept by the cluster: immutable once created; its value is shown
+/// to no one, and given only to nodes running a task that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEntry {
+    /// Name (see [`baton_spec::file_name_problem`]).
+    pub name: String,
+    /// The value.
+    pub value: SecretBytes,
+    /// When created.
+    pub created_at: Timestamp,
+}
+
+/// A config kept by the cluster: like a secret, immutable, but not secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// Name (see [`baton_spec::file_name_problem`]).
+    pub name: String,
+    /// The contents.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+    /// When created.
+    pub created_at: Timestamp,
 }

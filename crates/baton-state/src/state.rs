@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::command::{Command, Event, Plan, TaskReport};
 use crate::ids::{NodeId, TaskId, Timestamp};
 use crate::objects::{
-    Cluster, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability, NodeRole,
-    NodeState, NodeView, Slot, SlotFailure, Task, TaskDesired, TaskState,
+    Cluster, ConfigEntry, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability, NodeRole,
+    NodeState, NodeView, SecretEntry, Slot, SlotFailure, Task, TaskDesired, TaskState,
 };
 use crate::restart::{RestartDecision, restart_decision};
 
@@ -92,6 +92,48 @@ pub enum ApplyError {
         /// Job name.
         name: String,
     },
+    /// A secret or config of that name exists (they never change).
+    #[error(
+        "{kind} {name:?} already exists; {kind}s cannot be changed: create one under a new name and update the jobs that use it"
+    )]
+    FileExists {
+        /// Secret or config.
+        kind: baton_spec::FileKind,
+        /// Name.
+        name: String,
+    },
+    /// No secret or config of that name.
+    #[error("{kind} {name:?} not found")]
+    FileNotFound {
+        /// Secret or config.
+        kind: baton_spec::FileKind,
+        /// Name.
+        name: String,
+    },
+    /// A job uses the secret or config.
+    #[error("{kind} {name:?} is used by job{} {}; update or stop {} first", if jobs.len() == 1 { "" } else { "s" }, jobs.join(", "), if jobs.len() == 1 { "it" } else { "them" })]
+    FileInUse {
+        /// Secret or config.
+        kind: baton_spec::FileKind,
+        /// Name.
+        name: String,
+        /// The jobs using it.
+        jobs: Vec<String>,
+    },
+    /// A job names secrets or configs that do not exist.
+    #[error("{} (create {} first with `baton secret create` or `baton config create`)", missing.iter().map(|(kind, name)| format!("{kind} {name:?} does not exist")).collect::<Vec<_>>().join(", "), if missing.len() == 1 { "it" } else { "them" })]
+    MissingFiles {
+        /// What is missing.
+        missing: Vec<(baton_spec::FileKind, String)>,
+    },
+    /// A secret or config name or value that cannot be stored.
+    #[error("{kind} {problem}")]
+    InvalidFile {
+        /// Secret or config.
+        kind: baton_spec::FileKind,
+        /// What is wrong, with the name.
+        problem: String,
+    },
     /// Some members still hold certificates from the old root.
     #[error("{} node(s) still hold certificates from the old root: {}", pending.len(), pending.iter().map(|n| n.0.as_str()).collect::<Vec<_>>().join(", "))]
     RotationPending {
@@ -120,6 +162,8 @@ pub struct State {
     cluster: Option<Cluster>,
     members: OrdMap<NodeId, Member>,
     revoked: OrdSet<NodeId>,
+    secrets: OrdMap<String, SecretEntry>,
+    configs: OrdMap<String, ConfigEntry>,
 }
 
 /// Where a state is in its history, for [`State::jobs_changed_since`]: the
@@ -170,6 +214,10 @@ struct StateRecord {
     members: Vec<Member>,
     #[serde(default)]
     revoked: Vec<NodeId>,
+    #[serde(default)]
+    secrets: Vec<SecretEntry>,
+    #[serde(default)]
+    configs: Vec<ConfigEntry>,
 }
 
 impl Serialize for State {
@@ -185,6 +233,8 @@ impl Serialize for State {
             cluster: self.cluster.clone(),
             members: self.members.values().cloned().collect(),
             revoked: self.revoked.iter().cloned().collect(),
+            secrets: self.secrets.values().cloned().collect(),
+            configs: self.configs.values().cloned().collect(),
         }
         .serialize(serializer)
     }
@@ -207,6 +257,16 @@ impl<'de> Deserialize<'de> for State {
                 .map(|m| (m.id.clone(), m))
                 .collect(),
             revoked: record.revoked.into_iter().collect(),
+            secrets: record
+                .secrets
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+            configs: record
+                .configs
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect(),
             ..State::default()
         };
         for task in record.tasks {
@@ -390,7 +450,11 @@ impl State {
             | Command::SetCertValidity { .. }
             | Command::StartRootRotation { .. }
             | Command::FinishRootRotation { .. }
-            | Command::SetManagerAddresses { .. } => None,
+            | Command::SetManagerAddresses { .. }
+            | Command::CreateSecret { .. }
+            | Command::RemoveSecret { .. }
+            | Command::CreateConfig { .. }
+            | Command::RemoveConfig { .. } => None,
         };
         if let Some(id) = node {
             self.changes.nodes.insert(id, self.changes.generation);
@@ -401,7 +465,10 @@ impl State {
                 format,
                 source,
                 now,
-            } => Ok(self.put_job(spec, format, source, now)),
+            } => {
+                self.check_files_exist(&spec.task)?;
+                Ok(self.put_job(spec, format, source, now))
+            }
             Command::StopJob { name, now } => self.stop_job(&name, now),
             Command::RegisterNode { node, now } => self.register_node(node, now),
             Command::NodeDown { id, now } => self.node_down(&id, now),
@@ -445,6 +512,10 @@ impl State {
                 replicas,
                 now,
             } => self.scale_job(&name, replicas, now),
+            Command::CreateSecret { name, value, now } => self.create_secret(name, value, now),
+            Command::RemoveSecret { name } => self.remove_file(baton_spec::FileKind::Secret, name),
+            Command::CreateConfig { name, data, now } => self.create_config(name, data, now),
+            Command::RemoveConfig { name } => self.remove_file(baton_spec::FileKind::Config, name),
         }
     }
 
@@ -1076,6 +1147,7 @@ fn shrink<K, Q, V>(
     }
 }
 
+mod files;
 mod membership;
 
 pub use membership::MIN_CERT_VALIDITY;

@@ -294,6 +294,9 @@ fn task_spec(driver: DriverKind, command: &[&str]) -> TaskSpec {
         image: (driver == DriverKind::Docker).then(|| IMAGE.to_owned()),
         capabilities: Vec::new(),
         pids_limit: DEFAULT_PIDS_LIMIT,
+        secrets: Vec::new(),
+        env_secrets: std::collections::BTreeMap::new(),
+        configs: Vec::new(),
     }
 }
 

@@ -710,6 +710,9 @@ fn full_example_spec() -> JobSpec {
             image: None,
             capabilities: Vec::new(),
             pids_limit: crate::DEFAULT_PIDS_LIMIT,
+            secrets: Vec::new(),
+            env_secrets: std::collections::BTreeMap::new(),
+            configs: Vec::new(),
             driver: DriverKind::Raw,
             command: vec!["/bin/sh".into(), "-c".into(), "exec sleep 1000".into()],
             env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
@@ -760,6 +763,9 @@ fn minimal_spec_gets_the_defaults() {
             image: None,
             capabilities: Vec::new(),
             pids_limit: crate::DEFAULT_PIDS_LIMIT,
+            secrets: Vec::new(),
+            env_secrets: std::collections::BTreeMap::new(),
+            configs: Vec::new(),
             driver: DriverKind::Raw,
             command: vec!["/bin/true".to_owned()],
             env: BTreeMap::new(),
@@ -967,4 +973,114 @@ task:
     let json = serde_json::to_string(&spec).expect("serialises");
     let back: JobSpec = serde_json::from_str(&json).expect("deserialises");
     assert_eq!(back, spec);
+}
+
+#[test]
+fn secrets_and_configs_parse_with_their_defaults() {
+    let doc = "name: web\ntask:\n  command: [/bin/true]\n  env: {MODE: prod}\n  \
+               secrets: [db, {name: tls.key, target: /run/tls/key.pem, mode: 0440, uid: 1000}]\n  \
+               env_secrets: {DB_PASSWORD: db}\n  configs: [{name: app, mode: '0o644'}]\n";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    let mount = |name: &str, target: Option<&str>, mode: u32, uid: Option<u32>| crate::FileMount {
+        name: name.to_owned(),
+        target: target.map(str::to_owned),
+        mode,
+        uid,
+    };
+    assert_eq!(
+        spec.task.secrets,
+        [
+            mount("db", Some("/run/secrets/db"), 0o400, None),
+            mount("tls.key", Some("/run/tls/key.pem"), 0o440, Some(1000)),
+        ]
+    );
+    assert_eq!(
+        spec.task.env_secrets,
+        BTreeMap::from([("DB_PASSWORD".to_owned(), "db".to_owned())])
+    );
+    assert_eq!(
+        spec.task.configs,
+        [mount("app", Some("/run/configs/app"), 0o644, None)]
+    );
+    assert_eq!(
+        spec.task.secret_names().into_iter().collect::<Vec<_>>(),
+        ["db", "tls.key"]
+    );
+
+    // Raw tasks are told a directory: no target.
+    let doc = "name: web\ntask:\n  driver: raw\n  command: [/bin/true]\n  secrets: [db]\n";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    assert_eq!(spec.task.secrets, [mount("db", None, 0o400, None)]);
+
+    // Docker tasks may mount anywhere absolute.
+    let doc = "name: web\ntask:\n  driver: docker\n  image: app:1\n  command: [/bin/true]\n  \
+               configs: [{name: nginx, target: /etc/nginx/nginx.conf}]\n";
+    let spec = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml).expect("valid");
+    assert_eq!(
+        spec.task.configs,
+        [mount("nginx", Some("/etc/nginx/nginx.conf"), 0o444, None)]
+    );
+}
+
+#[test]
+fn wrong_secrets_and_configs_are_explained() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "  driver: raw\n  secrets: [{name: db, target: /run/secrets/db}]\n",
+            "web.yaml:5:32: task.secrets[0].target: \"/run/secrets/db\" cannot be chosen for a raw \
+             task, which finds its secrets as $BATON_SECRETS_DIR/NAME (use driver exec or docker to \
+             mount at a path)",
+        ),
+        (
+            "  secrets: [{name: db, target: /etc/db}]\n",
+            "web.yaml:4:32: task.secrets[0].target: \"/etc/db\" is outside /run: an exec task's \
+             files are mounted in its private /run (its other directories are the host's, read-only)",
+        ),
+        (
+            "  configs: [{name: app, target: /run/../etc/x}]\n",
+            "web.yaml:4:33: task.configs[0].target: \"/run/../etc/x\" is not a plain absolute path \
+             (expected no \".\", \"..\" or empty component)",
+        ),
+        (
+            "  secrets: [{name: db, target: run/db}]\n",
+            "web.yaml:4:32: task.secrets[0].target: \"run/db\" is not an absolute path to a file \
+             (expected a path like /run/secrets/db)",
+        ),
+        (
+            "  secrets: [db, db]\n",
+            "web.yaml:4:17: task.secrets[1]: secret \"db\" is listed twice",
+        ),
+        (
+            "  secrets: [../etc]\n",
+            "web.yaml:4:13: task.secrets[0]: \"../etc\" is not a valid name (expected 1 to 64 \
+             letters, digits, '.', '_' or '-', starting with a letter or digit)",
+        ),
+        (
+            "  secrets: [{name: db, mode: 0888}]\n",
+            "web.yaml:4:30: task.secrets[0].mode: \"0888\" is not a file mode (expected octal \
+             permission bits from 0 to 0777, like 0400)",
+        ),
+        (
+            "  secrets: [{name: db, owner: 1}]\n",
+            "web.yaml:4:24: task.secrets[0].owner: unknown field \"owner\" (expected one of: name, \
+             target, mode, uid)",
+        ),
+        (
+            "  secrets: [{name: a, target: /run/x}]\n  configs: [{name: b, target: /run/x}]\n",
+            "web.yaml:3:3: task.configs[0]: target \"/run/x\" is already used by task.secrets[0]",
+        ),
+        (
+            "  env: {A: x}\n  env_secrets: {A: db, BATON_JOB: db, B: \"no/slash\"}\n",
+            "web.yaml:5:17: task.env_secrets.A: is also set in env (a variable comes from one place)\n\
+             web.yaml:5:24: task.env_secrets.BATON_JOB: BATON_ variables are set by Baton\n\
+             web.yaml:5:42: task.env_secrets.B: \"no/slash\" is not a valid name (expected 1 to 64 \
+             letters, digits, '.', '_' or '-', starting with a letter or digit)",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let doc = format!("name: web\ntask:\n  command: [/bin/true]\n{extra}");
+        let errors = parse_job("web.yaml", doc.as_bytes(), SpecFormat::Yaml)
+            .expect_err(&format!("invalid: {extra}"));
+        assert_eq!(errors.to_string(), *expected, "for {extra}");
+    }
 }

@@ -17,8 +17,8 @@ use super::tree::{
 };
 use crate::{
     ALLOWED_CAPABILITIES, Affinity, Attribute, Constraint, DEFAULT_PIDS_LIMIT, DEFAULT_PRIORITY,
-    DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, DriverKind, JobKind, JobSpec, MAX_PRIORITY, MAX_REPLICAS,
-    MIN_PRIORITY, PIDS_LIMIT_RANGE, Placement, PortSpec, Resources, RestartCondition,
+    DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, DriverKind, FileKind, FileMount, JobKind, JobSpec, MAX_PRIORITY, MAX_REPLICAS,
+    MAX_TASK_FILES, MIN_PRIORITY, PIDS_LIMIT_RANGE, Placement, PortSpec, Resources, RestartCondition,
     RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec, format_duration, parse_cpu,
     parse_duration, parse_memory,
 };
@@ -50,7 +50,11 @@ const TASK_FIELDS: &[&str] = &[
     "ports",
     "image",
     "capabilities",
+    "secrets",
+    "env_secrets",
+    "configs",
 ];
+const FILE_FIELDS: &[&str] = &["name", "target", "mode", "uid"];
 const RESOURCES_FIELDS: &[&str] = &["cpu", "memory", "disk", "pids"];
 /// Longest image reference accepted (Docker's own limit on a name is 255 per
 /// component; a whole reference with a digest stays well below this).
@@ -671,6 +675,18 @@ impl Validator<'_> {
                 }
             }
         };
+        let secrets = self.file_mounts(&fields, FileKind::Secret, driver);
+        let configs = self.file_mounts(&fields, FileKind::Config, driver);
+        let env_secrets = match (fields.get("env_secrets"), &env) {
+            (None, _) => Some(BTreeMap::new()),
+            (Some(entry), Some(env)) => {
+                self.env_secrets(&fields.path("env_secrets"), &entry.value, env)
+            }
+            // The env was wrong; checking names against it would mislead.
+            (Some(_), None) => None,
+        };
+        let (secrets, configs) = (secrets?, configs?);
+        self.unique_targets(&fields, &secrets, &configs)?;
         let (resources, pids) = resources?;
         let pids_limit = match pids {
             Some((pos, _)) if driver == Some(DriverKind::Raw) => {
@@ -697,7 +713,264 @@ impl Validator<'_> {
             image: image?,
             capabilities: capabilities?,
             pids_limit,
+            secrets,
+            env_secrets: env_secrets?,
+            configs,
         })
+    }
+
+    /// `secrets` or `configs`: names, or mappings with a target, mode and uid.
+    fn file_mounts(
+        &mut self,
+        fields: &Fields<'_>,
+        kind: FileKind,
+        driver: Option<DriverKind>,
+    ) -> Option<Vec<FileMount>> {
+        let key = match kind {
+            FileKind::Secret => "secrets",
+            FileKind::Config => "configs",
+        };
+        let Some(entry) = fields.get(key) else {
+            return Some(Vec::new());
+        };
+        let path = fields.path(key);
+        let expected = format!(
+            "a list of {kind} names, or of mappings like {{name: app, target: {}, mode: 0440}}",
+            kind.default_target("app"),
+            kind = kind.as_str()
+        );
+        let items = match &entry.value.value {
+            Value::Seq(items) => items,
+            Value::Invalid => return None,
+            _ => return self.wrong_type(&path, &entry.value, &expected),
+        };
+        if items.len() > MAX_TASK_FILES {
+            self.error(
+                &path,
+                entry.value.pos,
+                format!(
+                    "{} {key}, more than the limit of {MAX_TASK_FILES}",
+                    items.len()
+                ),
+            );
+            return None;
+        }
+        let mut out = Some(Vec::with_capacity(items.len()));
+        for (idx, item) in items.iter().enumerate() {
+            let item_path = index_path(&path, idx);
+            let mount = self.file_mount(&item_path, item, kind, driver, &expected);
+            if let (Some(mount), Some(earlier)) = (&mount, &out)
+                && earlier.iter().any(|m: &FileMount| m.name == mount.name)
+            {
+                self.error(
+                    &item_path,
+                    item.pos,
+                    format!("{} {} is listed twice", kind.as_str(), quote(&mount.name)),
+                );
+                out = None;
+                continue;
+            }
+            match (&mut out, mount) {
+                (Some(out), Some(mount)) => out.push(mount),
+                _ => out = None,
+            }
+        }
+        out
+    }
+
+    fn file_mount(
+        &mut self,
+        path: &str,
+        node: &Node,
+        kind: FileKind,
+        driver: Option<DriverKind>,
+        expected: &str,
+    ) -> Option<FileMount> {
+        let default_target = |name: &str| (driver != Some(DriverKind::Raw)).then(|| kind.default_target(name));
+        if let Value::Scalar(_) = &node.value {
+            let name = self.file_name(path, node, kind)?;
+            return Some(FileMount {
+                target: default_target(&name),
+                name,
+                mode: kind.default_mode(),
+                uid: None,
+            });
+        }
+        let fields = self.fields(path, node, FILE_FIELDS, expected)?;
+        let name = self
+            .required(&fields, "name", &format!("a {} name", kind.as_str()))
+            .and_then(|node| self.file_name(&fields.path("name"), node, kind));
+        let target = match fields.get("target") {
+            None => Some(None),
+            Some(entry) => self
+                .file_target(&fields.path("target"), &entry.value, kind, driver)
+                .map(Some),
+        };
+        let mode = match fields.get("mode") {
+            None => Some(kind.default_mode()),
+            Some(entry) => self.file_mode(&fields.path("mode"), &entry.value),
+        };
+        let uid = self.optional(&fields, "uid", |v, path, node| v.uint(path, node, 0, u32::MAX));
+        let name = name?;
+        Some(FileMount {
+            target: target?.or_else(|| default_target(&name)),
+            name,
+            mode: mode?,
+            uid: uid?,
+        })
+    }
+
+    fn file_name(&mut self, path: &str, node: &Node, kind: FileKind) -> Option<String> {
+        let name = self.scalar_text(path, node, &format!("a {} name", kind.as_str()))?;
+        if let Some(problem) = crate::file_name_problem(name) {
+            self.error(path, node.pos, format!("{} {problem}", quote(name)));
+            return None;
+        }
+        Some(name.to_owned())
+    }
+
+    /// Where the file goes: anywhere absolute for docker (the engine makes
+    /// the mount point in the container's own layer); under `/run`, the
+    /// task's private tmpfs, for exec (its root is the host's, read-only);
+    /// nowhere for raw, whose tasks are told a directory instead.
+    fn file_target(
+        &mut self,
+        path: &str,
+        node: &Node,
+        kind: FileKind,
+        driver: Option<DriverKind>,
+    ) -> Option<String> {
+        let target = self.string(path, node, "an absolute path")?;
+        let problem = if driver == Some(DriverKind::Raw) {
+            Some(format!(
+                "cannot be chosen for a raw task, which finds its {kind}s as ${env}/NAME \
+                 (use driver exec or docker to mount at a path)",
+                kind = kind.as_str(),
+                env = kind.dir_env()
+            ))
+        } else if !target.starts_with('/') || target.ends_with('/') || target.contains('\0') {
+            Some("is not an absolute path to a file (expected a path like /run/secrets/db)".to_owned())
+        } else if let Some(problem) = crate::path_problem(target, "a task's file") {
+            Some(problem)
+        } else if driver == Some(DriverKind::Exec) && !target.starts_with("/run/") {
+            Some(
+                "is outside /run: an exec task's files are mounted in its private /run \
+                 (its other directories are the host's, read-only)"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.error(path, node.pos, format!("{} {problem}", quote(target)));
+                None
+            }
+            None => Some(target.to_owned()),
+        }
+    }
+
+    /// Permission bits, written in octal: `0400`, `0o440` or `440`.
+    fn file_mode(&mut self, path: &str, node: &Node) -> Option<u32> {
+        let text = self.scalar_text(path, node, "a file mode like 0400")?;
+        let digits = text.strip_prefix("0o").unwrap_or(text);
+        let mode = (!digits.is_empty() && digits.len() <= 4)
+            .then(|| u32::from_str_radix(digits, 8).ok())
+            .flatten()
+            .filter(|mode| *mode <= 0o777);
+        if mode.is_none() {
+            self.error(
+                path,
+                node.pos,
+                format!(
+                    "{} is not a file mode (expected octal permission bits from 0 to 0777, like 0400)",
+                    quote(text)
+                ),
+            );
+        }
+        mode
+    }
+
+    /// `env_secrets`: variable -> secret name.
+    fn env_secrets(
+        &mut self,
+        path: &str,
+        node: &Node,
+        env: &BTreeMap<String, String>,
+    ) -> Option<BTreeMap<String, String>> {
+        let entries = self.mapping(path, node, "a mapping of variable names to secret names")?;
+        if entries.len() > MAX_TASK_FILES {
+            self.error(
+                path,
+                node.pos,
+                format!(
+                    "{} variables, more than the limit of {MAX_TASK_FILES}",
+                    entries.len()
+                ),
+            );
+            return None;
+        }
+        let mut out = Some(BTreeMap::new());
+        for entry in entries {
+            let var_path = field_path(path, &entry.key);
+            let problem = if !is_env_name(&entry.key) {
+                Some("invalid environment variable name (expected letters, digits and _, not starting with a digit)")
+            } else if entry.key.starts_with("BATON_") {
+                Some("BATON_ variables are set by Baton")
+            } else if env.contains_key(&entry.key) {
+                Some("is also set in env (a variable comes from one place)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.error(&var_path, entry.key_pos, problem);
+            }
+            let name = self.file_name(&var_path, &entry.value, FileKind::Secret);
+            match (&mut out, name) {
+                (Some(out), Some(name)) if problem.is_none() => {
+                    out.insert(entry.key.clone(), name);
+                }
+                _ => out = None,
+            }
+        }
+        out
+    }
+
+    /// No two files of a task at the same target.
+    fn unique_targets(
+        &mut self,
+        fields: &Fields<'_>,
+        secrets: &[FileMount],
+        configs: &[FileMount],
+    ) -> Option<()> {
+        let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+        let mut ok = true;
+        let all = secrets
+            .iter()
+            .enumerate()
+            .map(|(idx, m)| (index_path(&fields.path("secrets"), idx), m))
+            .chain(
+                configs
+                    .iter()
+                    .enumerate()
+                    .map(|(idx, m)| (index_path(&fields.path("configs"), idx), m)),
+            );
+        for (path, mount) in all {
+            let Some(target) = mount.target.as_deref() else {
+                continue;
+            };
+            if let Some(first) = seen.get(target) {
+                ok = false;
+                self.error(
+                    &path,
+                    fields.pos,
+                    format!("target {} is already used by {first}", quote(target)),
+                );
+            } else {
+                seen.insert(target, path);
+            }
+        }
+        ok.then_some(())
     }
 
     fn driver(&mut self, path: &str, node: &Node) -> Option<DriverKind> {

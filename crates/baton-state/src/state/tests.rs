@@ -33,6 +33,9 @@ fn spec(name: &str, kind: JobKind) -> JobSpec {
             image: None,
             capabilities: Vec::new(),
             pids_limit: baton_spec::DEFAULT_PIDS_LIMIT,
+            secrets: Vec::new(),
+            env_secrets: std::collections::BTreeMap::new(),
+            configs: Vec::new(),
             driver: DriverKind::Raw,
             command: vec!["sleep".to_owned(), "60".to_owned()],
             env: Default::default(),
@@ -693,7 +696,9 @@ fn serde_round_trip_rebuilds_indexes() {
     let keys: Vec<&String> = value.as_object().expect("object").keys().collect();
     assert_eq!(
         keys,
-        vec!["cluster", "jobs", "members", "nodes", "revoked", "tasks"]
+        vec![
+            "cluster", "configs", "jobs", "members", "nodes", "revoked", "secrets", "tasks"
+        ]
     );
 }
 
@@ -1033,4 +1038,148 @@ fn a_preempting_stop_says_who_evicted_whom() {
             .map(|t| t.status.message.as_str()),
         Some("now failed")
     );
+}
+
+fn create_secret(state: &mut State, name: &str, value: &[u8]) -> Result<Vec<Event>, ApplyError> {
+    state.apply(Command::CreateSecret {
+        name: name.to_owned(),
+        value: crate::SecretBytes::new(value.to_vec()),
+        now: T0,
+    })
+}
+
+fn with_files(name: &str, secrets: &[&str], env_secret: Option<&str>, configs: &[&str]) -> JobSpec {
+    let mount = |kind: baton_spec::FileKind, name: &&str| baton_spec::FileMount {
+        name: (*name).to_owned(),
+        target: Some(kind.default_target(name)),
+        mode: kind.default_mode(),
+        uid: None,
+    };
+    let mut spec = service(name, 1);
+    spec.task.secrets = secrets
+        .iter()
+        .map(|n| mount(baton_spec::FileKind::Secret, n))
+        .collect();
+    spec.task.configs = configs
+        .iter()
+        .map(|n| mount(baton_spec::FileKind::Config, n))
+        .collect();
+    if let Some(secret) = env_secret {
+        spec.task
+            .env_secrets
+            .insert("PASSWORD".to_owned(), secret.to_owned());
+    }
+    spec
+}
+
+#[test]
+fn secrets_are_immutable_checked_and_survive_a_round_trip() {
+    let mut state = State::default();
+    assert_eq!(
+        create_secret(&mut state, "db", b"hunter2"),
+        Ok(vec![Event::FileCreated {
+            kind: baton_spec::FileKind::Secret,
+            name: "db".to_owned()
+        }])
+    );
+    let again = create_secret(&mut state, "db", b"other").expect_err("immutable");
+    assert_eq!(
+        again.to_string(),
+        "secret \"db\" already exists; secrets cannot be changed: create one under a new name \
+         and update the jobs that use it"
+    );
+    assert_eq!(state.secret("db").map(|s| s.value.expose()), Some(&b"hunter2"[..]));
+
+    let too_big = create_secret(&mut state, "big", &vec![0; baton_spec::MAX_FILE_BYTES + 1])
+        .expect_err("too big");
+    assert!(too_big.to_string().contains("500 KiB"), "{too_big}");
+    let bad_name = create_secret(&mut state, "../x", b"v").expect_err("bad name");
+    assert!(bad_name.to_string().contains("is not a valid name"), "{bad_name}");
+
+    state
+        .apply(Command::CreateConfig {
+            name: "app".to_owned(),
+            data: b"port: 80\n".to_vec(),
+            now: T1,
+        })
+        .expect("config");
+    let json = serde_json::to_string(&state).expect("encode");
+    assert!(!json.contains("hunter2"), "values are base64 in the record");
+    let back: State = serde_json::from_str(&json).expect("decode");
+    assert_eq!(back.secret("db"), state.secret("db"));
+    assert_eq!(back.config("app").map(|c| &c.data[..]), Some(&b"port: 80\n"[..]));
+    assert!(!format!("{:?}", state.secret("db")).contains("hunter2"));
+}
+
+#[test]
+fn a_job_naming_a_missing_secret_or_config_is_refused_with_the_names() {
+    let mut state = State::default();
+    create_secret(&mut state, "db", b"v").expect("secret");
+    let refused = state
+        .apply(Command::PutJob {
+            spec: with_files("web", &["db"], Some("api-key"), &["app"]),
+            format: SpecFormat::Yaml,
+            source: String::new(),
+            now: T0,
+        })
+        .expect_err("missing");
+    assert_eq!(
+        refused.to_string(),
+        "secret \"api-key\" does not exist, config \"app\" does not exist (create them first \
+         with `baton secret create` or `baton config create`)"
+    );
+    assert!(state.job("web").is_none());
+}
+
+#[test]
+fn a_secret_in_use_is_not_removed_and_the_jobs_are_named() {
+    let mut state = running_web();
+    create_secret(&mut state, "db", b"v").expect("secret");
+    put(&mut state, with_files("api", &[], Some("db"), &[]));
+    put(&mut state, with_files("worker", &["db"], None, &[]));
+    let refused = state
+        .apply(Command::RemoveSecret {
+            name: "db".to_owned(),
+        })
+        .expect_err("in use");
+    assert_eq!(
+        refused.to_string(),
+        "secret \"db\" is used by jobs api, worker; update or stop them first"
+    );
+
+    // A stopped job whose tasks are all gone no longer holds it; one still
+    // stopping does.
+    state
+        .apply(Command::StopJob {
+            name: "api".to_owned(),
+            now: T1,
+        })
+        .expect("stop");
+    create(&mut state, vec![task("worker.0.a", "worker", 1, 0, Some("n1"))]);
+    state
+        .apply(Command::StopJob {
+            name: "worker".to_owned(),
+            now: T1,
+        })
+        .expect("stop");
+    assert_eq!(
+        state.jobs_using(baton_spec::FileKind::Secret, "db"),
+        ["worker"]
+    );
+    report(&mut state, "n1", "worker.0.a", TaskState::Failed);
+    assert_eq!(
+        state.apply(Command::RemoveSecret {
+            name: "db".to_owned()
+        }),
+        Ok(vec![Event::FileRemoved {
+            kind: baton_spec::FileKind::Secret,
+            name: "db".to_owned()
+        }])
+    );
+    let gone = state
+        .apply(Command::RemoveSecret {
+            name: "db".to_owned(),
+        })
+        .expect_err("gone");
+    assert_eq!(gone.to_string(), "secret \"db\" not found");
 }
