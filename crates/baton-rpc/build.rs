@@ -7,8 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // The join token is a secret: `JoinRequest`'s Debug is written by hand.
-        .skip_debug(["baton.v1.JoinRequest"])
+        // The join token and secrets' values are secret: the Debug of the
+        // messages that carry them is written by hand.
+        .skip_debug(["baton.v1.JoinRequest", "baton.v1.FileData"])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::AgentConfig;
-use crate::driver::{Driver, Usage};
+use crate::driver::{Driver, NodeFiles, TaskFiles, Usage, sweep_run_dirs};
 use crate::error::AgentError;
 use crate::executor::{Action, LocalTask, moves_forward, step};
 use crate::fingerprint;
@@ -103,6 +103,8 @@ pub struct Agent {
     tasks: BTreeMap<TaskId, Known>,
     /// The last assignment set received.
     assigned: Vec<Assignment>,
+    /// The secrets and configs of that set (memory only).
+    files: NodeFiles,
     session: Option<OpenSession>,
     /// Increases with every session; report outcomes of older ones are ignored.
     generation: u64,
@@ -301,6 +303,8 @@ impl Agent {
         }
         let every_driver: Vec<Arc<dyn Driver>> = drivers.values().cloned().collect();
         let recovered = recover(&tasks_dir, &node_id, &every_driver).await?;
+        // The tasks an earlier agent ran are gone now: so go their tmpfs.
+        sweep_run_dirs(&config.run_dir());
         let tasks = recovered
             .into_iter()
             .map(|rec| {
@@ -340,6 +344,7 @@ impl Agent {
             drivers,
             tasks,
             assigned: Vec::new(),
+            files: NodeFiles::default(),
             session: None,
             generation: 0,
             outbox: Vec::new(),
@@ -432,8 +437,20 @@ impl Agent {
     fn on_message(&mut self, message: SessionMessage) {
         match message {
             SessionMessage::Assignments(set) => {
-                tracing::debug!(seq = set.seq, tasks = set.tasks.len(), "assignments");
+                tracing::debug!(
+                    seq = set.seq,
+                    tasks = set.tasks.len(),
+                    secrets = set.secrets.len(),
+                    configs = set.configs.len(),
+                    "assignments"
+                );
                 self.assigned = set.tasks;
+                // The previous values are dropped (and wiped) here: what no
+                // live task of this node uses any more is not kept.
+                self.files = NodeFiles {
+                    secrets: set.secrets,
+                    configs: set.configs,
+                };
                 self.converge();
             }
             SessionMessage::Logs(request) => self.serve_logs(request),
@@ -645,6 +662,13 @@ impl Agent {
             self.insert_finished(task, TaskState::Failed, message);
             return;
         };
+        let files = match TaskFiles::pick(&assignment.spec, &self.files) {
+            Ok(files) => files,
+            Err(e) => {
+                self.insert_finished(task, TaskState::Failed, e.to_string());
+                return;
+            }
+        };
         tracing::info!(task_id = %task, job = %assignment.job, "starting task");
         let (stop_tx, stop_rx) = watch::channel(None);
         let (closed_tx, closed_rx) = watch::channel(false);
@@ -672,6 +696,8 @@ impl Agent {
         let runner = Runner {
             driver,
             task_dir: self.config.tasks_dir().join(&task.0),
+            run_dir: self.config.run_dir().join(&task.0),
+            files,
             assignment,
             node: self.node_id.clone(),
             advertise_ip: self.config.advertise_ip,

@@ -68,4 +68,10 @@ impl AgentConfig {
     pub(crate) fn tasks_dir(&self) -> PathBuf {
         self.data_dir.join("tasks")
     }
+
+    /// Where each task's tmpfs (its secrets, configs, an exec task's
+    /// runtime spec) is mounted while it runs: `run/<task_id>`.
+    pub(crate) fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
 }

@@ -16,7 +16,7 @@ use baton_spec::{format_duration, format_memory};
 use baton_state::{ExitInfo, NodeId, TaskId, TaskState};
 use tokio::sync::{mpsc, watch};
 
-use crate::driver::{Driver, TaskHandle, TaskRun};
+use crate::driver::{Driver, TaskFiles, TaskHandle, TaskRun};
 use crate::error::AgentError;
 use crate::executor::SHUTDOWN_BEFORE_START;
 use crate::log_file::LogWriter;
@@ -92,6 +92,10 @@ pub(crate) struct Runner {
     pub task_dir: PathBuf,
     /// Log rotation size.
     pub log_max_bytes: u64,
+    /// Where the task's own tmpfs goes, if it needs one.
+    pub run_dir: PathBuf,
+    /// Its secrets and configs.
+    pub files: TaskFiles,
     /// Stop requests.
     pub stop: watch::Receiver<Option<StopRequest>>,
     /// Where updates go.
@@ -186,6 +190,8 @@ impl Runner {
             log,
             ports: self.assignment.ports.clone(),
             advertise_ip: self.advertise_ip,
+            files: std::mem::take(&mut self.files),
+            run_dir: self.run_dir.clone(),
         };
         let mut handle = match self.driver.start(run).await {
             Ok(handle) => handle,

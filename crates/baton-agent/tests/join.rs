@@ -109,9 +109,12 @@ impl TestCluster {
     async fn start(cert_validity: Duration) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(
-            RaftStore::open_solo_at(&dir.path().join("state.redb"))
-                .await
-                .expect("store"),
+            RaftStore::open_solo_at(
+                &dir.path().join("state.redb"),
+                baton_store::seal::SealKey::generate(),
+            )
+            .await
+            .expect("store"),
         );
         let now = unix_now();
         let root = ClusterCa::generate(CLUSTER_ID, now, 365 * DAY).expect("root ca");
@@ -498,7 +501,7 @@ async fn renewal_swaps_in_a_new_key_while_an_open_session_keeps_working() {
     // The session opened before the renewal still works both ways.
     let set = AssignmentSet {
         seq: 7,
-        tasks: vec![],
+        ..AssignmentSet::default()
     };
     cluster.push(set.clone()).await;
     let pushed = within("the pushed assignments", session.messages.recv()).await;

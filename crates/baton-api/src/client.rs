@@ -487,12 +487,23 @@ impl ApiClient {
     pub async fn update_cluster(
         &self,
         settings: &ClusterSettingsRequest,
-    ) -> Result<ClusterInfo, ApiError> {
+    ) -> Result<crate::ClusterSettingsResponse, ApiError> {
         self.json(
             self.request(Method::POST, "/v1/cluster/settings")
                 .json(settings),
         )
         .await
+    }
+
+    /// `GET /v1/cluster/unlock-key`, or with `rotate` `POST
+    /// /v1/cluster/unlock-key/rotate`.
+    pub async fn unlock_key(&self, rotate: bool) -> Result<crate::UnlockKeyInfo, ApiError> {
+        let req = if rotate {
+            self.request(Method::POST, "/v1/cluster/unlock-key/rotate")
+        } else {
+            self.request(Method::GET, "/v1/cluster/unlock-key")
+        };
+        self.json(req).await
     }
 
     /// `POST /v1/nodes/{id}/remove[?force=true]`: removes a node and revokes
@@ -502,6 +513,47 @@ impl ApiClient {
             .request(Method::POST, &format!("/v1/nodes/{id}/remove"))
             .query(&[("force", force)]);
         self.json(req).await
+    }
+
+    /// `POST /v1/{collection}/{name}` (`secrets` or `configs`): stores a new
+    /// secret or config; `value` is sent as the body, unchanged.
+    pub async fn create_file(
+        &self,
+        collection: &str,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<crate::FileInfo, ApiError> {
+        let req = self
+            .request(Method::POST, &format!("/v1/{collection}/{name}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(value);
+        self.json(req).await
+    }
+
+    /// `GET /v1/{collection}` (`secrets` or `configs`).
+    pub async fn list_files(&self, collection: &str) -> Result<Vec<crate::FileInfo>, ApiError> {
+        self.json(self.request(Method::GET, &format!("/v1/{collection}")))
+            .await
+    }
+
+    /// `GET /v1/{collection}/{name}` (`secrets` or `configs`).
+    pub async fn get_file(
+        &self,
+        collection: &str,
+        name: &str,
+    ) -> Result<crate::FileInfo, ApiError> {
+        self.json(self.request(Method::GET, &format!("/v1/{collection}/{name}")))
+            .await
+    }
+
+    /// `DELETE /v1/{collection}/{name}` (`secrets` or `configs`).
+    pub async fn remove_file(
+        &self,
+        collection: &str,
+        name: &str,
+    ) -> Result<crate::FileInfo, ApiError> {
+        self.json(self.request(Method::DELETE, &format!("/v1/{collection}/{name}")))
+            .await
     }
 
     /// Makes a standby manager vote again.

@@ -371,6 +371,10 @@ pub struct ClusterInfo {
     /// The managers (the Raft members), as the answering manager sees them.
     #[serde(default)]
     pub managers: Vec<ManagerInfo>,
+    /// Whether the cluster is autolocked: a restarted manager waits for the
+    /// unlock key (`baton manager unlock`).
+    #[serde(default)]
+    pub autolock: bool,
     /// The answering manager's current Raft term.
     #[serde(default)]
     pub raft_term: u64,
@@ -418,4 +422,67 @@ pub struct ClusterSettingsRequest {
     /// renewals from now on use it; nodes pick it up at their next renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expiry_secs: Option<u64>,
+    /// Turn autolock on (the answer carries the new unlock key, once) or
+    /// off. Turning it on when it is on changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autolock: Option<bool>,
+}
+
+/// Answer of `POST /v1/cluster/settings`: the cluster, and the unlock key
+/// when this request turned autolock on.
+///
+/// `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterSettingsResponse {
+    /// The cluster after the change.
+    pub cluster: ClusterInfo,
+    /// The new unlock key, when autolock was just turned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
+}
+
+impl fmt::Debug for ClusterSettingsResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSettingsResponse")
+            .field("cluster", &self.cluster)
+            .field(
+                "unlock_key",
+                &self.unlock_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Answer of `GET /v1/cluster/unlock-key` and of its rotation.
+///
+/// `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnlockKeyInfo {
+    /// The key a restarted manager must be given (`baton manager unlock`).
+    pub unlock_key: String,
+}
+
+impl fmt::Debug for UnlockKeyInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnlockKeyInfo { unlock_key: <redacted> }")
+    }
+}
+
+/// A secret or config (`GET /v1/secrets`, `/v1/configs`, one by name, and
+/// the answer of creating one). A secret's value is never in any answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    /// `secret` or `config`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Size of the value in bytes.
+    pub size: u64,
+    /// When created (Unix milliseconds).
+    pub created_at: u64,
+    /// The jobs that use it (it cannot be removed while any does).
+    pub used_by: Vec<String>,
+    /// A config's contents, base64: only in `GET /v1/configs/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }

@@ -49,6 +49,9 @@ pub struct IsolatedTask {
     pub pids_limit: u32,
     /// The host directory mounted writable at `/work`.
     pub work_dir: PathBuf,
+    /// Host files (the task's secrets and configs, in a tmpfs) mounted
+    /// read-only at a path under `/run`: (source, target).
+    pub files: Vec<(PathBuf, String)>,
 }
 
 // By hand: the environment may hold secrets.
@@ -81,6 +84,9 @@ pub struct HostLayout {
 
 /// Where the task's writable directory is mounted.
 pub const WORK_MOUNT: &str = "/work";
+
+/// Where a task's own tmpfs `/run` is, under which its files are mounted.
+pub const RUN_MOUNT: &str = "/run";
 
 /// The cgroup path of a task, relative to each hierarchy's root.
 pub fn cgroup_path(layout: &HostLayout, task_id: &str) -> String {
@@ -174,6 +180,18 @@ fn config(task: &IsolatedTask, layout: &HostLayout) -> Value {
         "destination": WORK_MOUNT, "type": "bind", "source": task.work_dir,
         "options": ["rbind", "rw", "nosuid", "nodev"],
     }));
+    // The task's own /run, where its secrets and configs are mounted (the
+    // runtime makes their mount points in it, not in the shared skeleton).
+    mounts.push(json!({
+        "destination": RUN_MOUNT, "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "nodev", "noexec", "mode=755", format!("size={}", task.memory_bytes)],
+    }));
+    mounts.extend(task.files.iter().map(|(source, target)| {
+        json!({
+            "destination": target, "type": "bind", "source": source,
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        })
+    }));
     let mut devices: Vec<Value> = vec![json!({"allow": false, "access": "rwm"})];
     devices.extend(DEVICES.iter().map(|(_, major, minor)| {
         json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"})
@@ -237,6 +255,10 @@ mod tests {
             cpu_millis: 250,
             pids_limit: 64,
             work_dir: PathBuf::from("/var/lib/baton/tasks/web.0.abc/work"),
+            files: vec![(
+                PathBuf::from("/var/lib/baton/run/web.0.abc/secrets/db"),
+                "/run/secrets/db".to_owned(),
+            )],
         }
     }
 
@@ -303,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_allow_listed_host_directories_are_visible_and_only_work_and_tmp_are_writable() {
+    fn only_the_allow_listed_host_directories_are_visible_and_only_work_tmp_and_run_are_writable() {
         let spec = oci_spec(&task(), &layout()).expect("valid spec");
         let mounts = spec.mounts().as_ref().expect("mounts");
         let binds: Vec<_> = mounts
@@ -322,9 +344,22 @@ mod tests {
             [
                 ("/usr".to_owned(), true),
                 ("/etc".to_owned(), true),
-                ("/work".to_owned(), false)
+                ("/work".to_owned(), false),
+                ("/run/secrets/db".to_owned(), true)
             ]
         );
+        // The secret's mount point is made in the task's own /run, mounted first.
+        let destinations: Vec<String> = mounts
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect();
+        let run = destinations.iter().position(|d| d == "/run").expect("/run");
+        let secret = destinations
+            .iter()
+            .position(|d| d == "/run/secrets/db")
+            .expect("secret");
+        assert!(run < secret, "{destinations:?}");
+        assert_eq!(mounts[run].typ().as_deref(), Some("tmpfs"));
         assert!(!mounts.iter().any(|m| m.destination().starts_with("/sys")));
         let tmp = mounts
             .iter()

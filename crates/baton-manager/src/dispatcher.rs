@@ -48,7 +48,7 @@ use baton_rpc::{
     Assignment, AssignmentSet, Dispatcher, ExecEvent, ExecInput, ExecRequest, LogEvent, LogRequest,
     NodeDescription, RpcError, Session, SessionMessage, TaskUsage, TrustUpdate, Winsize,
 };
-use baton_state::{Command, Node, NodeId, NodeState, State, TaskId, TaskReport};
+use baton_state::{Command, Node, NodeId, NodeState, State, TaskDesired, TaskId, TaskReport};
 use baton_store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -219,6 +219,30 @@ pub fn assignments_for(state: &State, node: &NodeId) -> Vec<Assignment> {
             })
         })
         .collect()
+}
+
+/// A node's whole assignment set (with `seq` 0): its tasks, and the secrets
+/// and configs its live tasks (meant to run, not finished) name. Nothing
+/// else: a node never sees a secret no task of its own uses, and one stops
+/// being sent once its last such task is stopped or ends.
+pub fn assignment_set(state: &State, node: &NodeId) -> AssignmentSet {
+    let tasks = assignments_for(state, node);
+    let live = tasks.iter().filter(|a| a.desired == TaskDesired::Running);
+    let mut set = AssignmentSet::default();
+    for assignment in live {
+        for name in assignment.spec.secret_names() {
+            if let Some(secret) = state.secret(name) {
+                set.secrets.insert(name.to_owned(), secret.value.clone());
+            }
+        }
+        for name in assignment.spec.config_names() {
+            if let Some(config) = state.config(name) {
+                set.configs.insert(name.to_owned(), config.data.clone());
+            }
+        }
+    }
+    set.tasks = tasks;
+    set
 }
 
 impl DispatcherService {
@@ -545,7 +569,7 @@ impl DispatcherService {
     ) {
         let mut changes = self.store.subscribe();
         let mut managers = self.managers.subscribe();
-        let mut last: Option<Vec<Assignment>> = None;
+        let mut last: Option<AssignmentSet> = None;
         let mut last_trust: Option<TrustUpdate> = None;
         let mut last_managers: Option<Vec<String>> = None;
         let mut seq = 0;
@@ -594,17 +618,17 @@ impl DispatcherService {
                 }
                 last_managers = Some(addrs);
             }
-            let tasks = assignments_for(&snapshot.state, &node);
-            if last.as_ref() != Some(&tasks) {
+            let current = assignment_set(&snapshot.state, &node);
+            if last.as_ref() != Some(&current) {
                 seq += 1;
                 let set = AssignmentSet {
                     seq,
-                    tasks: tasks.clone(),
+                    ..current.clone()
                 };
                 if tx.send(SessionMessage::Assignments(set)).await.is_err() {
                     break;
                 }
-                last = Some(tasks);
+                last = Some(current);
             }
             tokio::select! {
                 () = cancel.cancelled() => {
@@ -932,9 +956,12 @@ mod tests {
 
     async fn store_with_workers(dir: &std::path::Path, ids: &[&str]) -> Arc<dyn Store> {
         let store: Arc<dyn Store> = Arc::new(
-            RaftStore::open_solo_at(&dir.join("state.redb"))
-                .await
-                .expect("store"),
+            RaftStore::open_solo_at(
+                &dir.join("state.redb"),
+                baton_store::seal::SealKey::generate(),
+            )
+            .await
+            .expect("store"),
         );
         crate::identity::load_or_create(
             dir,

@@ -17,11 +17,17 @@
 //! operator's root certificate, no root key exists on the manager, and its
 //! own certificate comes from the external CA like every other.
 //!
-//! Layout (secrets 0600):
-//! - `state.redb`: the state, root CA key included (0600)
-//! - `node/id`, `node/cert.pem`, `node/key.pem`: this manager's node identity
-//! - `join-tokens.toml`: the current tokens, for `baton cluster join-token`; the
-//!   state holds only their digests
+//! Layout (secrets 0600, sealed with the data key of [`crate::keystore`]):
+//! - `keys/kek`, `keys/dek` (directory 0700): the key-encryption key (absent
+//!   while the cluster is autolocked) and the data key it wraps
+//! - `state.redb`: the state, root CA key included; its log entries and
+//!   snapshots sealed
+//! - `node/id`, `node/cert.pem`: this manager's node id and certificate
+//!   (public, in the clear)
+//! - `node/key.sealed`: its private key (PEM), sealed
+//! - `node/root.pem`: the root a joining manager pinned (public)
+//! - `join-tokens.sealed`: the current tokens (TOML), sealed, for
+//!   `baton cluster join-token`; the state holds only their digests
 
 use std::fmt;
 use std::fs;
@@ -31,7 +37,10 @@ use std::time::Duration;
 use baton_pki::{ClusterCa, JoinToken, Role};
 use baton_state::{Cluster, Command, ExternalCa, NodeId, NodeRole, Secret, Timestamp};
 use baton_store::Store;
+use baton_store::seal::SealKey;
+use zeroize::Zeroizing;
 
+use crate::keystore::{self, KeystoreError};
 use crate::signer::{SignError, Signer};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +51,11 @@ pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Default lifetime of node certificates (renewed at 50-80% of it).
 pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+
+/// This manager's private key, sealed, in `node/`.
+const NODE_KEY_FILE: &str = "key.sealed";
+/// The join tokens, sealed, in the data dir.
+const TOKENS_FILE: &str = "join-tokens.sealed";
 
 /// Why the identity could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +96,9 @@ pub enum IdentityError {
         /// What went wrong.
         reason: String,
     },
+    /// The data key is unavailable, or a sealed file does not open.
+    #[error(transparent)]
+    Keys(#[from] KeystoreError),
 }
 
 /// How to create a cluster whose certificates an external CA signs.
@@ -166,6 +183,7 @@ pub fn new_cluster(
         manager_token_digest: digest(&tokens.manager)?,
         cert_validity,
         created_at: now(),
+        unlock_key: None,
     })
 }
 
@@ -204,29 +222,77 @@ fn random_id() -> String {
     baton_pki::hex(&rand::random::<[u8; 8]>())
 }
 
-/// The current join tokens stored in `dir`, if this manager holds them.
-pub fn stored_tokens(dir: &Path) -> Result<Option<StoredTokens>, IdentityError> {
-    let path = dir.join("join-tokens.toml");
-    read(&path)?
-        .map(|text| {
-            toml::from_str(&text).map_err(|e| {
-                IdentityError::Inconsistent(format!("{}: {}", path.display(), e.message()))
-            })
-        })
-        .transpose()
+/// The current join tokens stored in `dir`, if this manager holds them,
+/// opened with its data key `dek`.
+pub fn stored_tokens_with_key(
+    dir: &Path,
+    dek: &SealKey,
+) -> Result<Option<StoredTokens>, IdentityError> {
+    let path = dir.join(TOKENS_FILE);
+    let Some(bytes) = keystore::open_file(&path, dek)? else {
+        return Ok(None);
+    };
+    let inconsistent =
+        |why: &dyn fmt::Display| IdentityError::Inconsistent(format!("{}: {why}", path.display()));
+    let text = std::str::from_utf8(&bytes).map_err(|e| inconsistent(&e))?;
+    toml::from_str(text)
+        .map(Some)
+        .map_err(|e| inconsistent(&e.message()))
 }
 
-/// Saves the current join tokens (after a rotation) for display.
-pub fn store_tokens(dir: &Path, tokens: &StoredTokens) -> Result<(), IdentityError> {
-    let text = toml::to_string(tokens)
-        .map_err(|e| IdentityError::Inconsistent(format!("encoding tokens: {e}")))?;
-    write(&dir.join("join-tokens.toml"), text.as_bytes(), 0o600)
+/// Saves the current join tokens (after a rotation) for display, sealed
+/// with the data key `dek`.
+pub fn store_tokens_with_key(
+    dir: &Path,
+    dek: &SealKey,
+    tokens: &StoredTokens,
+) -> Result<(), IdentityError> {
+    let text = Zeroizing::new(
+        toml::to_string(tokens)
+            .map_err(|e| IdentityError::Inconsistent(format!("encoding tokens: {e}")))?,
+    );
+    Ok(keystore::seal_file(
+        &dir.join(TOKENS_FILE),
+        dek,
+        text.as_bytes(),
+    )?)
+}
+
+/// This manager's private key (PEM), opened with its data key `dek`, if
+/// it has one.
+pub fn read_node_key(
+    dir: &Path,
+    dek: &SealKey,
+) -> Result<Option<Zeroizing<String>>, IdentityError> {
+    let path = dir.join("node").join(NODE_KEY_FILE);
+    let Some(bytes) = keystore::open_file(&path, dek)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes.to_vec())
+        .map(|pem| Some(Zeroizing::new(pem)))
+        .map_err(|_| IdentityError::Inconsistent(format!("{}: not a PEM key", path.display())))
+}
+
+/// [`load_or_create_with_key`] for a caller that does not hold the data
+/// key: it is read (or, in a new data dir, created) from `dir`'s keys with
+/// the KEK file, which fails while the cluster is autolocked.
+pub async fn load_or_create(
+    dir: &Path,
+    store: &dyn Store,
+    signer: &Signer,
+    cert_validity: Duration,
+    external: Option<ExternalCaInit>,
+) -> Result<ManagerIdentity, IdentityError> {
+    let dek = keystore::data_key(dir)?;
+    load_or_create_with_key(dir, &dek, store, signer, cert_validity, external).await
 }
 
 /// Loads the manager's identity from `dir`, creating the cluster on first
 /// start (around `external`'s root when given; ignored on later starts).
-pub async fn load_or_create(
+/// Its key and the join tokens are sealed with the data key `dek`.
+pub async fn load_or_create_with_key(
     dir: &Path,
+    dek: &SealKey,
     store: &dyn Store,
     signer: &Signer,
     cert_validity: Duration,
@@ -266,7 +332,7 @@ pub async fn load_or_create(
         let root_digest = baton_pki::root_digest(&baton_pki::certificate_der(&root_pem)?);
         // Tokens left by a crash before InitCluster name a root that was
         // never stored: make new ones.
-        let tokens = match stored_tokens(dir)? {
+        let tokens = match stored_tokens_with_key(dir, dek)? {
             Some(tokens) if token_root(&tokens.worker).as_deref() == Some(root_digest.as_str()) => {
                 tokens
             }
@@ -275,7 +341,7 @@ pub async fn load_or_create(
                     worker: JoinToken::generate(&root_digest)?.format(),
                     manager: JoinToken::generate(&root_digest)?.format(),
                 };
-                store_tokens(dir, &tokens)?;
+                store_tokens_with_key(dir, dek, &tokens)?;
                 tokens
             }
         };
@@ -301,11 +367,11 @@ pub async fn load_or_create(
     // 2. This manager's node identity.
     let node_dir = dir.join("node");
     let node_id = load_or_create_node_id(dir)?;
-    let (cert_path, key_path) = (node_dir.join("cert.pem"), node_dir.join("key.pem"));
-    let stored = match (read(&cert_path)?, read(&key_path)?) {
+    let cert_path = node_dir.join("cert.pem");
+    let stored = match (read(&cert_path)?, read_node_key(dir, dek)?) {
         (Some(cert), Some(key)) => {
             match node_cert_defect(&cert, &key, &node_id, unix_secs(now()), &cluster) {
-                None => Some((cert, key)),
+                None => Some((cert, String::clone(&key))),
                 Some(defect) => {
                     // A crash between the two writes of a renewal, a manager
                     // stopped past its certificate's expiry or through a
@@ -329,7 +395,7 @@ pub async fn load_or_create(
                     cluster.cert_validity,
                 )
                 .await?;
-            write_node_cert(dir, &key, &issued.chain_pem)?;
+            write_node_cert(dir, dek, &key, &issued.chain_pem)?;
             (issued.chain_pem, key, true)
         }
     };
@@ -379,10 +445,16 @@ pub fn joined_root(dir: &Path) -> Result<Option<String>, IdentityError> {
 /// with the manager join token: the root is fetched and checked against
 /// the token's digest before anything secret is sent, the key pair is made
 /// here and only its CSR leaves, and the cluster chooses the node id. Writes
-/// `node/root.pem`, the key and certificate, then `node/id` last. Being
-/// added to the managers' Raft cluster is the next step (see
-/// [`crate::runtime`]).
-pub async fn join_cluster(dir: &Path, addr: &str, token: &str) -> Result<NodeId, IdentityError> {
+/// `node/root.pem`, the key (sealed with the data key `dek`, so the
+/// keystore exists before the key is written) and certificate, then
+/// `node/id` last. Being added to the managers' Raft cluster is the next
+/// step (see [`crate::runtime`]).
+pub async fn join_cluster(
+    dir: &Path,
+    dek: &SealKey,
+    addr: &str,
+    token: &str,
+) -> Result<NodeId, IdentityError> {
     let failed = |reason: String| IdentityError::Join {
         addr: addr.to_owned(),
         reason,
@@ -413,7 +485,7 @@ pub async fn join_cluster(dir: &Path, addr: &str, token: &str) -> Result<NodeId,
         root_pem.as_bytes(),
         0o644,
     )?;
-    write_node_cert(dir, &key_pem, &joined.cert_pem)?;
+    write_node_cert(dir, dek, &key_pem, &joined.cert_pem)?;
     write(
         &dir.join("node").join("id"),
         issued.node_id.as_bytes(),
@@ -466,12 +538,18 @@ pub fn issuing_root(cert_pem: &str, cluster: &Cluster) -> String {
     String::new()
 }
 
-/// Writes this manager's node key (0600) and certificate, each atomically,
-/// key first. A crash between the two leaves a key that does not match the
-/// certificate; [`load_or_create`] notices and issues a new pair.
-pub fn write_node_cert(dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), IdentityError> {
+/// Writes this manager's node key (sealed with the data key `dek`, 0600)
+/// and certificate, each atomically, key first. A crash between the two
+/// leaves a key that does not match the certificate; [`load_or_create`]
+/// notices and issues a new pair.
+pub fn write_node_cert(
+    dir: &Path,
+    dek: &SealKey,
+    key_pem: &str,
+    cert_pem: &str,
+) -> Result<(), IdentityError> {
     let node_dir = dir.join("node");
-    write(&node_dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+    keystore::seal_file(&node_dir.join(NODE_KEY_FILE), dek, key_pem.as_bytes())?;
     write(&node_dir.join("cert.pem"), cert_pem.as_bytes(), 0o644)
 }
 
@@ -522,12 +600,17 @@ mod tests {
 
     use super::*;
 
+    /// The store in `dir`, sealed with the data key of `dir`'s keys.
     async fn open(dir: &Path) -> Arc<RaftStore> {
         Arc::new(
-            RaftStore::open_solo_at(&dir.join("state.redb"))
+            RaftStore::open_solo_at(&dir.join("state.redb"), data_key(dir))
                 .await
                 .expect("store"),
         )
+    }
+
+    fn data_key(dir: &Path) -> SealKey {
+        keystore::data_key(dir).expect("data key")
     }
 
     #[tokio::test]
@@ -564,13 +647,25 @@ mod tests {
             (identity.cluster_id, identity.node_id, tokens)
         };
         use std::os::unix::fs::PermissionsExt;
-        for secret in ["state.redb", "node/key.pem", "join-tokens.toml"] {
-            let mode = fs::metadata(dir.path().join(secret))
+        let mode = |path: &str| {
+            fs::metadata(dir.path().join(path))
                 .expect("file")
                 .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "{secret}");
+                .mode()
+                & 0o777
+        };
+        for secret in [
+            "state.redb",
+            "node/key.sealed",
+            "join-tokens.sealed",
+            "keys/kek",
+            "keys/dek",
+        ] {
+            assert_eq!(mode(secret), 0o600, "{secret}");
         }
+        assert_eq!(mode("keys"), 0o700);
+        assert!(!dir.path().join("node/key.pem").exists());
+        assert!(!dir.path().join("join-tokens.toml").exists());
         let store = open(dir.path()).await;
         let again = load_or_create(
             dir.path(),
@@ -586,7 +681,9 @@ mod tests {
             "tokens are printed only on creation"
         );
         assert_eq!((again.cluster_id, again.node_id), (cluster_id, node_id));
-        let stored = stored_tokens(dir.path()).expect("read").expect("tokens");
+        let stored = stored_tokens_with_key(dir.path(), &data_key(dir.path()))
+            .expect("read")
+            .expect("tokens");
         assert_eq!(stored.worker, tokens.worker);
         assert_eq!(store.snapshot().state.members().count(), 1);
         assert!(!format!("{stored:?}").contains("BATON-1"));
@@ -599,7 +696,7 @@ mod tests {
             worker: JoinToken::generate(&"ab".repeat(32)).expect("t").format(),
             manager: JoinToken::generate(&"ab".repeat(32)).expect("t").format(),
         };
-        store_tokens(dir.path(), &stale).expect("write");
+        store_tokens_with_key(dir.path(), &data_key(dir.path()), &stale).expect("write");
         let store = open(dir.path()).await;
         let identity = load_or_create(
             dir.path(),
@@ -645,7 +742,7 @@ mod tests {
             DEFAULT_CERT_VALIDITY,
         )
         .expect("cert");
-        write_node_cert(dir.path(), &key, &cert).expect("write");
+        write_node_cert(dir.path(), &data_key(dir.path()), &key, &cert).expect("write");
         let again = load_or_create(
             dir.path(),
             store.as_ref(),
@@ -666,5 +763,57 @@ mod tests {
                 .map(|m| m.cert_root.clone()),
             Some(cluster.root_digest.clone())
         );
+    }
+
+    #[tokio::test]
+    async fn the_node_key_and_the_tokens_are_sealed_with_the_data_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let identity = load_or_create(
+            dir.path(),
+            store.as_ref(),
+            &Signer::new(),
+            DEFAULT_CERT_VALIDITY,
+            None,
+        )
+        .await
+        .expect("create");
+        let tokens = identity.created.clone().expect("tokens");
+        let dek = data_key(dir.path());
+
+        let key_file = fs::read(dir.path().join("node/key.sealed")).expect("key");
+        let tokens_file = fs::read(dir.path().join("join-tokens.sealed")).expect("tokens");
+        let in_file =
+            |file: &[u8], needle: &str| file.windows(needle.len()).any(|w| w == needle.as_bytes());
+        for line in identity.key_pem.lines() {
+            assert!(!in_file(&key_file, line), "{line} in the clear");
+        }
+        for token in [&tokens.worker, &tokens.manager] {
+            assert!(!in_file(&tokens_file, token), "a token in the clear");
+        }
+        assert!(!in_file(&tokens_file, "BATON-1-"));
+
+        let key = read_node_key(dir.path(), &dek)
+            .expect("read")
+            .expect("a key");
+        assert_eq!(key.as_str(), identity.key_pem);
+        let stored = stored_tokens_with_key(dir.path(), &dek)
+            .expect("read")
+            .expect("tokens");
+        assert_eq!(stored.manager, tokens.manager);
+
+        let other = SealKey::generate();
+        assert!(matches!(
+            read_node_key(dir.path(), &other),
+            Err(IdentityError::Keys(KeystoreError::Sealed { .. }))
+        ));
+        assert!(stored_tokens_with_key(dir.path(), &other).is_err());
+        // The sealed files are bound to their names.
+        fs::copy(
+            dir.path().join("join-tokens.sealed"),
+            dir.path().join("node/key.sealed"),
+        )
+        .expect("swap");
+        assert!(read_node_key(dir.path(), &dek).is_err());
     }
 }

@@ -8,6 +8,8 @@
 //! - [`ca`]: admits joining nodes (join tokens) and renews certificates.
 //! - [`renew`]: renews the manager's own node certificate in the background;
 //!   [`serving_cert`] holds it for both listeners.
+//! - [`keystore`]: the data key that seals the store and the secret files,
+//!   wrapped by a key-encryption key or the operator's unlock key.
 //! - [`runtime`]: starts and stops all of it (`baton manager`, `baton dev`).
 //! - [`dispatcher`]: one session per agent; pushes each node its own full
 //!   assignment set, records its reports, brokers log streams.
@@ -25,6 +27,7 @@ pub mod control;
 pub mod dispatcher;
 pub mod external_ca;
 pub mod identity;
+pub mod keystore;
 pub mod leadership;
 pub mod raft;
 pub mod renew;
@@ -32,6 +35,7 @@ pub mod runtime;
 pub mod serving_cert;
 pub mod signer;
 pub mod trust;
+pub mod unlock;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -7,7 +7,8 @@
 //! key pair from its own CA, with the cluster's current certificate lifetime
 //! (`baton cluster update --cert-expiry`). Each renewal:
 //!
-//! 1. writes `node/key.pem` (0600) and `node/cert.pem`, each atomically (a
+//! 1. writes `node/key.sealed` (0600, sealed with the data key) and
+//!    `node/cert.pem`, each atomically (a
 //!    crash between the two is repaired at the next start, see
 //!    [`crate::identity::load_or_create`]);
 //! 2. swaps the pair into both listeners ([`ServingCert::swap`]): new
@@ -25,6 +26,7 @@ use baton_pki::{CertValidity, Role};
 use baton_rpc::renewal::{run_renewals, unix_now};
 use baton_state::{Command, NodeId};
 use baton_store::Store;
+use baton_store::seal::SealKey;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -64,8 +66,10 @@ pub struct SelfRenewal {
     pub now: Arc<tokio::sync::Notify>,
     /// This manager's node id.
     pub node_id: NodeId,
-    /// The data dir (`node/cert.pem`, `node/key.pem`).
+    /// The data dir (`node/cert.pem`, `node/key.sealed`).
     pub data_dir: PathBuf,
+    /// The data key the node key is sealed with.
+    pub data_key: SealKey,
     /// What both listeners serve.
     pub cert: ServingCert,
 }
@@ -115,7 +119,7 @@ async fn renew_once(renewal: &SelfRenewal) -> Result<CertValidity, RenewError> {
     let new_validity = baton_pki::cert_validity(&leaf).map_err(IdentityError::from)?;
     // Check that the pair loads before anything is written or served.
     ServingCert::new(&cert_pem, &key_pem)?;
-    identity::write_node_cert(&renewal.data_dir, &key_pem, &cert_pem)?;
+    identity::write_node_cert(&renewal.data_dir, &renewal.data_key, &key_pem, &cert_pem)?;
     renewal.cert.swap(&cert_pem, &key_pem)?;
     renewal
         .store
@@ -136,12 +140,14 @@ mod tests {
 
     use super::*;
     use crate::identity::load_or_create;
+    use crate::keystore;
 
     #[tokio::test]
     async fn a_renewal_writes_serves_and_records_a_fresh_key() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data_key = keystore::data_key(dir.path()).expect("data key");
         let store: Arc<dyn Store> = Arc::new(
-            RaftStore::open_solo_at(&dir.path().join("state.redb"))
+            RaftStore::open_solo_at(&dir.path().join("state.redb"), data_key.clone())
                 .await
                 .expect("store"),
         );
@@ -169,6 +175,7 @@ mod tests {
             now: Arc::default(),
             node_id: identity.node_id.clone(),
             data_dir: dir.path().to_owned(),
+            data_key: data_key.clone(),
             cert: cert.clone(),
         };
         let validity = renew_once(&renewal).await.expect("renew");
@@ -189,10 +196,13 @@ mod tests {
             baton_pki::certificate_der(&on_disk).expect("der"),
             new_leaf.as_ref()
         );
-        let key = std::fs::read_to_string(dir.path().join("node/key.pem")).expect("key");
-        assert_ne!(key, identity.key_pem, "a fresh key");
+        let key = identity::read_node_key(dir.path(), &data_key)
+            .expect("key")
+            .expect("a key");
+        assert_ne!(key.as_str(), identity.key_pem, "a fresh key");
+        ServingCert::new(&on_disk, &key).expect("the new key matches the new certificate");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("node/key.pem"))
+        let mode = std::fs::metadata(dir.path().join("node/key.sealed"))
             .expect("key")
             .permissions()
             .mode();
@@ -210,8 +220,9 @@ mod tests {
     #[tokio::test]
     async fn a_key_that_does_not_match_the_certificate_is_replaced_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data_key = keystore::data_key(dir.path()).expect("data key");
         let first = {
-            let store = RaftStore::open_solo_at(&dir.path().join("state.redb"))
+            let store = RaftStore::open_solo_at(&dir.path().join("state.redb"), data_key.clone())
                 .await
                 .expect("store");
             let first = load_or_create(
@@ -228,8 +239,9 @@ mod tests {
         };
         // A renewal that crashed after writing its key, before its certificate.
         let (other_key, _) = baton_pki::generate_csr().expect("key");
-        identity::write_node_cert(dir.path(), &other_key, &first.cert_pem).expect("write");
-        let store = RaftStore::open_solo_at(&dir.path().join("state.redb"))
+        identity::write_node_cert(dir.path(), &data_key, &other_key, &first.cert_pem)
+            .expect("write");
+        let store = RaftStore::open_solo_at(&dir.path().join("state.redb"), data_key)
             .await
             .expect("store");
         let again = load_or_create(

@@ -19,6 +19,7 @@ use crate::api::{AppState, api_tls_config, router, serve};
 use crate::ca::ManagerCa;
 use crate::dispatcher::DispatcherService;
 use crate::identity::{self, ExternalCaInit, StoredTokens};
+use crate::keystore::{self, Keys};
 use crate::raft::{GrpcRaftTransport, RaftEndpoint};
 use crate::renew::SelfRenewal;
 use crate::serving_cert::ServingCert;
@@ -84,6 +85,9 @@ pub enum StartError {
     /// TLS material is unusable.
     #[error("tls: {0}")]
     Tls(String),
+    /// The keys could not be read or created.
+    #[error(transparent)]
+    Keys(#[from] keystore::KeystoreError),
 }
 
 /// A running manager.
@@ -104,6 +108,8 @@ pub struct RunningManager {
     pub created: Option<StoredTokens>,
     /// The root CA, PEM.
     pub root_pem: String,
+    /// The data key (the store's, the sealed files'), held in memory only.
+    pub data_key: baton_store::seal::SealKey,
     manager_stop: CancellationToken,
     server_stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -139,8 +145,9 @@ pub fn https_url(addr: SocketAddr) -> String {
 
 /// Starts a manager; it serves until [`RunningManager::stop`].
 ///
-/// In order: this manager's identity on disk (joining a cluster through
-/// its CA on the first start with `join`); its Raft store (a new cluster of
+/// In order: its keys (`keys/`, created on the first start; a locked
+/// manager stops here); this manager's identity on disk (joining a cluster
+/// through its CA on the first start with `join`); its Raft store (a new cluster of
 /// one when this manager creates the cluster); the cluster port, so that
 /// the other managers can reach it before anything needs a quorum; the
 /// request to be added to the managers (a joining manager); the wait until
@@ -149,6 +156,23 @@ pub fn https_url(addr: SocketAddr) -> String {
 pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    // The data key first: the store, the node key and the join tokens are
+    // sealed with it.
+    // Autolocked: nothing is served (no port is bound) until an operator
+    // gives the unlock key on the local socket (`crate::unlock`).
+    let (data_key, unlocked_with) = match keystore::open_or_create(&keystore::dir(dir))? {
+        Keys::Unlocked(data_key) => (data_key, None),
+        Keys::Locked => {
+            let (data_key, key) = crate::unlock::wait_for_key(dir).await.map_err(|e| {
+                io(
+                    "cannot wait for the unlock key at",
+                    &crate::unlock::socket_path(dir),
+                    e,
+                )
+            })?;
+            (data_key, Some(key.format().to_string()))
+        }
+    };
     if !identity::has_identity(dir)
         && let Some(join) = &config.join
     {
@@ -158,7 +182,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
                     .to_owned(),
             )
         })?;
-        identity::join_cluster(dir, &join.addr, token.expose()).await?;
+        identity::join_cluster(dir, &data_key, &join.addr, token.expose()).await?;
     }
     // The store is this manager's Raft member; its id is the node id.
     let node_id = identity::load_or_create_node_id(dir)?;
@@ -184,8 +208,12 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     // Raft traffic to other managers goes over the cluster port with this
     // manager's certificate.
     let raft_transport = Arc::new(GrpcRaftTransport::new());
-    let store_config =
-        RaftStoreConfig::new(baton_store::default_path(dir), member, advertised.clone());
+    let store_config = RaftStoreConfig::new(
+        baton_store::default_path(dir),
+        member,
+        advertised.clone(),
+        data_key.clone(),
+    );
     if config.force_new_cluster {
         if !identity::has_identity(dir) {
             return Err(StartError::Io(format!(
@@ -208,10 +236,15 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     let is_member = raft_store.is_member().await?;
     // The certificate and roots the cluster port starts with.
     let (boot_cert, boot_key, boot_trust, created) = if identity::has_identity(dir) {
-        let read = |name: &str| {
-            let path = dir.join("node").join(name);
-            std::fs::read_to_string(&path).map_err(|e| io("cannot read", &path, e))
-        };
+        let cert_path = dir.join("node").join("cert.pem");
+        let cert =
+            std::fs::read_to_string(&cert_path).map_err(|e| io("cannot read", &cert_path, e))?;
+        let key = identity::read_node_key(dir, &data_key)?.ok_or_else(|| {
+            StartError::Io(format!(
+                "{} has a certificate but no key",
+                dir.join("node").display()
+            ))
+        })?;
         let trust = match store.snapshot().state.cluster() {
             Some(cluster) => cluster.trust_pem(),
             None => joined_root.clone().ok_or_else(|| {
@@ -221,13 +254,14 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
                 ))
             })?,
         };
-        (read("cert.pem")?, read("key.pem")?, trust, None)
+        (cert, key, trust, None)
     } else {
         // This manager creates the cluster: a Raft cluster of one, which
         // leads at once, then the cluster record and its identity.
         raft_store.initialize_alone().await?;
-        let created = identity::load_or_create(
+        let created = identity::load_or_create_with_key(
             dir,
+            &data_key,
             store.as_ref(),
             &signer,
             config.cert_validity,
@@ -242,7 +276,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             .ok_or_else(|| StartError::Tls("the cluster record is missing".to_owned()))?;
         (
             created.cert_pem.clone(),
-            created.key_pem.clone(),
+            zeroize::Zeroizing::new(created.key_pem.clone()),
             trust,
             Some(created),
         )
@@ -310,8 +344,9 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
     let identity = match created {
         Some(created) => created,
         None => {
-            let loaded = identity::load_or_create(
+            let loaded = identity::load_or_create_with_key(
                 dir,
+                &data_key,
                 store.as_ref(),
                 &signer,
                 config.cert_validity,
@@ -351,6 +386,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         dispatcher: dispatcher.clone(),
         cluster_id: identity.cluster_id.clone(),
         identity_dir: dir.clone(),
+        data_key: data_key.clone(),
     }));
     tasks.push(tokio::spawn(serve(
         api_listener,
@@ -382,6 +418,14 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         dispatcher.clone(),
         manager_stop.clone(),
     )));
+    // This manager's keys follow the cluster's autolock setting.
+    tasks.push(tokio::spawn(crate::unlock::follow(
+        dir.clone(),
+        data_key.clone(),
+        unlocked_with,
+        store.clone(),
+        manager_stop.clone(),
+    )));
     // Started last: a start that fails earlier leaves no loop writing files.
     let renew_now = Arc::new(tokio::sync::Notify::new());
     tasks.push(tokio::spawn(crate::renew::renew_loop(
@@ -391,6 +435,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
             now: renew_now.clone(),
             node_id: identity.node_id.clone(),
             data_dir: dir.clone(),
+            data_key: data_key.clone(),
             cert: serving_cert,
         },
         manager_stop.clone(),
@@ -427,6 +472,7 @@ pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> 
         admin_config,
         created: identity.created.clone(),
         root_pem: cluster.trust_pem(),
+        data_key,
         manager_stop,
         server_stop,
         tasks,

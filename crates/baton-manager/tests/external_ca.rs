@@ -677,7 +677,10 @@ async fn a_manager_around_an_external_ca_holds_no_root_key_and_relays_joins() {
     // 2. The manager's own certificate comes from the external CA: OU
     // manager, its node id, over its key, chaining to the external root.
     let manager_cert = fs::read_to_string(dir.path().join("node/cert.pem")).expect("cert");
-    let manager_key = fs::read_to_string(dir.path().join("node/key.pem")).expect("key");
+    let data_key = baton_manager::keystore::data_key(dir.path()).expect("data key");
+    let manager_key = baton_manager::identity::read_node_key(dir.path(), &data_key)
+        .expect("key")
+        .expect("a key");
     let manager_csr = CertificateParams::default()
         .serialize_request(&KeyPair::from_pem(&manager_key).expect("manager key"))
         .expect("csr")

@@ -222,6 +222,22 @@ pub(crate) fn session_message_to_wire(
                     .iter()
                     .map(assignment_to_wire)
                     .collect::<Result<_, _>>()?,
+                secrets: set
+                    .secrets
+                    .iter()
+                    .map(|(name, value)| pb::FileData {
+                        name: name.clone(),
+                        data: value.expose().to_vec(),
+                    })
+                    .collect(),
+                configs: set
+                    .configs
+                    .iter()
+                    .map(|(name, data)| pb::FileData {
+                        name: name.clone(),
+                        data: data.clone(),
+                    })
+                    .collect(),
             })
         }
         SessionMessage::Logs(req) => pb::session_message::Message::Logs(pb::LogRequest {
@@ -265,6 +281,16 @@ pub(crate) fn session_message_from_wire(
                     .into_iter()
                     .map(assignment_from_wire)
                     .collect::<Result<_, _>>()?,
+                secrets: set
+                    .secrets
+                    .into_iter()
+                    .map(|file| (file.name, baton_state::SecretBytes::new(file.data)))
+                    .collect(),
+                configs: set
+                    .configs
+                    .into_iter()
+                    .map(|file| (file.name, file.data))
+                    .collect(),
             }))
         }
         pb::session_message::Message::Logs(req) => Ok(SessionMessage::Logs(LogRequest {

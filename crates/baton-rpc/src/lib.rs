@@ -121,6 +121,13 @@ pub struct AssignmentSet {
     pub seq: u64,
     /// The tasks.
     pub tasks: Vec<Assignment>,
+    /// The secrets the set's live tasks use, by name: only those, and only
+    /// in the set of the node that runs them.
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, baton_state::SecretBytes>,
+    /// The configs the set's live tasks use, by name.
+    #[serde(default)]
+    pub configs: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// A request for a task's log.

@@ -442,6 +442,18 @@ impl pb::ca_server::Ca for CaServer {
     }
 }
 
+impl fmt::Debug for pb::FileData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileData")
+            .field("name", &self.name)
+            .field(
+                "data",
+                &format_args!("<redacted {} bytes>", self.data.len()),
+            )
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::JoinRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinRequest")

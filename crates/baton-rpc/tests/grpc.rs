@@ -355,6 +355,7 @@ async fn worker_session_takes_node_id_from_certificate_not_request() {
         SessionMessage::Assignments(AssignmentSet {
             seq: 1,
             tasks: vec![assignment("v")],
+            ..AssignmentSet::default()
         }),
         SessionMessage::Logs(LogRequest {
             id: 3,
@@ -618,6 +619,7 @@ async fn recorded_bytes_hold_no_plaintext_of_an_env_value() {
     let pushed = SessionMessage::Assignments(AssignmentSet {
         seq: 1,
         tasks: vec![assignment(marker)],
+        ..AssignmentSet::default()
     });
     cluster
         .dispatcher

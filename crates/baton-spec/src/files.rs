@@ -107,9 +107,8 @@ pub fn file_name_problem(name: &str) -> Option<String> {
 
 /// What is wrong with a value's size, if anything.
 pub fn file_size_problem(len: usize) -> Option<String> {
-    (len > MAX_FILE_BYTES).then(|| {
-        format!("is {len} bytes, more than the limit of {MAX_FILE_BYTES} bytes (500 KiB)")
-    })
+    (len > MAX_FILE_BYTES)
+        .then(|| format!("is {len} bytes, more than the limit of {MAX_FILE_BYTES} bytes (500 KiB)"))
 }
 
 #[cfg(test)]
@@ -121,7 +120,17 @@ mod tests {
         for good in ["db", "db.password", "tls_key-2", "A1", &"x".repeat(64)] {
             assert_eq!(file_name_problem(good), None, "{good}");
         }
-        for bad in ["", ".", "..", ".hidden", "-x", "a/b", "a b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(file_name_problem(bad).is_some(), "{bad:?}");
         }
     }

@@ -7,10 +7,10 @@ use baton_spec::{JobSpec, SpecFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId, Timestamp};
-use crate::secret::SecretBytes;
 use crate::objects::{
     Cluster, ExitInfo, Node, NodeAvailability, NodeRole, NodeState, Task, TaskState,
 };
+use crate::secret::SecretBytes;
 
 /// A change to the cluster state. Carries every input that varies between runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -203,6 +203,11 @@ pub enum Command {
         /// Name.
         name: String,
     },
+    /// Turns autolock on with `key` (or replaces the key), or off (`None`).
+    SetUnlockKey {
+        /// The unlock key, as its text form.
+        key: Option<crate::secret::Secret>,
+    },
 }
 
 impl Command {
@@ -232,6 +237,7 @@ impl Command {
             Command::RemoveSecret { .. } => "remove_secret",
             Command::CreateConfig { .. } => "create_config",
             Command::RemoveConfig { .. } => "remove_config",
+            Command::SetUnlockKey { .. } => "set_unlock_key",
         }
     }
 }
@@ -378,6 +384,11 @@ pub enum Event {
         kind: baton_spec::FileKind,
         /// Name.
         name: String,
+    },
+    /// Autolock turned on, its key replaced, or turned off.
+    UnlockKeyChanged {
+        /// Whether the cluster is locked now.
+        autolock: bool,
     },
     /// A new job.
     JobCreated {

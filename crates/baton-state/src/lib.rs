@@ -18,9 +18,9 @@ mod state;
 pub use command::{Command, Event, Plan, PlanPlacement, PlanStop, PlanUnplaced, TaskReport};
 pub use ids::{NodeId, TaskId, Timestamp};
 pub use objects::{
-    Cluster, ConfigEntry, ExitInfo, ExternalCa, Job, JobDesired, JobPhase, JobSummary, Member, Node,
-    NodeAvailability, NodeRole, NodeState, NodeView, RootRotation, SecretEntry, Slot, SlotFailure, Task,
-    TaskDesired, TaskState, TaskStatus,
+    Cluster, ConfigEntry, ExitInfo, ExternalCa, Job, JobDesired, JobPhase, JobSummary, Member,
+    Node, NodeAvailability, NodeRole, NodeState, NodeView, RootRotation, SecretEntry, Slot,
+    SlotFailure, Task, TaskDesired, TaskState, TaskStatus,
 };
 pub use restart::{RestartDecision, restart_decision};
 pub use secret::{Secret, SecretBytes, base64_bytes};

@@ -473,6 +473,11 @@ pub struct Cluster {
     pub cert_validity: std::time::Duration,
     /// When the cluster was created.
     pub created_at: Timestamp,
+    /// Autolock: the key (its text form) that every manager's data key is
+    /// wrapped with instead of a key file, so that a restarted manager
+    /// serves nothing until an operator gives it. `None`: not locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<Secret>,
 }
 
 impl Cluster {

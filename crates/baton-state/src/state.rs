@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::command::{Command, Event, Plan, TaskReport};
 use crate::ids::{NodeId, TaskId, Timestamp};
 use crate::objects::{
-    Cluster, ConfigEntry, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability, NodeRole,
-    NodeState, NodeView, SecretEntry, Slot, SlotFailure, Task, TaskDesired, TaskState,
+    Cluster, ConfigEntry, Job, JobDesired, JobPhase, JobSummary, Member, Node, NodeAvailability,
+    NodeRole, NodeState, NodeView, SecretEntry, Slot, SlotFailure, Task, TaskDesired, TaskState,
 };
 use crate::restart::{RestartDecision, restart_decision};
 
@@ -454,7 +454,8 @@ impl State {
             | Command::CreateSecret { .. }
             | Command::RemoveSecret { .. }
             | Command::CreateConfig { .. }
-            | Command::RemoveConfig { .. } => None,
+            | Command::RemoveConfig { .. }
+            | Command::SetUnlockKey { .. } => None,
         };
         if let Some(id) = node {
             self.changes.nodes.insert(id, self.changes.generation);
@@ -516,6 +517,7 @@ impl State {
             Command::RemoveSecret { name } => self.remove_file(baton_spec::FileKind::Secret, name),
             Command::CreateConfig { name, data, now } => self.create_config(name, data, now),
             Command::RemoveConfig { name } => self.remove_file(baton_spec::FileKind::Config, name),
+            Command::SetUnlockKey { key } => self.set_unlock_key(key),
         }
     }
 

@@ -5,7 +5,8 @@
 //! command log runs through Raft (openraft), with its log, vote and
 //! snapshots in a redb file (fsync per append batch, so concurrent proposals
 //! share a commit). A lone manager is a Raft cluster of one on the same code
-//! path as three or five.
+//! path as three or five. Log entries and snapshots are sealed ([`seal`])
+//! with the manager's data key before they reach the file.
 //!
 //! Architecture invariant: a proposal is acknowledged only after its log entry
 //! is durable, so a crash (kill -9) at any moment loses no acknowledged write
@@ -17,6 +18,7 @@ use baton_state::{ApplyError, Command, Event, State};
 use tokio::sync::watch;
 
 pub mod raft;
+pub mod seal;
 
 /// The database file inside a manager's data dir.
 pub fn default_path(data_dir: &std::path::Path) -> std::path::PathBuf {

@@ -13,6 +13,7 @@ use baton_store::raft::{
     MembershipChange, RaftRequest, RaftResponse, RaftStore, RaftStoreConfig, RaftTransport,
     Unreached, node_id,
 };
+use baton_store::seal::SealKey;
 use baton_store::{Store, StoreError};
 use openraft::rt::WatchReceiver;
 
@@ -97,13 +98,21 @@ fn job(name: &str) -> Command {
     baton_testkit::put_service(name, 1)
 }
 
+/// Member `id`'s data key: each member has its own, as managers do (a
+/// snapshot travels in the clear and is sealed again by its receiver).
+fn data_key(id: u64) -> SealKey {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&id.to_be_bytes());
+    SealKey::from_bytes(bytes)
+}
+
 impl Cluster {
     fn path(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("m{id}.redb"))
     }
 
     async fn open(net: &Arc<Net>, path: &Path, id: u64, snapshot_every: u64) -> Arc<RaftStore> {
-        let mut config = RaftStoreConfig::new(path, id, format!("m{id}"));
+        let mut config = RaftStoreConfig::new(path, id, format!("m{id}"), data_key(id));
         config.snapshot_every = snapshot_every;
         let transport = Arc::new(MemTransport {
             me: id,
@@ -503,7 +512,12 @@ async fn a_survivor_forces_a_new_cluster(snapshot_every: u64, survivor_leads: bo
     drop(alone);
     cluster.stop(survivor).await;
 
-    let mut config = RaftStoreConfig::new(cluster.path(survivor), survivor, format!("m{survivor}"));
+    let mut config = RaftStoreConfig::new(
+        cluster.path(survivor),
+        survivor,
+        format!("m{survivor}"),
+        data_key(survivor),
+    );
     config.snapshot_every = snapshot_every;
     let forced = RaftStore::force_new_cluster(config).await.expect("forced");
     // A leader appended the refused write to its log before finding no

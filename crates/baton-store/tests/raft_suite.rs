@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use baton_store::raft::{LogStore, StateMachine, TypeConfig};
+use baton_store::seal::SealKey;
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 
@@ -15,8 +16,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(redb::Database::create(dir.path().join("state.redb")).expect("db"));
-        let sm = StateMachine::open(db.clone()).expect("state machine");
-        Ok((dir, LogStore::new(db), sm))
+        let key = SealKey::generate();
+        let sm = StateMachine::open(db.clone(), key.clone()).expect("state machine");
+        Ok((dir, LogStore::new(db, key), sm))
     }
 }
 

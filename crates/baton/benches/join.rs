@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton_manager::identity::{DEFAULT_CERT_VALIDITY, stored_tokens};
+use baton_manager::identity::DEFAULT_CERT_VALIDITY;
 use baton_manager::runtime::{self, ManagerConfig};
 use baton_rpc::{Dispatcher, NodeDescription};
 use baton_spec::{DriverKind, Resources};
@@ -50,10 +50,8 @@ fn main() {
         })
         .await
         .expect("manager");
-        let token = stored_tokens(&tmp.path().join("manager"))
-            .expect("tokens")
-            .expect("tokens")
-            .worker;
+        // Created now: the tokens are the creation's.
+        let token = manager.created.clone().expect("tokens").worker;
         let addr = manager.cluster_addr.to_string();
 
         let started = Instant::now();

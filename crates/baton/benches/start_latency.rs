@@ -321,6 +321,8 @@ async fn task_run(root: &Path, spec: &TaskSpec) -> Result<TaskRun, String> {
         log,
         ports: BTreeMap::new(),
         advertise_ip: None,
+        files: Default::default(),
+        run_dir: std::path::PathBuf::from("/nonexistent/run"),
     })
 }
 

@@ -210,6 +210,23 @@ pub enum ClusterCmd {
         /// current certificate's life.
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         cert_expiry: Option<Duration>,
+        /// Autolock: with `true`, every manager's data key is wrapped by an
+        /// unlock key printed here once, and no key is left on the
+        /// managers' disks: a restarted manager serves nothing until
+        /// `baton manager unlock` gives it the key. `false` turns it off.
+        #[arg(long, value_name = "BOOL")]
+        autolock: Option<bool>,
+    },
+    /// Print the unlock key of an autolocked cluster; with --rotate, replace
+    /// it first (running managers rewrap their keys at once; one that is
+    /// down keeps needing the key it was locked with).
+    UnlockKey {
+        /// Replace the key.
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the key.
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -314,7 +331,7 @@ pub struct ClientArgs {
     linearizable: bool,
 }
 
-fn client(args: ClientArgs) -> Result<ApiClient, Failure> {
+pub(crate) fn client(args: ClientArgs) -> Result<ApiClient, Failure> {
     let path = args.config.ok_or_else(|| {
         Failure::usage(
             "no client config: pass --config FILE or set BATON_CONFIG (baton dev writes DIR/client.toml)",
@@ -950,21 +967,61 @@ pub async fn cluster(client_args: ClientArgs, cmd: ClusterCmd) -> Result<(), Fai
             print_cluster(&info);
             Ok(())
         }
-        ClusterCmd::Update { cert_expiry } => {
-            let Some(cert_expiry) = cert_expiry else {
+        ClusterCmd::Update {
+            cert_expiry,
+            autolock,
+        } => {
+            if cert_expiry.is_none() && autolock.is_none() {
                 return Err(Failure::usage(
-                    "nothing to update: pass --cert-expiry DURATION",
+                    "nothing to update: pass --cert-expiry DURATION or --autolock true|false",
                 ));
-            };
+            }
             // Certificates count whole seconds; the manager refuses less than one.
             let settings = ClusterSettingsRequest {
-                cert_expiry_secs: Some(cert_expiry.as_secs()),
+                cert_expiry_secs: cert_expiry.map(|d| d.as_secs()),
+                autolock,
             };
-            let info = client(client_args)?.update_cluster(&settings).await?;
-            println!(
-                "certificate expiry set to {}: new certificates use it, nodes pick it up at their next renewal",
-                baton_spec::format_duration(Duration::from_secs(info.cert_expiry_secs))
-            );
+            let answer = client(client_args)?.update_cluster(&settings).await?;
+            if cert_expiry.is_some() {
+                println!(
+                    "certificate expiry set to {}: new certificates use it, nodes pick it up at their next renewal",
+                    baton_spec::format_duration(Duration::from_secs(
+                        answer.cluster.cert_expiry_secs
+                    ))
+                );
+            }
+            match (autolock, &answer.unlock_key) {
+                (Some(true), Some(key)) => {
+                    println!("autolock is on. The unlock key (shown once; store it safely):");
+                    println!();
+                    println!("    {key}");
+                    println!();
+                    println!(
+                        "A restarted manager serves nothing until given it: baton manager unlock --data-dir DIR"
+                    );
+                }
+                (Some(true), None) => {
+                    println!("autolock was already on (baton cluster unlock-key prints the key)");
+                }
+                (Some(false), _) => {
+                    println!(
+                        "autolock is off: managers keep their key-encryption key on disk again"
+                    );
+                }
+                (None, _) => {}
+            }
+            Ok(())
+        }
+        ClusterCmd::UnlockKey { rotate, quiet } => {
+            let info = client(client_args)?.unlock_key(rotate).await?;
+            if quiet {
+                println!("{}", info.unlock_key);
+            } else {
+                if rotate {
+                    println!("unlock key rotated; the old key no longer unlocks running managers");
+                }
+                println!("unlock key: {}", info.unlock_key);
+            }
             Ok(())
         }
     }
@@ -1301,7 +1358,7 @@ mod tests {
             .expect("parse");
         assert!(matches!(
             cli.cmd,
-            Cmd::Cluster(ClusterCmd::Update { cert_expiry: Some(d) }) if d == Duration::from_secs(90)
+            Cmd::Cluster(ClusterCmd::Update { cert_expiry: Some(d), autolock: None }) if d == Duration::from_secs(90)
         ));
         assert!(
             Cli::try_parse_from(["baton", "cluster", "update", "--cert-expiry", "soon"]).is_err()

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_manager::identity::{DEFAULT_CERT_VALIDITY, stored_tokens};
+use baton_manager::identity::{DEFAULT_CERT_VALIDITY, stored_tokens_with_key};
 use baton_manager::runtime::{ManagerConfig, https_url};
 use clap::Args;
 
@@ -72,7 +72,7 @@ pub async fn run(args: DevArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::op(format!("cannot write {}: {e}", client_path.display())))?;
 
     // The agent joins like any other: with the worker token, over mutual TLS.
-    let token = stored_tokens(&manager_dir)
+    let token = stored_tokens_with_key(&manager_dir, &manager.data_key)
         .map_err(|e| Failure::op(e.to_string()))?
         .map(|t| t.worker);
     let agent = start_agent(

@@ -5,6 +5,7 @@
 
 mod cli;
 mod dev;
+mod files;
 mod node;
 mod output;
 
@@ -28,7 +29,7 @@ enum Cmd {
     /// Run a manager and an agent in this process, in the foreground.
     Dev(dev::DevArgs),
     /// Run a manager: creates a cluster on an empty data dir.
-    Manager(node::ManagerArgs),
+    Manager(node::ManagerCli),
     /// Run an agent: joins a cluster with a token, or rejoins with its identity.
     Agent(node::AgentArgs),
     /// Submit, inspect and stop jobs.
@@ -48,6 +49,14 @@ enum Cmd {
     /// The cluster: its identity, join tokens, settings (certificate expiry).
     #[command(subcommand)]
     Cluster(cli::ClusterCmd),
+    /// Secrets: values tasks read from files in /run/secrets or from
+    /// environment variables; encrypted at rest, never shown, given only
+    /// to the nodes running a task that uses them.
+    #[command(subcommand)]
+    Secret(files::FileCmd),
+    /// Configs: files tasks read from /run/configs; like secrets, but not secret.
+    #[command(subcommand)]
+    Config(files::FileCmd),
 }
 
 /// The hidden subcommand the agent runs its exec tasks' shims with.
@@ -120,7 +129,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Cmd::Dev(dev_args) => dev::run(dev_args).await,
-            Cmd::Manager(manager_args) => node::run_manager(manager_args).await,
+            Cmd::Manager(manager) => node::manager(manager).await,
             Cmd::Agent(agent_args) => node::run_agent(agent_args).await,
             Cmd::Job(cmd) => cli::job(args.client, cmd).await,
             Cmd::Task(cmd) => cli::task(args.client, cmd).await,
@@ -128,6 +137,8 @@ fn main() -> ExitCode {
             Cmd::Exec(exec) => cli::exec(args.client, exec).await,
             Cmd::Node(cmd) => cli::node(args.client, cmd).await,
             Cmd::Cluster(cmd) => cli::cluster(args.client, cmd).await,
+            Cmd::Secret(cmd) => files::run(args.client, baton_spec::FileKind::Secret, cmd).await,
+            Cmd::Config(cmd) => files::run(args.client, baton_spec::FileKind::Config, cmd).await,
         }
     });
     // Log streams and the like may hold blocking reads: don't wait for them.

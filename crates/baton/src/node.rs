@@ -10,10 +10,33 @@ use baton_manager::identity::ExternalCaInit;
 use baton_manager::runtime::{self, ManagerConfig, RunningManager};
 use baton_rpc::Dispatcher;
 use baton_spec::Resources;
-use clap::Args;
+use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
+
+/// `baton manager`: run a manager (its options), or `baton manager unlock`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ManagerCli {
+    #[command(subcommand)]
+    pub command: Option<ManagerCmd>,
+    #[command(flatten)]
+    pub run: Option<ManagerArgs>,
+}
+
+/// `baton manager` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ManagerCmd {
+    /// Give a locked manager (autolock) the cluster's unlock key. The key is
+    /// read from a prompt, or from standard input when it is not a
+    /// terminal; never from an argument, which `ps` would show.
+    Unlock {
+        /// The locked manager's data dir (its unlock socket is in `keys/`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+}
 
 /// `baton manager` options.
 #[derive(Debug, Args)]
@@ -226,11 +249,66 @@ pub async fn start_manager(config: ManagerConfig) -> Result<RunningManager, Fail
         .map_err(|e| Failure::op(format!("manager: {e}")))
 }
 
+/// `baton manager …`: run one, or unlock one.
+pub async fn manager(cli: ManagerCli) -> Result<(), Failure> {
+    match (cli.command, cli.run) {
+        (Some(ManagerCmd::Unlock { data_dir }), _) => unlock(&data_dir).await,
+        (None, Some(args)) => run_manager(args).await,
+        (None, None) => Err(Failure::usage("baton manager needs --data-dir DIR")),
+    }
+}
+
+/// `baton manager unlock`: reads the key (without echo on a terminal) and
+/// gives it to the locked manager of `data_dir`.
+async fn unlock(data_dir: &Path) -> Result<(), Failure> {
+    let key = zeroize::Zeroizing::new(read_unlock_key()?);
+    if key.trim().is_empty() {
+        return Err(Failure::usage("no unlock key given"));
+    }
+    baton_manager::unlock::send_key(data_dir, &key)
+        .await
+        .map_err(Failure::op)?;
+    println!("manager unlocked");
+    Ok(())
+}
+
+/// One line from a prompt with echo off, or from stdin when it is not a
+/// terminal.
+fn read_unlock_key() -> Result<String, Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let saved = if terminal {
+        eprint!("Unlock key: ");
+        let _ = std::io::stderr().flush();
+        let saved = rustix::termios::tcgetattr(&stdin).ok();
+        if let Some(saved) = &saved {
+            let mut quiet = saved.clone();
+            quiet.local_modes -= rustix::termios::LocalModes::ECHO;
+            let _ =
+                rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+        }
+        saved
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(saved) = saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
+    }
+    if terminal {
+        eprintln!();
+    }
+    read.map_err(|e| Failure::op(format!("cannot read the unlock key: {e}")))?;
+    Ok(line)
+}
+
 /// Runs `baton manager` until SIGINT or SIGTERM.
 pub async fn run_manager(args: ManagerArgs) -> Result<(), Failure> {
     init_tracing(&args.log);
     let external_ca = external_ca(&args)?;
-    let manager = start_manager(ManagerConfig {
+    let start = start_manager(ManagerConfig {
         data_dir: args.data_dir,
         listen: args.listen,
         api: args.api,
@@ -243,8 +321,16 @@ pub async fn run_manager(args: ManagerArgs) -> Result<(), Failure> {
             token: args.token.map(baton_state::Secret::new),
         }),
         force_new_cluster: args.force_new_cluster,
-    })
-    .await?;
+    });
+    // A locked manager waits in `start` for its unlock key: a signal ends
+    // the wait.
+    let manager = tokio::select! {
+        manager = start => manager?,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            return Ok(());
+        }
+    };
     if let Some(tokens) = &manager.created {
         println!(
             "cluster {} created. Join tokens (also: baton cluster join-token worker|manager):",

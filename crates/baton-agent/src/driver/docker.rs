@@ -72,7 +72,7 @@ use baton_spec::DriverKind;
 use baton_state::{ExitInfo, NodeId, TaskId};
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
-use bollard::models::NetworkCreateRequest;
+use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -83,6 +83,7 @@ use tokio::sync::RwLock;
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
+use super::files::RunDir;
 use super::output::Output;
 use super::{Driver, TaskHandle, TaskRun, Usage};
 use crate::error::AgentError;
@@ -543,14 +544,14 @@ impl DockerDriver {
         run: &TaskRun,
         container: &str,
         network: &str,
-        image: &str,
+        body: ContainerCreateBody,
     ) -> Result<Output, DockerError> {
         self.ensure_network(&run.job, network).await?;
         let options = CreateContainerOptionsBuilder::default()
             .name(container)
             .build();
         self.docker
-            .create_container(Some(options), config::container_body(run, image, network))
+            .create_container(Some(options), body)
             .await
             .map_err(|e| DockerError::engine("create container", container, &e))?;
         let options = AttachContainerOptionsBuilder::default()
@@ -636,13 +637,28 @@ impl Driver for DockerDriver {
                 reason: problem,
             });
         }
+        // Its secrets and configs, in a tmpfs of its own, mounted read-only.
+        let run_dir = if run.files.files.is_empty() {
+            None
+        } else {
+            Some(RunDir::mount(&run.run_dir, &run.files, None)?)
+        };
+        let files = match &run_dir {
+            Some(dir) => dir.write(
+                &run.files,
+                config::file_owner(run.spec.user.as_deref())?,
+                (0, 0),
+            )?,
+            None => Vec::new(),
+        };
+        let body = config::container_body(&run, image, &network, &files)?;
         self.ensure_image(image).await?;
         // Left by a crashed agent (or a start that failed half-way).
         self.remove_container(&container).await?;
 
         let starting = self.networks.read().await;
         let started = self
-            .create_and_start(&run, &container, &network, image)
+            .create_and_start(&run, &container, &network, body)
             .await;
         drop(starting);
         let output = match started {
@@ -677,6 +693,7 @@ impl Driver for DockerDriver {
             exit: None,
             sent: SignalsSent::default(),
             removed: false,
+            _run_dir: run_dir,
         }))
     }
 }
@@ -698,6 +715,8 @@ struct DockerHandle {
     sent: SignalsSent,
     /// Set once the container (and, if unused, its network) was removed.
     removed: bool,
+    /// Its secrets' and configs' tmpfs, unmounted when the handle goes.
+    _run_dir: Option<RunDir>,
 }
 
 impl DockerHandle {

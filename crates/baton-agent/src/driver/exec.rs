@@ -38,6 +38,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
+use super::files::RunDir;
 use super::output::{OUTPUT_GRACE, Output};
 use super::raw::task_env;
 use super::{Driver, TaskHandle, TaskRun};
@@ -72,8 +73,8 @@ pub struct ExecDriver {
     layout: HostLayout,
     /// The runtime's state directory.
     state_root: PathBuf,
-    /// Where each task's bundle is, while it runs.
-    bundles: PathBuf,
+    /// Where `baton shim exec` sessions' sockets are.
+    exec_sockets: PathBuf,
     version: Version,
 }
 
@@ -123,7 +124,7 @@ impl ExecDriver {
                 init,
             },
             state_root: isolate.join("state"),
-            bundles: isolate.join("bundles"),
+            exec_sockets: isolate.join("exec"),
             version,
         })
     }
@@ -132,8 +133,6 @@ impl ExecDriver {
     /// with the agent) and removes it. Returns whether there was one.
     pub fn kill_leftover(&self, task: &str) -> std::io::Result<bool> {
         let _ = std::fs::remove_dir_all(self.state_root.join(task));
-        // Its spec, environment included.
-        let _ = std::fs::remove_dir_all(self.bundles.join(task));
         cgroup::kill_and_remove(self.version, &bundle::cgroup_path(&self.layout, task))
     }
 }
@@ -147,7 +146,7 @@ fn make_skeleton(skel: &Path, ro_binds: &[PathBuf]) -> std::io::Result<()> {
     dirs.recursive(true).mode(0o755);
     dirs.create(skel)?;
     std::fs::set_permissions(skel, std::fs::Permissions::from_mode(0o755))?;
-    for dir in ["proc", "dev", "tmp", "work"] {
+    for dir in ["proc", "dev", "tmp", "run", "work"] {
         dirs.create(skel.join(dir))?;
     }
     for dir in ro_binds {
@@ -264,10 +263,14 @@ impl Driver for ExecDriver {
             what: format!("work directory {}", work_dir.display()),
             reason: describe_io(&e),
         })?;
-        let env = task_env(&run, bundle::WORK_MOUNT)
+        let env = task_env(&run, bundle::WORK_MOUNT)?
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        // The task's runtime spec (its environment, perhaps with secrets)
+        // and its files live in a tmpfs of its own, never on disk.
+        let run_dir = RunDir::mount(&run.run_dir, &run.files, None)?;
+        let files = run_dir.write(&run.files, (uid, gid), (0, 0))?;
         let task = IsolatedTask {
             id: run.task.0.clone(),
             hostname: run.job.clone(),
@@ -281,6 +284,10 @@ impl Driver for ExecDriver {
             cpu_millis: run.spec.resources.cpu_millis,
             pids_limit: run.spec.pids_limit,
             work_dir,
+            files: files
+                .into_iter()
+                .map(|bind| (bind.source, bind.target))
+                .collect(),
         };
         let spec =
             baton_isolate::oci_spec(&task, &self.layout).map_err(|e| AgentError::StartFailed {
@@ -290,10 +297,10 @@ impl Driver for ExecDriver {
         let request = Request::Create {
             id: task.id.clone(),
             state_root: self.state_root.clone(),
-            bundle: self.bundles.join(&task.id),
+            bundle: run_dir.path().join("bundle"),
             spec: Box::new(spec),
         };
-        self.spawn_shim(request, &run).await
+        self.spawn_shim(request, &run, run_dir).await
     }
 }
 
@@ -323,11 +330,11 @@ impl ExecDriver {
         mut input: mpsc::Receiver<ExecInput>,
         events: &mpsc::Sender<ExecEvent>,
     ) -> Result<ExitInfo, String> {
-        let dir = self.bundles.with_file_name("exec");
+        let dir = &self.exec_sockets;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .map_err(|e| format!("cannot make {}: {}", dir.display(), describe_io(&e)))?;
         let path = dir.join(format!("{:016x}.sock", rand::random::<u64>()));
         let listener = tokio::net::UnixListener::bind(&path)
@@ -360,6 +367,7 @@ impl ExecDriver {
             task: task.0.clone(),
             exit: None,
             output: Output::default(),
+            _run_dir: None,
         };
         let request = Request::Exec {
             id: task.0.clone(),
@@ -423,6 +431,7 @@ impl ExecDriver {
         &self,
         request: Request,
         run: &TaskRun,
+        run_dir: RunDir,
     ) -> Result<Box<dyn TaskHandle>, AgentError> {
         let failed = |reason: String| AgentError::StartFailed {
             what: "shim".to_owned(),
@@ -456,6 +465,7 @@ impl ExecDriver {
             task: run.task.0.clone(),
             exit: None,
             output,
+            _run_dir: Some(run_dir),
         };
         if let Err(e) = handle.send(&request).await {
             handle.abandon().await;
@@ -516,6 +526,9 @@ struct ExecHandle {
     task: String,
     exit: Option<ExitInfo>,
     output: Output,
+    /// The task's tmpfs (bundle, secrets, configs): unmounted when the
+    /// handle goes. `None` for a `baton exec` session.
+    _run_dir: Option<RunDir>,
 }
 
 impl ExecHandle {

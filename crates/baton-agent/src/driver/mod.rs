@@ -23,6 +23,7 @@ use crate::log_file::LogWriter;
 
 mod docker;
 mod exec;
+mod files;
 mod output;
 mod ports;
 mod raw;
@@ -30,6 +31,7 @@ mod raw;
 pub use baton_isolate::cgroup::Usage;
 pub use docker::DockerDriver;
 pub use exec::{ExecDriver, SHIM_COMMAND};
+pub use files::{NodeFiles, TaskFiles, sweep as sweep_run_dirs};
 pub use raw::RawDriver;
 
 /// Everything a driver needs to start one task.
@@ -55,6 +57,11 @@ pub struct TaskRun {
     pub ports: BTreeMap<String, u16>,
     /// The node's address for published ports, if the agent was told it.
     pub advertise_ip: Option<IpAddr>,
+    /// The secrets and configs it uses, with their values.
+    pub files: TaskFiles,
+    /// Where its own tmpfs goes, if it needs one (`data_dir/run/<task_id>`,
+    /// not made yet).
+    pub run_dir: PathBuf,
 }
 
 // By hand: the spec's environment values must never reach a log.
@@ -69,6 +76,7 @@ impl fmt::Debug for TaskRun {
             .field("env_keys", &self.spec.env.keys().collect::<Vec<_>>())
             .field("task_dir", &self.task_dir)
             .field("ports", &self.ports)
+            .field("files", &self.files)
             .finish_non_exhaustive()
     }
 }

@@ -21,12 +21,13 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use baton_spec::DriverKind;
+use baton_spec::{DriverKind, FileKind};
 use baton_state::{ExitInfo, TaskId};
 use nix::sys::signal::Signal;
-use nix::unistd::{Uid, User, geteuid};
+use nix::unistd::{Uid, User, getegid, geteuid};
 use tokio::process::{Child, Command};
 
+use super::files::RunDir;
 use super::output::Output;
 use super::ports::port_env;
 use super::{Driver, TaskHandle, TaskRun, Usage};
@@ -98,17 +99,18 @@ fn resolve_user(user: Option<&str>) -> Result<RunAs, AgentError> {
 
 /// The task's whole environment: a clean base, the spec's variables, and the
 /// `BATON_*` variables last, so a spec cannot forge them.
-pub(super) fn task_env(run: &TaskRun, home: &str) -> BTreeMap<String, String> {
+pub(super) fn task_env(run: &TaskRun, home: &str) -> Result<BTreeMap<String, String>, AgentError> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), TASK_PATH.to_owned());
     env.insert("HOME".to_owned(), home.to_owned());
     env.extend(run.spec.env.clone());
+    env.extend(run.files.env_text()?);
     env.insert("BATON_TASK_ID".to_owned(), run.task.0.clone());
     env.insert("BATON_JOB".to_owned(), run.job.clone());
     env.insert("BATON_SLOT".to_owned(), run.slot.clone());
     env.insert("BATON_NODE_ID".to_owned(), run.node.0.clone());
     env.extend(port_env(&run.spec.ports, &run.ports, run.advertise_ip));
-    env
+    Ok(env)
 }
 
 #[async_trait::async_trait]
@@ -160,7 +162,27 @@ impl Driver for RawDriver {
             }
         }
         let home = run_as.home.clone().unwrap_or_else(|| run.task_dir.clone());
-        let env = task_env(&run, &home.to_string_lossy());
+        let mut env = task_env(&run, &home.to_string_lossy())?;
+        // Its files, in a tmpfs the task's user owns: raw tasks share the
+        // host's mounts, so they are told where, not given a path.
+        let run_dir = if run.files.files.is_empty() {
+            None
+        } else {
+            let owner = run_as
+                .switch
+                .unwrap_or_else(|| (geteuid().as_raw(), getegid().as_raw()));
+            let dir = RunDir::mount(&run.run_dir, &run.files, Some(owner))?;
+            dir.write(&run.files, owner, owner)?;
+            for kind in [FileKind::Secret, FileKind::Config] {
+                if run.files.files.iter().any(|f| f.kind == kind) {
+                    env.insert(
+                        kind.dir_env().to_owned(),
+                        dir.dir(kind).to_string_lossy().into_owned(),
+                    );
+                }
+            }
+            Some(dir)
+        };
 
         let mut command = Command::new(program);
         command
@@ -201,6 +223,7 @@ impl Driver for RawDriver {
             task: run.task.0.clone(),
             exit: None,
             output,
+            _run_dir: run_dir,
         }))
     }
 }
@@ -215,6 +238,8 @@ struct RawHandle {
     /// Task id, for logs.
     task: String,
     output: Output,
+    /// Its secrets' and configs' tmpfs, unmounted when the handle goes.
+    _run_dir: Option<RunDir>,
 }
 
 #[async_trait::async_trait]
@@ -318,8 +343,17 @@ mod tests {
             log,
             ports: BTreeMap::from([("http".to_owned(), 20_123)]),
             advertise_ip: None,
+            files: super::super::files::TaskFiles {
+                files: Vec::new(),
+                env: vec![(
+                    "DB_PASSWORD".to_owned(),
+                    baton_state::SecretBytes::new(b"hunter2".to_vec()),
+                )],
+            },
+            run_dir: std::path::PathBuf::from("/nonexistent/run"),
         };
-        let env = task_env(&run, "/home/x");
+        let env = task_env(&run, "/home/x").expect("env");
+        assert_eq!(env["DB_PASSWORD"], "hunter2");
         assert_eq!(env["BATON_PORT_HTTP"], "20123");
         assert_eq!(env["BATON_ADDR_HTTP"], "127.0.0.1:20123");
         assert_eq!(env["APP"], "x");
@@ -355,6 +389,8 @@ mod tests {
             log,
             ports: BTreeMap::new(),
             advertise_ip: None,
+            files: Default::default(),
+            run_dir: std::path::PathBuf::from("/nonexistent/run"),
         };
         let err = match RawDriver::new().start(run).await {
             Ok(_) => panic!("started in /proc"),

@@ -111,9 +111,13 @@ impl FakeDispatcher {
             state.seq += 1;
             state.seq
         };
-        tx.send(SessionMessage::Assignments(AssignmentSet { seq, tasks }))
-            .await
-            .expect("session open");
+        tx.send(SessionMessage::Assignments(AssignmentSet {
+            seq,
+            tasks,
+            ..AssignmentSet::default()
+        }))
+        .await
+        .expect("session open");
     }
 
     /// Ends the current session, as a restarting dispatcher would.

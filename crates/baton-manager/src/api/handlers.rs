@@ -8,9 +8,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_api::{
-    AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ErrorBody, Health, JobInfo,
-    JoinTokenInfo, ManagerInfo, NodeInfo, RemovedNode, RootRotationInfo, SubmitOutcome,
-    SubmitResponse, TaskInfo,
+    AvailabilityRequest, ClusterInfo, ClusterSettingsRequest, ClusterSettingsResponse, ErrorBody,
+    Health, JobInfo, JoinTokenInfo, ManagerInfo, NodeInfo, RemovedNode, RootRotationInfo,
+    SubmitOutcome, SubmitResponse, TaskInfo, UnlockKeyInfo,
 };
 use baton_pki::JoinToken;
 use baton_rpc::LogEvent;
@@ -751,7 +751,7 @@ pub async fn get_join_token(
     Path(role): Path<String>,
 ) -> Result<Json<JoinTokenInfo>, ApiFailure> {
     let node_role = join_role(&role)?;
-    let tokens = identity::stored_tokens(&app.identity_dir)?;
+    let tokens = identity::stored_tokens_with_key(&app.identity_dir, &app.data_key)?;
     let token = held_token(tokens.as_ref(), node_role).ok_or_else(|| {
         ApiFailure::not_found(
             "this manager does not hold the current token; rotate it to get a new one",
@@ -792,15 +792,17 @@ pub async fn rotate_join_token(
     // The state now admits only the new token. Keep it for `GET`; a manager
     // that never held the other role's token keeps not holding it ("").
     let text = token.format();
-    let mut tokens = identity::stored_tokens(&app.identity_dir)?.unwrap_or(StoredTokens {
-        worker: String::new(),
-        manager: String::new(),
-    });
+    let mut tokens = identity::stored_tokens_with_key(&app.identity_dir, &app.data_key)?.unwrap_or(
+        StoredTokens {
+            worker: String::new(),
+            manager: String::new(),
+        },
+    );
     match node_role {
         NodeRole::Worker => tokens.worker = text.clone(),
         NodeRole::Manager => tokens.manager = text.clone(),
     }
-    identity::store_tokens(&app.identity_dir, &tokens)?;
+    identity::store_tokens_with_key(&app.identity_dir, &app.data_key, &tokens)?;
     tracing::info!(role = %role, "join token rotated");
     Ok(Json(JoinTokenInfo { role, token: text }))
 }
@@ -835,6 +837,7 @@ async fn cluster_info(app: &AppState) -> Result<ClusterInfo, ApiFailure> {
             pending_nodes: state.rotation_pending().into_iter().map(|n| n.0).collect(),
         }),
         managers: managers(app, &raft),
+        autolock: cluster.unlock_key.is_some(),
         raft_term: raft.term,
         raft_applied: raft.last_applied,
     })
@@ -906,11 +909,11 @@ pub async fn get_cluster(
 /// already issued keep their expiry until their holder renews.
 #[utoipa::path(post, path = "/v1/cluster/settings", tag = "cluster",
     request_body = ClusterSettingsRequest,
-    responses((status = 200, body = ClusterInfo), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = ClusterSettingsResponse), (status = 400, body = ErrorBody)))]
 pub async fn update_cluster_settings(
     State(app): State<Arc<AppState>>,
     Json(req): Json<ClusterSettingsRequest>,
-) -> Result<Json<ClusterInfo>, ApiFailure> {
+) -> Result<Json<ClusterSettingsResponse>, ApiFailure> {
     if let Some(secs) = req.cert_expiry_secs {
         let validity = std::time::Duration::from_secs(secs);
         if validity < baton_state::MIN_CERT_VALIDITY || validity > identity::ROOT_VALIDITY {
@@ -929,5 +932,77 @@ pub async fn update_cluster_settings(
             .await?;
         tracing::info!(cert_expiry_secs = secs, "certificate expiry set");
     }
-    Ok(Json(cluster_info(&app).await?))
+    let mut unlock_key = None;
+    match req.autolock {
+        Some(true) if !autolocked(&app)? => {
+            unlock_key = Some(set_new_unlock_key(&app).await?);
+            tracing::info!("autolock turned on");
+        }
+        Some(false) if autolocked(&app)? => {
+            app.store
+                .propose(Command::SetUnlockKey { key: None })
+                .await?;
+            tracing::info!("autolock turned off");
+        }
+        _ => {}
+    }
+    Ok(Json(ClusterSettingsResponse {
+        cluster: cluster_info(&app).await?,
+        unlock_key,
+    }))
+}
+
+fn autolocked(app: &AppState) -> Result<bool, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    Ok(initialised(&snapshot.state)?.unlock_key.is_some())
+}
+
+/// Proposes a new random unlock key; returns its text.
+async fn set_new_unlock_key(app: &AppState) -> Result<String, ApiFailure> {
+    let key = crate::keystore::UnlockKey::generate().format();
+    app.store
+        .propose(Command::SetUnlockKey {
+            key: Some(baton_state::Secret::new(key.to_string())),
+        })
+        .await?;
+    Ok(key.to_string())
+}
+
+/// The unlock key of an autolocked cluster. Managers restarted after a
+/// rotation need the new key; one that was down during a rotation still
+/// needs the key it was locked with.
+#[utoipa::path(get, path = "/v1/cluster/unlock-key", tag = "cluster",
+    responses((status = 200, body = UnlockKeyInfo),
+        (status = 409, body = ErrorBody, description = "autolock is off")))]
+pub async fn get_unlock_key(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<UnlockKeyInfo>, ApiFailure> {
+    let snapshot = app.store.snapshot();
+    let cluster = initialised(&snapshot.state)?;
+    let key = cluster.unlock_key.as_ref().ok_or_else(autolock_off)?;
+    Ok(Json(UnlockKeyInfo {
+        unlock_key: key.expose().to_owned(),
+    }))
+}
+
+fn autolock_off() -> ApiFailure {
+    ApiFailure::conflict(
+        "autolock is off: no unlock key (turn it on with baton cluster update --autolock=true)",
+    )
+}
+
+/// Replace the unlock key. Every running manager rewraps its data key with
+/// the new one; the old key no longer opens them.
+#[utoipa::path(post, path = "/v1/cluster/unlock-key/rotate", tag = "cluster",
+    responses((status = 200, body = UnlockKeyInfo),
+        (status = 409, body = ErrorBody, description = "autolock is off")))]
+pub async fn rotate_unlock_key(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<UnlockKeyInfo>, ApiFailure> {
+    if !autolocked(&app)? {
+        return Err(autolock_off());
+    }
+    let unlock_key = set_new_unlock_key(&app).await?;
+    tracing::info!("unlock key rotated");
+    Ok(Json(UnlockKeyInfo { unlock_key }))
 }

@@ -9,6 +9,7 @@
 //! ([`serve`]), and the handshake verifies the chain ([`api_tls_config`]).
 
 mod convert;
+mod files;
 mod handlers;
 mod placement;
 mod plan;
@@ -48,9 +49,12 @@ pub struct AppState {
     pub dispatcher: Arc<DispatcherService>,
     /// This cluster's id: a client certificate's organisation must say it.
     pub cluster_id: String,
-    /// The manager's data dir, which holds `join-tokens.toml`
-    /// ([`crate::identity::stored_tokens`]).
+    /// The manager's data dir, which holds the sealed join tokens
+    /// ([`crate::identity::stored_tokens_with_key`]).
     pub identity_dir: PathBuf,
+    /// The data key they are sealed with (held in memory: an autolocked
+    /// manager has no other copy).
+    pub data_key: baton_store::seal::SealKey,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,6 +89,10 @@ impl ApiFailure {
         ApiFailure::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    fn invalid(message: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
     fn conflict(message: impl Into<String>) -> ApiFailure {
         ApiFailure::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -117,6 +125,12 @@ impl From<baton_store::StoreError> for ApiFailure {
             StoreError::Rejected(ApplyError::NodeNotFound { id }) => {
                 ApiFailure::not_found(format!("node {id} not found"))
             }
+            StoreError::Rejected(e @ ApplyError::FileNotFound { .. }) => {
+                ApiFailure::not_found(e.to_string())
+            }
+            StoreError::Rejected(
+                e @ (ApplyError::MissingFiles { .. } | ApplyError::InvalidFile { .. }),
+            ) => ApiFailure::invalid(e.to_string()),
             StoreError::Rejected(e) => {
                 ApiFailure::new(StatusCode::CONFLICT, "rejected", e.to_string())
             }
@@ -299,6 +313,20 @@ pub fn router(app: Arc<AppState>) -> Router {
         .routes(routes!(handlers::get_cluster))
         .routes(routes!(handlers::update_cluster_settings))
         .routes(routes!(handlers::rotate_root_ca))
+        .routes(routes!(handlers::get_unlock_key))
+        .routes(routes!(handlers::rotate_unlock_key))
+        .routes(routes!(files::list_secrets))
+        .routes(routes!(
+            files::create_secret,
+            files::get_secret,
+            files::remove_secret
+        ))
+        .routes(routes!(files::list_configs))
+        .routes(routes!(
+            files::create_config,
+            files::get_config,
+            files::remove_config
+        ))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     routes

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use baton_api::{ErrorBody, JobPlan, NodeInfo, NodeLabelsRequest, ScaleRequest, ScaleResponse};
 use baton_spec::JobKind;
 use baton_state::{Command, NodeId};
@@ -17,10 +17,6 @@ use super::handlers::{SubmitParams, SubmittedSpec, change_node, submitted_spec};
 use super::plan::plan_submission;
 use super::{ApiFailure, AppState};
 use crate::now;
-
-fn invalid(message: impl Into<String>) -> ApiFailure {
-    ApiFailure::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-}
 
 /// Set and remove a node's operator labels. They win over the labels its
 /// agent registers (`baton agent --label`) and survive the agent's restarts.
@@ -37,18 +33,20 @@ pub async fn update_node_labels(
     Json(req): Json<NodeLabelsRequest>,
 ) -> Result<Json<NodeInfo>, ApiFailure> {
     if req.set.is_empty() && req.remove.is_empty() {
-        return Err(invalid(
+        return Err(ApiFailure::invalid(
             "nothing to change: give labels to set or keys to remove",
         ));
     }
     for (key, value) in &req.set {
-        baton_spec::check_label(key, value).map_err(invalid)?;
+        baton_spec::check_label(key, value).map_err(ApiFailure::invalid)?;
     }
     let remove: BTreeSet<String> = req.remove.iter().cloned().collect();
     for key in &remove {
-        baton_spec::check_label_key(key).map_err(invalid)?;
+        baton_spec::check_label_key(key).map_err(ApiFailure::invalid)?;
         if req.set.contains_key(key) {
-            return Err(invalid(format!("label {key} is both set and removed")));
+            return Err(ApiFailure::invalid(format!(
+                "label {key} is both set and removed"
+            )));
         }
     }
     let node_id = NodeId(id.clone());
@@ -75,7 +73,7 @@ pub async fn update_node_labels(
         after.retain(|key, _| !remove.contains(key));
         after.extend(req.set.clone());
         if after.len() > baton_spec::MAX_LABELS {
-            return Err(invalid(format!(
+            return Err(ApiFailure::invalid(format!(
                 "node {id} would have {} operator labels, more than the limit of {}",
                 after.len(),
                 baton_spec::MAX_LABELS
@@ -112,7 +110,7 @@ pub async fn scale_job(
 ) -> Result<Json<ScaleResponse>, ApiFailure> {
     // The limit a spec's `replicas` has, which a scale must not get around.
     if req.replicas > baton_spec::MAX_REPLICAS {
-        return Err(invalid(format!(
+        return Err(ApiFailure::invalid(format!(
             "replicas: {} is more than the limit of {}",
             req.replicas,
             baton_spec::MAX_REPLICAS

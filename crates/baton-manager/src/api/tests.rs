@@ -48,6 +48,7 @@ async fn fixture() -> Fixture {
             dir.path().join("state.redb"),
             baton_store::raft::raft_id(&node_id.0).expect("raft id"),
             "127.0.0.1:0",
+            baton_store::seal::SealKey::generate(),
         ))
         .await
         .expect("store"),
@@ -77,6 +78,7 @@ async fn fixture() -> Fixture {
         dispatcher,
         cluster_id: identity.cluster_id.clone(),
         identity_dir: dir.path().to_owned(),
+        data_key: crate::keystore::data_key(dir.path()).expect("data key"),
     });
     Fixture {
         _dir: dir,
@@ -296,7 +298,10 @@ fn token_digest(token: &str) -> String {
 }
 
 fn file_tokens(dir: &Path) -> identity::StoredTokens {
-    identity::stored_tokens(dir).expect("read").expect("tokens")
+    let data_key = crate::keystore::data_key(dir).expect("data key");
+    identity::stored_tokens_with_key(dir, &data_key)
+        .expect("read")
+        .expect("tokens")
 }
 
 #[tokio::test]
@@ -371,7 +376,7 @@ async fn rotating_a_join_token_replaces_it_in_the_state_and_the_file() {
 #[tokio::test]
 async fn a_manager_without_the_token_file_says_to_rotate() {
     let fx = fixture().await;
-    std::fs::remove_file(fx.app.identity_dir.join("join-tokens.toml")).expect("rm");
+    std::fs::remove_file(fx.app.identity_dir.join("join-tokens.sealed")).expect("rm");
     let (status, body) = call(
         &fx,
         Method::GET,
@@ -609,11 +614,63 @@ async fn cluster_info_shows_identity_and_cert_expiry_which_admins_can_change() {
         serde_json::json!({ "cert_expiry_secs": 3600 }),
     )
     .await;
-    assert_eq!((status, &info["cert_expiry_secs"]), (200, &3600.into()));
+    assert_eq!(
+        (status, &info["cluster"]["cert_expiry_secs"]),
+        (200, &3600.into())
+    );
+    assert!(info.get("unlock_key").is_none(), "{info}");
     assert_eq!(
         fx.store.snapshot().state.cluster().map(|c| c.cert_validity),
         Some(HOUR)
     );
+
+    // Autolock: the key is shown once, then only by the unlock-key route;
+    // a rotation replaces it; off, the route says so.
+    let (status, info) = call_json(
+        &fx,
+        Method::POST,
+        "/v1/cluster/settings",
+        admin(&fx),
+        serde_json::json!({ "autolock": true }),
+    )
+    .await;
+    assert_eq!((status, &info["cluster"]["autolock"]), (200, &true.into()));
+    let key = info["unlock_key"].as_str().expect("key").to_owned();
+    assert!(key.starts_with("BATON-UNLOCK-1-"), "{key}");
+    let (status, again) = call_json(
+        &fx,
+        Method::POST,
+        "/v1/cluster/settings",
+        admin(&fx),
+        serde_json::json!({ "autolock": true }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(again.get("unlock_key").is_none(), "shown once: {again}");
+    let (status, shown) = call(&fx, Method::GET, "/v1/cluster/unlock-key", admin(&fx)).await;
+    assert_eq!(
+        (status, shown["unlock_key"].as_str()),
+        (200, Some(key.as_str()))
+    );
+    let (status, rotated) = call(
+        &fx,
+        Method::POST,
+        "/v1/cluster/unlock-key/rotate",
+        admin(&fx),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_ne!(rotated["unlock_key"].as_str(), Some(key.as_str()));
+    call_json(
+        &fx,
+        Method::POST,
+        "/v1/cluster/settings",
+        admin(&fx),
+        serde_json::json!({ "autolock": false }),
+    )
+    .await;
+    let (status, off) = call(&fx, Method::GET, "/v1/cluster/unlock-key", admin(&fx)).await;
+    assert_eq!(status, 409, "{off}");
 
     for (secs, why) in [(0u64, "zero"), (11 * 365 * 86_400, "beyond the root")] {
         let (status, body) = call_json(

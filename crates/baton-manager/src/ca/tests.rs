@@ -8,6 +8,7 @@ use baton_rpc::server::{CaError, CaService};
 use baton_state::{Command, NodeId, NodeRole, Secret, Timestamp};
 use baton_store::Store;
 use baton_store::raft::RaftStore;
+use baton_store::seal::SealKey;
 
 use super::ManagerCa;
 use crate::signer::Signer;
@@ -23,7 +24,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Store> = Arc::new(
-        RaftStore::open_solo_at(&dir.path().join("s.redb"))
+        RaftStore::open_solo_at(&dir.path().join("s.redb"), SealKey::generate())
             .await
             .expect("store"),
     );

@@ -9,6 +9,7 @@ use baton_manager::raft::{GrpcRaftTransport, RaftEndpoint};
 use baton_pki::{ClusterCa, Role};
 use baton_rpc::tls::{ClientTls, HotCert, ServerTls};
 use baton_store::raft::{RaftStore, RaftStoreConfig};
+use baton_store::seal::SealKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +52,12 @@ pub async fn manager(ca: &ClusterCa, id: u64, dir: &std::path::Path) -> Manager 
     transport.set_tls(ClientTls::new(ca.cert_pem(), hot.clone()).expect("client tls"));
     let store = Arc::new(
         RaftStore::open(
-            RaftStoreConfig::new(dir.join(format!("m{id}.redb")), id, addr.clone()),
+            RaftStoreConfig::new(
+                dir.join(format!("m{id}.redb")),
+                id,
+                addr.clone(),
+                SealKey::generate(),
+            ),
             transport,
         )
         .await

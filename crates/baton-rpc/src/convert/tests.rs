@@ -43,6 +43,11 @@ fn session_messages_round_trip() {
                 desired: TaskDesired::Shutdown,
                 state: TaskState::Running,
             }],
+            secrets: BTreeMap::from([(
+                "db".to_owned(),
+                baton_state::SecretBytes::new(b"hunter2".to_vec()),
+            )]),
+            configs: BTreeMap::from([("app".to_owned(), b"port: 80".to_vec())]),
         }),
         SessionMessage::Logs(LogRequest {
             id: 9,

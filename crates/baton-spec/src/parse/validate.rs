@@ -17,10 +17,10 @@ use super::tree::{
 };
 use crate::{
     ALLOWED_CAPABILITIES, Affinity, Attribute, Constraint, DEFAULT_PIDS_LIMIT, DEFAULT_PRIORITY,
-    DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, DriverKind, FileKind, FileMount, JobKind, JobSpec, MAX_PRIORITY, MAX_REPLICAS,
-    MAX_TASK_FILES, MIN_PRIORITY, PIDS_LIMIT_RANGE, Placement, PortSpec, Resources, RestartCondition,
-    RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec, format_duration, parse_cpu,
-    parse_duration, parse_memory,
+    DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, DriverKind, FileKind, FileMount, JobKind, JobSpec,
+    MAX_PRIORITY, MAX_REPLICAS, MAX_TASK_FILES, MIN_PRIORITY, PIDS_LIMIT_RANGE, Placement,
+    PortSpec, Resources, RestartCondition, RestartPolicy, Spread, SpreadTarget, Strategy, TaskSpec,
+    format_duration, parse_cpu, parse_duration, parse_memory,
 };
 
 const JOB_FIELDS: &[&str] = &[
@@ -786,7 +786,8 @@ impl Validator<'_> {
         driver: Option<DriverKind>,
         expected: &str,
     ) -> Option<FileMount> {
-        let default_target = |name: &str| (driver != Some(DriverKind::Raw)).then(|| kind.default_target(name));
+        let default_target =
+            |name: &str| (driver != Some(DriverKind::Raw)).then(|| kind.default_target(name));
         if let Value::Scalar(_) = &node.value {
             let name = self.file_name(path, node, kind)?;
             return Some(FileMount {
@@ -810,7 +811,9 @@ impl Validator<'_> {
             None => Some(kind.default_mode()),
             Some(entry) => self.file_mode(&fields.path("mode"), &entry.value),
         };
-        let uid = self.optional(&fields, "uid", |v, path, node| v.uint(path, node, 0, u32::MAX));
+        let uid = self.optional(&fields, "uid", |v, path, node| {
+            v.uint(path, node, 0, u32::MAX)
+        });
         let name = name?;
         Some(FileMount {
             target: target?.or_else(|| default_target(&name)),
@@ -849,7 +852,10 @@ impl Validator<'_> {
                 env = kind.dir_env()
             ))
         } else if !target.starts_with('/') || target.ends_with('/') || target.contains('\0') {
-            Some("is not an absolute path to a file (expected a path like /run/secrets/db)".to_owned())
+            Some(
+                "is not an absolute path to a file (expected a path like /run/secrets/db)"
+                    .to_owned(),
+            )
         } else if let Some(problem) = crate::path_problem(target, "a task's file") {
             Some(problem)
         } else if driver == Some(DriverKind::Exec) && !target.starts_with("/run/") {
@@ -914,7 +920,9 @@ impl Validator<'_> {
         for entry in entries {
             let var_path = field_path(path, &entry.key);
             let problem = if !is_env_name(&entry.key) {
-                Some("invalid environment variable name (expected letters, digits and _, not starting with a digit)")
+                Some(
+                    "invalid environment variable name (expected letters, digits and _, not starting with a digit)",
+                )
             } else if entry.key.starts_with("BATON_") {
                 Some("BATON_ variables are set by Baton")
             } else if env.contains_key(&entry.key) {

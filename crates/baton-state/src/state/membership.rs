@@ -83,6 +83,19 @@ impl State {
         Ok(vec![Event::CertValidityChanged { validity }])
     }
 
+    pub(super) fn set_unlock_key(
+        &mut self,
+        key: Option<crate::secret::Secret>,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let cluster = self.cluster.as_mut().ok_or(ApplyError::NoCluster)?;
+        if cluster.unlock_key == key {
+            return Ok(Vec::new());
+        }
+        let autolock = key.is_some();
+        cluster.unlock_key = key;
+        Ok(vec![Event::UnlockKeyChanged { autolock }])
+    }
+
     /// The members that still hold a certificate from the old root during a
     /// root rotation (empty when none runs).
     pub fn rotation_pending(&self) -> Vec<NodeId> {
@@ -272,6 +285,7 @@ mod tests {
             manager_token_digest: "bb".repeat(32),
             cert_validity: Duration::from_secs(90 * 86_400),
             created_at: Timestamp(1),
+            unlock_key: None,
         }
     }
 
@@ -531,6 +545,30 @@ mod tests {
                 validity: Duration::from_secs(1),
             })
             .expect("one second");
+    }
+
+    #[test]
+    fn the_unlock_key_is_set_replaced_and_cleared_and_never_shown() {
+        let mut state = State::default();
+        let key = |k: &str| Command::SetUnlockKey {
+            key: Some(Secret::new(k.to_owned())),
+        };
+        assert_eq!(state.apply(key("k1")), Err(ApplyError::NoCluster));
+        state
+            .apply(Command::InitCluster { cluster: cluster() })
+            .expect("init");
+        assert_eq!(
+            state.apply(key("BATON-UNLOCK-1-abc")),
+            Ok(vec![Event::UnlockKeyChanged { autolock: true }])
+        );
+        assert_eq!(state.apply(key("BATON-UNLOCK-1-abc")), Ok(Vec::new()));
+        let shown = format!("{:?} {:?}", key("BATON-UNLOCK-1-abc"), state.cluster());
+        assert!(!shown.contains("BATON-UNLOCK-1-abc"), "{shown}");
+        assert_eq!(
+            state.apply(Command::SetUnlockKey { key: None }),
+            Ok(vec![Event::UnlockKeyChanged { autolock: false }])
+        );
+        assert_eq!(state.cluster().and_then(|c| c.unlock_key.clone()), None);
     }
 
     #[test]

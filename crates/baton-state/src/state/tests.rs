@@ -1088,13 +1088,19 @@ fn secrets_are_immutable_checked_and_survive_a_round_trip() {
         "secret \"db\" already exists; secrets cannot be changed: create one under a new name \
          and update the jobs that use it"
     );
-    assert_eq!(state.secret("db").map(|s| s.value.expose()), Some(&b"hunter2"[..]));
+    assert_eq!(
+        state.secret("db").map(|s| s.value.expose()),
+        Some(&b"hunter2"[..])
+    );
 
     let too_big = create_secret(&mut state, "big", &vec![0; baton_spec::MAX_FILE_BYTES + 1])
         .expect_err("too big");
     assert!(too_big.to_string().contains("500 KiB"), "{too_big}");
     let bad_name = create_secret(&mut state, "../x", b"v").expect_err("bad name");
-    assert!(bad_name.to_string().contains("is not a valid name"), "{bad_name}");
+    assert!(
+        bad_name.to_string().contains("is not a valid name"),
+        "{bad_name}"
+    );
 
     state
         .apply(Command::CreateConfig {
@@ -1107,7 +1113,10 @@ fn secrets_are_immutable_checked_and_survive_a_round_trip() {
     assert!(!json.contains("hunter2"), "values are base64 in the record");
     let back: State = serde_json::from_str(&json).expect("decode");
     assert_eq!(back.secret("db"), state.secret("db"));
-    assert_eq!(back.config("app").map(|c| &c.data[..]), Some(&b"port: 80\n"[..]));
+    assert_eq!(
+        back.config("app").map(|c| &c.data[..]),
+        Some(&b"port: 80\n"[..])
+    );
     assert!(!format!("{:?}", state.secret("db")).contains("hunter2"));
 }
 
@@ -1155,7 +1164,10 @@ fn a_secret_in_use_is_not_removed_and_the_jobs_are_named() {
             now: T1,
         })
         .expect("stop");
-    create(&mut state, vec![task("worker.0.a", "worker", 1, 0, Some("n1"))]);
+    create(
+        &mut state,
+        vec![task("worker.0.a", "worker", 1, 0, Some("n1"))],
+    );
     state
         .apply(Command::StopJob {
             name: "worker".to_owned(),

@@ -4,7 +4,9 @@
 //!
 //! It works on the closed database file, before [`RaftStore::open`], in one
 //! redb write transaction, so a crash in the middle leaves the old data or
-//! the new, never a mix:
+//! the new, never a mix. It reads and writes with the member's data key
+//! (entries and snapshot stay sealed), after checking that the file was
+//! sealed with it:
 //!
 //! - Every entry in the survivor's log counts as committed, as etcd does:
 //!   the state is the stored snapshot, then every log entry after it, in
@@ -40,10 +42,12 @@ use openraft::Membership;
 use openraft::impls::BasicNode;
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::log_store::{COMMITTED, PURGED, RAFT_LOG, RAFT_META, VOTE, decode, encode};
-use super::state_machine::{Applied, CURRENT, RAFT_SNAPSHOT, StoredSnapshot, decode_snapshot};
-use super::types::{Entry, LogId, SnapshotMeta, StoredMembership, Vote};
-use super::{RaftStoreConfig, fatal, node_id, open_database};
+use super::log_store::{COMMITTED, PURGED, RAFT_LOG, RAFT_META, VOTE, decode, encode, open_entry};
+use super::state_machine::{
+    Applied, CURRENT, RAFT_SNAPSHOT, StoredSnapshot, open_snapshot, seal_snapshot,
+};
+use super::types::{LogId, SnapshotMeta, StoredMembership, Vote};
+use super::{RaftStoreConfig, check_data_key, fatal, node_id, open_database};
 use crate::StoreError;
 
 /// What [`super::RaftStore::force_new_cluster`] kept and dropped.
@@ -89,6 +93,8 @@ fn force(config: &RaftStoreConfig) -> Result<ForcedCluster, StoreError> {
     }
     // redb locks the file: a manager still running on it makes this fail.
     let db = open_database(path)?;
+    // Another key would fail half-way through the log; say so first.
+    check_data_key(&db, &config.data_key, path)?;
     let txn = db
         .begin_write()
         .map_err(|e| fatal("force-new-cluster: write", e))?;
@@ -137,7 +143,9 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
         .get(CURRENT)
         .map_err(failed("read raft_snapshot"))?
     {
-        Some(bytes) => Some(decode_snapshot(bytes.value()).map_err(failed("snapshot"))?),
+        Some(bytes) => {
+            Some(open_snapshot(&config.data_key, bytes.value()).map_err(failed("snapshot"))?)
+        }
         None => None,
     };
     let mut applied = Applied::restore(stored).map_err(failed("snapshot"))?;
@@ -154,7 +162,8 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
                 index.value()
             )));
         }
-        let entry: Entry = decode(bytes.value()).map_err(failed("log entry"))?;
+        let entry = open_entry(&config.data_key, index.value(), bytes.value())
+            .map_err(failed("log entry"))?;
         if committed.is_none_or(|c| entry.log_id.index() > c.index()) {
             beyond_commit += 1;
         }
@@ -204,7 +213,7 @@ fn rewrite(txn: &WriteTransaction, config: &RaftStoreConfig) -> Result<ForcedClu
         },
         data,
     };
-    let snapshot = serde_json::to_vec(&snapshot).map_err(failed("encoding the snapshot"))?;
+    let snapshot = seal_snapshot(&config.data_key, &snapshot).map_err(failed("the snapshot"))?;
     snapshots
         .insert(CURRENT, snapshot.as_slice())
         .map_err(failed("write raft_snapshot"))?;

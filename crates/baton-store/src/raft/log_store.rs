@@ -10,6 +10,13 @@
 //! disk. Appends queued while a transaction is being written share the next
 //! one (group commit, on top of openraft's own batching). The vote is
 //! written durably; the committed id lazily (see `save_committed`).
+//!
+//! Every entry is sealed with the store's data key by the writer thread,
+//! just before it is written (off Raft's core task), bound to its index
+//! (`baton/raft_log/` + the index, big-endian), so an entry copied to
+//! another index does not open; readers open it. The metadata (vote,
+//! committed id, purged id) holds only terms, member ids and indexes and
+//! stays in the clear, as JSON.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -24,12 +31,15 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
 
 use super::types::{Entry, LogId, TypeConfig, Vote};
+use crate::seal::SealKey;
 
-/// Entries: index -> JSON of the entry.
+/// Entries: index -> JSON of the entry, sealed.
 pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft metadata: `vote`, `committed`, `purged` -> JSON.
+/// Raft metadata: `vote`, `committed`, `purged` -> JSON (in the clear), and
+/// `key_check` (see [`super::check_data_key`]).
 pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 pub(crate) const VOTE: &str = "vote";
@@ -46,6 +56,26 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
     serde_json::from_slice(bytes).map_err(|e| io_err("decoding", e))
+}
+
+/// The associated data of the entry at `index`: its place in the log.
+fn entry_aad(index: u64) -> Vec<u8> {
+    [b"baton/raft_log/".as_slice(), &index.to_be_bytes()].concat()
+}
+
+/// An entry as stored: its JSON, sealed (as the writer thread seals it).
+#[cfg(test)]
+pub(crate) fn seal_entry(key: &SealKey, entry: &Entry) -> Result<Vec<u8>, io::Error> {
+    let json = Zeroizing::new(encode(entry)?);
+    Ok(key.seal(&entry_aad(entry.index()), &json))
+}
+
+/// The entry stored at `index`.
+pub(crate) fn open_entry(key: &SealKey, index: u64, sealed: &[u8]) -> Result<Entry, io::Error> {
+    let json = key
+        .open(&entry_aad(index), sealed)
+        .map_err(|e| io_err(&format!("log entry {index}"), e))?;
+    decode(&json)
 }
 
 /// Runs `f` on the blocking pool: redb calls block on the disk.
@@ -97,9 +127,10 @@ type WriteOp = Box<dyn FnOnce(&Database) -> Result<(), io::Error> + Send>;
 
 /// A write for the writer thread.
 enum Write {
-    /// Entries (index, JSON); `flushed` is told once they are on disk.
+    /// Entries (id, JSON), sealed by the writer; `flushed` is told once they
+    /// are on disk.
     Append {
-        entries: Vec<(LogId, Vec<u8>)>,
+        entries: Vec<(LogId, Zeroizing<Vec<u8>>)>,
         flushed: IOFlushed<TypeConfig>,
     },
     /// Any other write, answered when done.
@@ -118,6 +149,8 @@ type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Seals the entries.
+    key: Arc<SealKey>,
     pending: Pending,
     writer: std_mpsc::Sender<Write>,
 }
@@ -128,16 +161,23 @@ impl Debug for LogStore {
     }
 }
 
-/// Writes one batch of appends in one transaction with an fsync.
-fn write_entries(db: &Database, batch: &[(LogId, Vec<u8>)]) -> Result<(), io::Error> {
+/// Seals one batch of appends and writes it in one transaction with an
+/// fsync. (Sealing here rather than in `append` keeps it off Raft's core
+/// task, which every proposal of this member waits on.)
+fn write_entries(
+    db: &Database,
+    key: &SealKey,
+    batch: &[(LogId, Zeroizing<Vec<u8>>)],
+) -> Result<(), io::Error> {
     let txn = db.begin_write().map_err(|e| io_err("write", e))?;
     {
         let mut table = txn
             .open_table(RAFT_LOG)
             .map_err(|e| io_err("open raft_log", e))?;
-        for (log_id, bytes) in batch {
+        for (log_id, json) in batch {
+            let index = log_id.index();
             table
-                .insert(log_id.index(), bytes.as_slice())
+                .insert(index, key.seal(&entry_aad(index), json).as_slice())
                 .map_err(|e| io_err("append", e))?;
         }
     }
@@ -146,7 +186,12 @@ fn write_entries(db: &Database, batch: &[(LogId, Vec<u8>)]) -> Result<(), io::Er
 
 /// The writer thread: takes writes in order; appends waiting behind one
 /// another go in one transaction.
-fn writer_loop(db: Arc<Database>, pending: Pending, writes: std_mpsc::Receiver<Write>) {
+fn writer_loop(
+    db: Arc<Database>,
+    key: Arc<SealKey>,
+    pending: Pending,
+    writes: std_mpsc::Receiver<Write>,
+) {
     let mut next = writes.recv().ok();
     while let Some(write) = next.take() {
         match write {
@@ -166,7 +211,7 @@ fn writer_loop(db: Arc<Database>, pending: Pending, writes: std_mpsc::Receiver<W
                         Err(_) => break,
                     }
                 }
-                let result = write_entries(&db, &batch);
+                let result = write_entries(&db, &key, &batch);
                 if result.is_ok() {
                     // On disk now: readers find them in the file.
                     let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -197,17 +242,20 @@ fn writer_loop(db: Arc<Database>, pending: Pending, writes: std_mpsc::Receiver<W
 }
 
 impl LogStore {
-    /// The log storage over `db`; starts its writer thread.
-    pub fn new(db: Arc<Database>) -> LogStore {
+    /// The log storage over `db`, its entries sealed with `key`; starts its
+    /// writer thread.
+    pub fn new(db: Arc<Database>, key: SealKey) -> LogStore {
         let pending = Pending::default();
         let (writer, writes) = std_mpsc::channel();
-        let (thread_db, thread_pending) = (db.clone(), pending.clone());
+        let key = Arc::new(key);
+        let (thread_db, thread_key, thread_pending) = (db.clone(), key.clone(), pending.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".to_owned())
-            .spawn(move || writer_loop(thread_db, thread_pending, writes))
+            .spawn(move || writer_loop(thread_db, thread_key, thread_pending, writes))
             .expect("spawning the raft log writer thread");
         LogStore {
             db,
+            key,
             pending,
             writer,
         }
@@ -248,7 +296,8 @@ impl LogStore {
             Ok(table) => {
                 for item in table.range(range).map_err(|e| io_err("read raft_log", e))? {
                     let (index, bytes) = item.map_err(|e| io_err("read raft_log", e))?;
-                    out.insert(index.value(), decode(bytes.value())?);
+                    let index = index.value();
+                    out.insert(index, open_entry(&self.key, index, bytes.value())?);
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -289,13 +338,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .values()
             .next_back()
             .map(RaftEntry::log_id);
-        let db = self.db.clone();
+        let (db, key) = (self.db.clone(), self.key.clone());
         blocking(move || {
             let purged: Option<LogId> = read_meta(&db, PURGED)?;
             let read = db.begin_read().map_err(|e| io_err("read", e))?;
             let last = match read.open_table(RAFT_LOG) {
                 Ok(table) => match table.last().map_err(|e| io_err("read raft_log", e))? {
-                    Some((_, bytes)) => Some(decode::<Entry>(bytes.value())?.log_id()),
+                    Some((index, bytes)) => {
+                        Some(open_entry(&key, index.value(), bytes.value())?.log_id())
+                    }
                     None => None,
                 },
                 Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -350,7 +401,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded = entries
             .iter()
-            .map(|entry| Ok((entry.log_id(), encode(entry)?)))
+            .map(|entry| Ok((entry.log_id(), Zeroizing::new(encode(entry)?))))
             .collect::<Result<Vec<_>, io::Error>>()?;
         // Readable from now on; on disk when the writer says so.
         {

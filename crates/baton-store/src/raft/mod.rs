@@ -6,6 +6,15 @@
 //! Proposals become `client_write`s; the answer comes back once the entry is
 //! committed and applied, so an acknowledged write is on a majority's disk.
 //! Readers get the in-memory state published after every applied batch.
+//!
+//! Encryption at rest: every log entry and the stored snapshot are sealed
+//! ([`crate::seal`]) with the data key of [`RaftStoreConfig`], each bound
+//! to its place (the entry's index; the snapshot's fixed label). The Raft
+//! metadata (vote, committed and purged ids: terms, member ids, indexes)
+//! stays in the clear. A known value sealed with the data key (`key_check`
+//! in `raft_meta`, written when the file is new) lets [`RaftStore::open`]
+//! refuse another key, or an unencrypted file of an older Baton, with one
+//! clear error before Raft reads anything.
 
 mod force;
 mod leadership;
@@ -27,7 +36,7 @@ use std::collections::BTreeSet;
 
 use openraft::rt::WatchReceiver;
 use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
-use redb::Database;
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use tokio::sync::watch;
 
 pub use force::ForcedCluster;
@@ -41,6 +50,7 @@ pub use transport::{
 };
 pub use types::{Outcome, Proposal, TypeConfig, node_id, raft_id};
 
+use crate::seal::{SealError, SealKey};
 use crate::{Applied, Snapshot, Store, StoreError};
 
 #[cfg(test)]
@@ -73,18 +83,27 @@ pub struct RaftStoreConfig {
     pub addr: String,
     /// Store a snapshot (and let the log before it go) every this many entries.
     pub snapshot_every: u64,
+    /// The data key that seals log entries and snapshots (the manager's
+    /// DEK); the file opens only with the key it was created with.
+    pub data_key: SealKey,
 }
 
 impl RaftStoreConfig {
-    /// Defaults for member `id` at `addr` with its database at `path`: a
-    /// snapshot every 10,000 entries, which keeps replay on open well under
-    /// a second.
-    pub fn new(path: impl Into<PathBuf>, id: u64, addr: impl Into<String>) -> RaftStoreConfig {
+    /// Defaults for member `id` at `addr` with its database at `path`,
+    /// sealed with `data_key`: a snapshot every 10,000 entries, which keeps
+    /// replay on open well under a second.
+    pub fn new(
+        path: impl Into<PathBuf>,
+        id: u64,
+        addr: impl Into<String>,
+        data_key: SealKey,
+    ) -> RaftStoreConfig {
         RaftStoreConfig {
             path: path.into(),
             id,
             addr: addr.into(),
             snapshot_every: 10_000,
+            data_key,
         }
     }
 }
@@ -105,6 +124,97 @@ pub(crate) fn open_database(path: &std::path::Path) -> Result<Database, StoreErr
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| fatal(&format!("restricting {}", path.display()), e))?;
     Database::create(path).map_err(|e| fatal(&format!("opening {}", path.display()), e))
+}
+
+/// The `raft_meta` key of the data key check.
+pub(crate) const KEY_CHECK: &str = "key_check";
+/// Where the check is bound, and what it seals.
+const KEY_CHECK_AAD: &[u8] = b"baton/raft_meta/key_check";
+const KEY_CHECK_VALUE: &[u8] = b"baton data key check, version 1";
+
+/// What the data key check found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum KeyCheck {
+    /// The check opens with the key: the file was sealed with it.
+    Matches,
+    /// An empty file, never written: no check yet.
+    Empty,
+}
+
+/// Whether the table `table` has no row (or does not exist).
+fn table_is_empty<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &redb::ReadTransaction,
+    table: redb::TableDefinition<K, V>,
+) -> Result<bool, StoreError> {
+    match read.open_table(table) {
+        Ok(table) => Ok(table
+            .is_empty()
+            .map_err(|e| fatal("reading the database", e))?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+        Err(e) => Err(fatal("reading the database", e)),
+    }
+}
+
+/// Checks, before anything else is read, that `key` is the data key the
+/// database at `path` was sealed with: one clear error for another key, a
+/// corrupted check, or a file an older Baton wrote unencrypted.
+pub(crate) fn check_data_key(
+    db: &Database,
+    key: &SealKey,
+    path: &std::path::Path,
+) -> Result<KeyCheck, StoreError> {
+    let read = db
+        .begin_read()
+        .map_err(|e| fatal("reading the database", e))?;
+    let stored = match read.open_table(log_store::RAFT_META) {
+        Ok(meta) => meta
+            .get(KEY_CHECK)
+            .map_err(|e| fatal("reading the database", e))?
+            .map(|bytes| bytes.value().to_vec()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(fatal("reading the database", e)),
+    };
+    let Some(sealed) = stored else {
+        let empty = table_is_empty(&read, log_store::RAFT_META)?
+            && table_is_empty(&read, log_store::RAFT_LOG)?
+            && table_is_empty(&read, state_machine::RAFT_SNAPSHOT)?;
+        return if empty {
+            Ok(KeyCheck::Empty)
+        } else {
+            Err(StoreError::Fatal(format!(
+                "{}: written unencrypted, by a Baton older than encryption at rest: this Baton cannot read it (start from an empty data dir)",
+                path.display()
+            )))
+        };
+    };
+    match key.open(KEY_CHECK_AAD, &sealed) {
+        Ok(value) if value.as_slice() == KEY_CHECK_VALUE => Ok(KeyCheck::Matches),
+        Ok(_) | Err(SealError::Undecryptable) => Err(StoreError::Fatal(format!(
+            "{}: sealed with another data key than this manager's (its keys directory holds a different key, or the file is corrupted): it cannot be read",
+            path.display()
+        ))),
+        Err(e) => Err(StoreError::Fatal(format!(
+            "{}: the data key check: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes the data key check into a new database, durably.
+fn write_key_check(db: &Database, key: &SealKey) -> Result<(), StoreError> {
+    let sealed = key.seal(KEY_CHECK_AAD, KEY_CHECK_VALUE);
+    let txn = db
+        .begin_write()
+        .map_err(|e| fatal("writing the data key check", e))?;
+    {
+        let mut meta = txn
+            .open_table(log_store::RAFT_META)
+            .map_err(|e| fatal("writing the data key check", e))?;
+        meta.insert(KEY_CHECK, sealed.as_slice())
+            .map_err(|e| fatal("writing the data key check", e))?;
+    }
+    txn.commit()
+        .map_err(|e| fatal("writing the data key check", e))
 }
 
 /// The Raft timing and log-compaction settings.
@@ -207,10 +317,15 @@ impl RaftStore {
         config: RaftStoreConfig,
         transport: Arc<dyn RaftTransport>,
     ) -> Result<RaftStore, StoreError> {
-        let db = Arc::new(open_database(&config.path)?);
+        let db = open_database(&config.path)?;
+        if check_data_key(&db, &config.data_key, &config.path)? == KeyCheck::Empty {
+            write_key_check(&db, &config.data_key)?;
+        }
+        let db = Arc::new(db);
         let db_handle = db.clone();
-        let log = LogStore::new(db.clone());
-        let sm = StateMachine::open(db).map_err(|e| fatal("opening the state", e))?;
+        let log = LogStore::new(db.clone(), config.data_key.clone());
+        let sm = StateMachine::open(db, config.data_key.clone())
+            .map_err(|e| fatal("opening the state", e))?;
         let snapshots = sm.subscribe();
         let raft = Raft::new(
             config.id,
@@ -299,10 +414,14 @@ impl RaftStore {
         Ok(store)
     }
 
-    /// A lone member with Raft id 1 at `path`, whose address nobody dials:
-    /// for tools and tests that need a store and no cluster.
-    pub async fn open_solo_at(path: &std::path::Path) -> Result<RaftStore, StoreError> {
-        RaftStore::open_solo(RaftStoreConfig::new(path, 1, "127.0.0.1:0")).await
+    /// A lone member with Raft id 1 at `path`, sealed with `data_key`, whose
+    /// address nobody dials: for tools and tests that need a store and no
+    /// cluster.
+    pub async fn open_solo_at(
+        path: &std::path::Path,
+        data_key: SealKey,
+    ) -> Result<RaftStore, StoreError> {
+        RaftStore::open_solo(RaftStoreConfig::new(path, 1, "127.0.0.1:0", data_key)).await
     }
 
     /// Sends `request` to member `id` at `addr`: its answer, or why none

@@ -6,7 +6,9 @@
 //! the committed entries after it (the committed id is persisted by
 //! [`super::log_store`]). A snapshot (the state as JSON, with the Raft
 //! metadata) is built every `snapshot_every` entries, stored in the database
-//! and sent to members too far behind to catch up from the log.
+//! sealed with the data key (bound to `baton/raft_snapshot/current`), and
+//! sent, in the clear over the cluster port's mutual TLS, to members too far
+//! behind to catch up from the log (which seal it with their own key).
 
 use std::fmt::Debug;
 use std::io::{self, Cursor};
@@ -23,11 +25,14 @@ use tokio::sync::watch;
 use super::log_store::io_err;
 use super::types::{Entry, LogId, Outcome, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::Snapshot;
+use crate::seal::SealKey;
 
-/// The stored snapshot: `current` -> JSON of [`StoredSnapshot`].
+/// The stored snapshot: `current` -> JSON of [`StoredSnapshot`], sealed.
 pub(crate) const RAFT_SNAPSHOT: TableDefinition<&str, &[u8]> =
     TableDefinition::new("raft_snapshot");
 pub(crate) const CURRENT: &str = "current";
+/// The associated data of the stored snapshot: its place.
+const SNAPSHOT_AAD: &[u8] = b"baton/raft_snapshot/current";
 
 /// A snapshot as stored and as sent to another member.
 #[derive(Serialize, Deserialize)]
@@ -80,6 +85,8 @@ impl Applied {
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<Database>,
+    /// Seals the stored snapshot.
+    key: Arc<SealKey>,
     applied: Arc<Mutex<Applied>>,
     published: watch::Sender<Arc<Snapshot>>,
 }
@@ -90,12 +97,26 @@ impl Debug for StateMachine {
     }
 }
 
-/// Decodes a stored snapshot.
-pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<StoredSnapshot, io::Error> {
-    serde_json::from_slice(bytes).map_err(|e| io_err("decoding the snapshot", e))
+/// Opens and decodes a stored snapshot.
+pub(crate) fn open_snapshot(key: &SealKey, sealed: &[u8]) -> Result<StoredSnapshot, io::Error> {
+    let json = key
+        .open(SNAPSHOT_AAD, sealed)
+        .map_err(|e| io_err("the stored snapshot", e))?;
+    serde_json::from_slice(&json).map_err(|e| io_err("decoding the snapshot", e))
 }
 
-fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
+/// Encodes and seals a snapshot for storing.
+pub(crate) fn seal_snapshot(
+    key: &SealKey,
+    snapshot: &StoredSnapshot,
+) -> Result<Vec<u8>, io::Error> {
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(snapshot).map_err(|e| io_err("encoding the snapshot", e))?,
+    );
+    Ok(key.seal(SNAPSHOT_AAD, &json))
+}
+
+fn load_snapshot(db: &Database, key: &SealKey) -> Result<Option<StoredSnapshot>, io::Error> {
     let read = db.begin_read().map_err(|e| io_err("read", e))?;
     let table = match read.open_table(RAFT_SNAPSHOT) {
         Ok(table) => table,
@@ -106,13 +127,17 @@ fn load_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, io::Error> {
         .get(CURRENT)
         .map_err(|e| io_err("read raft_snapshot", e))?
     {
-        Some(bytes) => Ok(Some(decode_snapshot(bytes.value())?)),
+        Some(bytes) => Ok(Some(open_snapshot(key, bytes.value())?)),
         None => Ok(None),
     }
 }
 
-fn store_snapshot(db: &Database, snapshot: &StoredSnapshot) -> Result<(), io::Error> {
-    let bytes = serde_json::to_vec(snapshot).map_err(|e| io_err("encoding the snapshot", e))?;
+fn store_snapshot(
+    db: &Database,
+    key: &SealKey,
+    snapshot: &StoredSnapshot,
+) -> Result<(), io::Error> {
+    let bytes = seal_snapshot(key, snapshot)?;
     let txn = db.begin_write().map_err(|e| io_err("write", e))?;
     {
         let mut table = txn
@@ -130,9 +155,10 @@ fn decode_state(data: &[u8]) -> Result<State, io::Error> {
 }
 
 impl StateMachine {
-    /// The state machine over `db`, starting from its stored snapshot.
-    pub fn open(db: Arc<Database>) -> Result<StateMachine, io::Error> {
-        let applied = Applied::restore(load_snapshot(&db)?)?;
+    /// The state machine over `db`, starting from its stored snapshot;
+    /// snapshots are sealed with `key`.
+    pub fn open(db: Arc<Database>, key: SealKey) -> Result<StateMachine, io::Error> {
+        let applied = Applied::restore(load_snapshot(&db, &key)?)?;
         let first = Snapshot {
             index: applied.last_applied.map_or(0, |id| id.index()),
             state: applied.state.clone(),
@@ -140,6 +166,7 @@ impl StateMachine {
         let (published, _) = watch::channel(Arc::new(first));
         Ok(StateMachine {
             db,
+            key: Arc::new(key),
             applied: Arc::new(Mutex::new(applied)),
             published,
         })
@@ -178,11 +205,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 },
             )
         };
-        let db = self.db.clone();
+        let (db, key) = (self.db.clone(), self.key.clone());
         let stored = tokio::task::spawn_blocking(move || {
             let data = serde_json::to_vec(&state).map_err(|e| io_err("encoding the state", e))?;
             let stored = StoredSnapshot { meta, data };
-            store_snapshot(&db, &stored)?;
+            store_snapshot(&db, &key, &stored)?;
             Ok::<_, io::Error>(stored)
         })
         .await
@@ -243,9 +270,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        let db = self.db.clone();
+        let (db, key) = (self.db.clone(), self.key.clone());
         let stored = tokio::task::spawn_blocking(move || {
-            store_snapshot(&db, &stored)?;
+            store_snapshot(&db, &key, &stored)?;
             Ok::<_, io::Error>(stored)
         })
         .await
@@ -268,8 +295,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error>
     {
-        let db = self.db.clone();
-        let stored = tokio::task::spawn_blocking(move || load_snapshot(&db))
+        let (db, key) = (self.db.clone(), self.key.clone());
+        let stored = tokio::task::spawn_blocking(move || load_snapshot(&db, &key))
             .await
             .map_err(|e| io_err("snapshot task", e))??;
         Ok(stored.map(

@@ -14,7 +14,7 @@ fn put(name: &str, replicas: u32) -> Command {
 }
 
 async fn open(path: &std::path::Path, snapshot_every: u64) -> RaftStore {
-    let mut config = RaftStoreConfig::new(path, 7, "127.0.0.1:1");
+    let mut config = RaftStoreConfig::new(path, 7, "127.0.0.1:1", SealKey::from_bytes([7; 32]));
     config.snapshot_every = snapshot_every;
     RaftStore::open_solo(config).await.expect("open")
 }

@@ -14,24 +14,16 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_api::ClientConfig;
 use baton_pki::{ClusterCa, Role};
 use baton_rpc::tls::{ClientTls, HotCert};
 use baton_rpc::{Dispatcher, NodeDescription, SessionMessage, pb};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::harness::{Cluster, Proc, baton_bin, text, wait_for};
+use crate::harness::{Cluster, Proc, baton_bin, runtime, text, wait_for};
 
 const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn now() -> i64 {
     i64::try_from(
@@ -58,30 +50,12 @@ impl Cluster {
         by_node
     }
 
-    fn admin_config(&self) -> ClientConfig {
-        ClientConfig::load(&self.admin).expect("admin.toml")
-    }
-
-    /// The cluster's root CA, as the admin config holds it.
-    fn root_pem(&self) -> String {
-        self.admin_config().ca_cert
-    }
-
     fn cluster_id(&self) -> String {
         let admin = self.admin_config();
         let der = baton_pki::certificate_der(&admin.cert).expect("admin cert");
         baton_pki::peer_identity(&der)
             .expect("admin identity")
             .cluster_id
-    }
-
-    /// An agent's own `(cert, key)` PEM from its data dir.
-    fn agent_identity(&self, name: &str) -> (String, String) {
-        let dir = self.dir.join(name).join("identity");
-        (
-            std::fs::read_to_string(dir.join("cert.pem")).expect("agent cert"),
-            std::fs::read_to_string(dir.join("key.pem")).expect("agent key"),
-        )
     }
 
     fn api_addr(&self) -> String {

@@ -30,6 +30,11 @@ impl Dev {
 
     /// Starts `baton dev` on `dir` and waits for its ready line.
     pub fn start_in(dir: &Path) -> Dev {
+        Dev::spawn_in(dir).ready()
+    }
+
+    /// Starts `baton dev` on `dir`, without waiting for it to be ready.
+    pub fn spawn_in(dir: &Path) -> Starting {
         let mut child = Command::new(baton_bin())
             .args(["dev", "--data-dir"])
             .arg(dir)
@@ -64,16 +69,13 @@ impl Dev {
                 let _ = writeln!(log, "{line}");
             }
         });
-        let ready_line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                let log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
-                panic!("baton dev did not become ready; its log:\n{log}")
-            });
-        Dev {
-            child: Some(child),
-            dir: dir.to_owned(),
-            ready_line,
+        Starting {
+            dev: Dev {
+                child: Some(child),
+                dir: dir.to_owned(),
+                ready_line: String::new(),
+            },
+            ready: rx,
         }
     }
 
@@ -153,6 +155,52 @@ impl Drop for Dev {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        unmount_under(&self.dir);
+    }
+}
+
+/// A `baton dev` that was started and may not be ready yet (a locked
+/// manager waits for its key first). Dropped, it is stopped.
+pub struct Starting {
+    pub dev: Dev,
+    ready: mpsc::Receiver<String>,
+}
+
+impl Starting {
+    /// Waits for the ready line.
+    pub fn ready(mut self) -> Dev {
+        let ready_line = self
+            .ready
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(self.dev.dir.join("dev.log")).unwrap_or_default();
+                panic!("baton dev did not become ready; its log:\n{log}")
+            });
+        self.dev.ready_line = ready_line;
+        self.dev
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dev.dir.join("dev.log")).unwrap_or_default()
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.dev.child.as_ref().expect("child").id()
+    }
+}
+
+/// Detaches every mount under `dir`: the tmpfs of tasks whose agent was
+/// killed and never restarted (a restarted agent sweeps them itself), so
+/// that the test's directory can be removed and the host keeps no mounts.
+pub fn unmount_under(dir: &Path) {
+    let prefix = format!("{}/", dir.display());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for point in mountinfo.lines().filter_map(|line| line.split(' ').nth(4)) {
+        if point.starts_with(&prefix) {
+            let _ = Command::new("umount").args(["-l", point]).status();
         }
     }
 }
@@ -349,6 +397,17 @@ pub struct Cluster {
     pub manager: Proc,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for agent in self.agents.values_mut() {
+            if let Ok(None) = agent.child.try_wait() {
+                agent.stop();
+            }
+        }
+        unmount_under(&self.dir);
+    }
+}
+
 impl Cluster {
     /// Starts the manager on `dir/manager` and waits for its ready line.
     pub fn start(dir: &Path) -> Cluster {
@@ -451,6 +510,25 @@ impl Cluster {
         run_cli(&self.admin, args)
     }
 
+    /// The admin client config the manager wrote.
+    pub fn admin_config(&self) -> baton_api::ClientConfig {
+        baton_api::ClientConfig::load(&self.admin).expect("admin.toml")
+    }
+
+    /// The cluster's root CA, as the admin config holds it.
+    pub fn root_pem(&self) -> String {
+        self.admin_config().ca_cert
+    }
+
+    /// An agent's own `(cert, key)` PEM from its data dir.
+    pub fn agent_identity(&self, name: &str) -> (String, String) {
+        let dir = self.dir.join(name).join("identity");
+        (
+            std::fs::read_to_string(dir.join("cert.pem")).expect("agent cert"),
+            std::fs::read_to_string(dir.join("key.pem")).expect("agent key"),
+        )
+    }
+
     /// A command that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
@@ -506,4 +584,12 @@ impl Cluster {
             || (self.node_state(id).as_deref() == Some(state)).then_some(()),
         );
     }
+}
+
+/// A single-threaded runtime for a test's async part.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -13,4 +13,5 @@ mod isolation;
 mod jobs;
 mod placement;
 mod rotation;
+mod secrets;
 mod validation;

@@ -10,14 +10,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use baton_state::ExitInfo;
 use bollard::models::{
-    ContainerCreateBody, ContainerStatsResponse, HostConfig, HostConfigLogConfig, PortBinding,
-    PortMap, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStatsResponse, HostConfig, HostConfigLogConfig, Mount, MountType,
+    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 
 use super::Usage;
 use crate::driver::TaskRun;
+use crate::driver::files::FileBind;
 use crate::driver::ports::port_env;
 use crate::driver::raw::task_env;
+use crate::error::AgentError;
 
 /// Label naming the task a container runs.
 pub(super) const LABEL_TASK: &str = "baton.task";
@@ -91,8 +93,11 @@ pub(super) fn published_ports(run: &TaskRun) -> Vec<(String, PublishedPort)> {
 /// means nothing in an image); and `BATON_ADDR_<NAME>` is `0.0.0.0:<port>`,
 /// because inside its network namespace the task must listen on its
 /// container address for the published port to reach it.
-pub(super) fn container_env(run: &TaskRun, ports: &[(String, PublishedPort)]) -> Vec<String> {
-    let mut env = task_env(run, HOME);
+pub(super) fn container_env(
+    run: &TaskRun,
+    ports: &[(String, PublishedPort)],
+) -> Result<Vec<String>, AgentError> {
+    let mut env = task_env(run, HOME)?;
     if !run.spec.env.contains_key("PATH") {
         env.remove("PATH");
     }
@@ -100,7 +105,7 @@ pub(super) fn container_env(run: &TaskRun, ports: &[(String, PublishedPort)]) ->
         let inside = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port.host.port());
         env.insert(format!("BATON_ADDR_{name}"), inside.to_string());
     }
-    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
 /// The container's `User`: the spec's user, or `nobody` by default.
@@ -124,8 +129,36 @@ pub(super) fn cpu_shares(cpu_millis: u64) -> i64 {
     shares.max(MIN_CPU_SHARES)
 }
 
-/// Everything the engine needs to create the task's container.
-pub(super) fn container_body(run: &TaskRun, image: &str, network: &str) -> ContainerCreateBody {
+/// Who owns a task's secret and config files: the user the container runs
+/// as. A user name is looked up on this host (the image's passwd is not
+/// known before the container exists).
+pub(super) fn file_owner(user: Option<&str>) -> Result<(u32, u32), AgentError> {
+    let user = container_user(user);
+    if let Some((uid, gid)) = user.split_once(':')
+        && let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse())
+    {
+        return Ok((uid, gid));
+    }
+    match nix::unistd::User::from_name(&user).ok().flatten() {
+        Some(entry) => Ok((entry.uid.as_raw(), entry.gid.as_raw())),
+        None => Err(AgentError::StartFailed {
+            what: format!("user {user}"),
+            reason: "its secret and config files need an owner known on this host: \
+                     give a numeric user, or a uid on each file"
+                .to_owned(),
+        }),
+    }
+}
+
+/// Everything the engine needs to create the task's container; `files` are
+/// mounted read-only at their targets. Fails only for an environment
+/// variable whose secret cannot be one.
+pub(super) fn container_body(
+    run: &TaskRun,
+    image: &str,
+    network: &str,
+    files: &[FileBind],
+) -> Result<ContainerCreateBody, AgentError> {
     let ports = published_ports(run);
     let memory = i64::try_from(run.spec.resources.memory_bytes).unwrap_or(i64::MAX);
     let mut port_bindings = PortMap::new();
@@ -141,6 +174,18 @@ pub(super) fn container_body(run: &TaskRun, image: &str, network: &str) -> Conta
     }
     let host_config = HostConfig {
         readonly_rootfs: Some(true),
+        mounts: (!files.is_empty()).then(|| {
+            files
+                .iter()
+                .map(|file| Mount {
+                    target: Some(file.target.clone()),
+                    source: Some(file.source.to_string_lossy().into_owned()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    ..Mount::default()
+                })
+                .collect()
+        }),
         tmpfs: Some(HashMap::from([(
             "/tmp".to_owned(),
             format!("rw,nosuid,nodev,size={memory}"),
@@ -171,13 +216,13 @@ pub(super) fn container_body(run: &TaskRun, image: &str, network: &str) -> Conta
         }),
         ..HostConfig::default()
     };
-    ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(image.to_owned()),
         // `[""]` resets the image's ENTRYPOINT: the spec's argv runs as
         // written, never wrapped by a script of the image.
         entrypoint: Some(vec![String::new()]),
         cmd: Some(run.spec.command.clone()),
-        env: Some(container_env(run, &ports)),
+        env: Some(container_env(run, &ports)?),
         user: Some(container_user(run.spec.user.as_deref())),
         working_dir: Some(
             run.spec
@@ -197,7 +242,7 @@ pub(super) fn container_body(run: &TaskRun, image: &str, network: &str) -> Conta
         tty: Some(false),
         host_config: Some(host_config),
         ..ContainerCreateBody::default()
-    }
+    })
 }
 
 /// Signals the agent sent a container, so that an exit code of `128 + n` can
@@ -357,13 +402,15 @@ mod tests {
             log: LogWriter::open(dir, 1 << 10).await.expect("log"),
             ports: BTreeMap::from([("http".to_owned(), 20_001), ("debug".to_owned(), 20_002)]),
             advertise_ip: Some("10.0.0.7".parse().expect("ip")),
+            files: Default::default(),
+            run_dir: dir.join("run"),
         }
     }
 
     #[tokio::test]
     async fn the_container_is_confined_and_told_its_ports() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let body = container_body(&run(dir.path()).await, "app:1", "baton-web");
+        let body = container_body(&run(dir.path()).await, "app:1", "baton-web", &[]).expect("body");
         let host = body.host_config.clone().expect("host config");
         let expected_host = HostConfig {
             readonly_rootfs: Some(true),
@@ -452,7 +499,7 @@ mod tests {
         run.spec
             .env
             .insert("PATH".to_owned(), "/opt/bin".to_owned());
-        let env = container_env(&run, &[]);
+        let env = container_env(&run, &[]).expect("env");
         assert!(env.contains(&"PATH=/opt/bin".to_owned()), "{env:?}");
     }
 

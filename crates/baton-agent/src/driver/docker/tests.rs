@@ -103,6 +103,8 @@ impl TestJob {
             log: LogWriter::open(dir.path(), 1 << 20).await.expect("log"),
             ports: BTreeMap::new(),
             advertise_ip: None,
+            files: Default::default(),
+            run_dir: std::path::PathBuf::from("/nonexistent/run"),
         };
         self.dirs.push(dir);
         self.tasks.push(task);

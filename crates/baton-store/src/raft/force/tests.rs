@@ -11,16 +11,24 @@ use openraft::EntryPayload;
 use openraft::rt::WatchReceiver;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::super::log_store::{COMMITTED, PURGED, RAFT_LOG, RAFT_META, VOTE, decode, encode};
-use super::super::state_machine::{CURRENT, RAFT_SNAPSHOT, decode_snapshot};
+use super::super::log_store::{
+    COMMITTED, PURGED, RAFT_LOG, RAFT_META, VOTE, decode, encode, open_entry, seal_entry,
+};
+use super::super::state_machine::{CURRENT, RAFT_SNAPSHOT, open_snapshot};
 use super::super::types::{Entry, LogId, Proposal, Vote};
 use super::super::{NoPeers, RaftStore, RaftStoreConfig};
+use crate::seal::SealKey;
 use crate::{Store, StoreError};
 
 const ME: u64 = 7;
 
+/// This member's data key.
+fn key() -> SealKey {
+    SealKey::from_bytes([7; 32])
+}
+
 fn config(path: &Path, snapshot_every: u64) -> RaftStoreConfig {
-    let mut config = RaftStoreConfig::new(path, ME, "127.0.0.1:1");
+    let mut config = RaftStoreConfig::new(path, ME, "127.0.0.1:1", key());
     config.snapshot_every = snapshot_every;
     config
 }
@@ -90,7 +98,7 @@ fn snapshot_id(path: &Path) -> LogId {
     let read = db.begin_read().expect("read");
     let table = read.open_table(RAFT_SNAPSHOT).expect("raft_snapshot");
     let bytes = table.get(CURRENT).expect("get").expect("a snapshot");
-    let stored = decode_snapshot(bytes.value()).expect("decode");
+    let stored = open_snapshot(&key(), bytes.value()).expect("decode");
     stored.meta.last_log_id.expect("a log id")
 }
 
@@ -113,8 +121,8 @@ fn append_uncommitted(path: &Path, names: &[&str]) {
     {
         let mut log = txn.open_table(RAFT_LOG).expect("raft_log");
         let last: Entry = {
-            let (_, bytes) = log.last().expect("last").expect("a log entry");
-            decode(bytes.value()).expect("decode")
+            let (index, bytes) = log.last().expect("last").expect("a log entry");
+            open_entry(&key(), index.value(), bytes.value()).expect("decode")
         };
         for (i, name) in names.iter().enumerate() {
             let entry = Entry {
@@ -126,7 +134,7 @@ fn append_uncommitted(path: &Path, names: &[&str]) {
             };
             log.insert(
                 entry.log_id.index,
-                encode(&entry).expect("encode").as_slice(),
+                seal_entry(&key(), &entry).expect("seal").as_slice(),
             )
             .expect("insert");
         }
@@ -281,14 +289,27 @@ async fn forcing_refuses_what_it_cannot_recover_and_changes_nothing() {
         .expect_err("the database is open");
     store.shutdown().await;
 
+    // Another data key: refused before anything is read.
+    let before = dump(&path);
+    let mut other = config(&path, 10_000);
+    other.data_key = SealKey::generate();
+    let err = RaftStore::force_new_cluster(other)
+        .await
+        .expect_err("another data key");
+    assert!(
+        matches!(err, StoreError::Fatal(ref m) if m.contains("another data key")),
+        "{err}"
+    );
+    assert_eq!(dump(&path), before);
+
     // A committed marker past the end of the log: a committed entry is
     // missing. Refused, the file left as it was.
     let end: LogId = {
         let db = redb::Database::create(&path).expect("db");
         let read = db.begin_read().expect("read");
         let log = read.open_table(RAFT_LOG).expect("raft_log");
-        let (_, bytes) = log.last().expect("last").expect("a log entry");
-        let entry: Entry = decode(bytes.value()).expect("decode");
+        let (index, bytes) = log.last().expect("last").expect("a log entry");
+        let entry: Entry = open_entry(&key(), index.value(), bytes.value()).expect("decode");
         entry.log_id
     };
     let ahead = LogId {
