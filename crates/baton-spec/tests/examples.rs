@@ -229,3 +229,31 @@ fn docker_example_uses_the_local_test_image() {
     );
     assert_eq!(parse_example("docker.yaml"), expected);
 }
+
+#[test]
+fn secrets_example_mounts_a_secret_a_variable_and_a_config() {
+    let spec = parse_example("secrets.yaml");
+    assert_eq!(spec.task.driver, DriverKind::Exec);
+    assert_eq!(
+        spec.task.secrets,
+        [baton_spec::FileMount {
+            name: "db-password".to_owned(),
+            target: Some("/run/secrets/db-password".to_owned()),
+            mode: 0o400,
+            uid: None,
+        }]
+    );
+    assert_eq!(
+        spec.task.env_secrets,
+        BTreeMap::from([("DB_PASSWORD".to_owned(), "db-password".to_owned())])
+    );
+    assert_eq!(
+        spec.task.configs,
+        [baton_spec::FileMount {
+            name: "app.conf".to_owned(),
+            target: Some("/run/configs/app.conf".to_owned()),
+            mode: 0o444,
+            uid: None,
+        }]
+    );
+}

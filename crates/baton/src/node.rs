@@ -529,6 +529,39 @@ mod tests {
         Cli::try_parse_from(argv).map(|cli| cli.agent)
     }
 
+    #[derive(Debug, Parser)]
+    struct ManagerParser {
+        #[command(flatten)]
+        manager: ManagerCli,
+    }
+
+    #[test]
+    fn manager_runs_with_a_data_dir_or_unlocks_one_never_taking_the_key_as_an_argument() {
+        let run = ManagerParser::try_parse_from(["manager", "--data-dir", "/d"]).expect("run");
+        assert!(run.manager.command.is_none());
+        assert_eq!(run.manager.run.expect("args").data_dir, PathBuf::from("/d"));
+        let unlock = ManagerParser::try_parse_from(["manager", "unlock", "--data-dir", "/d"])
+            .expect("unlock");
+        assert!(matches!(
+            unlock.manager.command,
+            Some(ManagerCmd::Unlock { ref data_dir }) if data_dir == Path::new("/d")
+        ));
+        for argv in [
+            vec!["manager", "unlock", "--data-dir", "/d", "BATON-UNLOCK-1-x"],
+            vec![
+                "manager",
+                "unlock",
+                "--data-dir",
+                "/d",
+                "--key",
+                "BATON-UNLOCK-1-x",
+            ],
+            vec!["manager"],
+        ] {
+            assert!(ManagerParser::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
+    }
+
     #[test]
     fn labels_are_repeatable_key_value_pairs() {
         let args = parse(&[

@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_pki::{ClusterCa, Role};
 use baton_rpc::tls::{ClientTls, HotCert};
-use baton_rpc::{Dispatcher, NodeDescription, SessionMessage, pb};
+use baton_rpc::{Dispatcher, SessionMessage, pb};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::harness::{Cluster, Proc, baton_bin, runtime, text, wait_for};
+use crate::harness::{Cluster, Proc, baton_bin, node_description, runtime, text, wait_for};
 
 const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
@@ -649,19 +649,7 @@ fn the_cluster_port_refuses_admins_and_anonymous_callers_and_a_worker_gets_only_
             .expect("connect");
         let dispatcher = baton_rpc::client::GrpcDispatcher::new(channel);
         let mut session = dispatcher
-            .open_session(NodeDescription {
-                labels: Default::default(),
-                node_id: baton_state::NodeId(b.clone()),
-                hostname: b.clone(),
-                capacity: baton_spec::Resources {
-                    disk_bytes: 0,
-                    cpu_millis: 200,
-                    memory_bytes: 1 << 30,
-                },
-                drivers: BTreeSet::from([baton_spec::DriverKind::Raw]),
-                version: "0.0.0".to_owned(),
-                address: None,
-            })
+            .open_session(node_description(&b, &b, 200))
             .await
             .expect("a session with A's certificate");
         assert_eq!(
@@ -1454,19 +1442,7 @@ fn a_session_racing_the_removal_does_not_bring_the_node_back() {
             let dispatcher = baton_rpc::client::GrpcDispatcher::new(channel);
             let mut kept = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let description = NodeDescription {
-                    labels: Default::default(),
-                    node_id: baton_state::NodeId(node.clone()),
-                    hostname: "racer".to_owned(),
-                    capacity: baton_spec::Resources {
-                        disk_bytes: 0,
-                        cpu_millis: 1000,
-                        memory_bytes: 1 << 30,
-                    },
-                    drivers: BTreeSet::from([baton_spec::DriverKind::Raw]),
-                    version: "0.0.0".to_owned(),
-                    address: None,
-                };
+                let description = node_description(&node, "racer", 1000);
                 match dispatcher.open_session(description).await {
                     // Keep the streams open: a closed one marks the node down.
                     Ok(session) => kept.push(session),

@@ -593,3 +593,42 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// What a raw-driver node with `cpu_millis` and 1 GiB says of itself when
+/// it opens a session as `node` (a test speaking the agents' protocol).
+pub fn node_description(node: &str, hostname: &str, cpu_millis: u64) -> baton_rpc::NodeDescription {
+    baton_rpc::NodeDescription {
+        labels: Default::default(),
+        node_id: baton_state::NodeId(node.to_owned()),
+        hostname: hostname.to_owned(),
+        capacity: baton_spec::Resources {
+            disk_bytes: 0,
+            cpu_millis,
+            memory_bytes: 1 << 30,
+        },
+        drivers: std::collections::BTreeSet::from([baton_spec::DriverKind::Raw]),
+        version: "0.0.0".to_owned(),
+        address: None,
+    }
+}
+
+/// Runs the CLI (no client config) with `input` on its stdin.
+pub fn run_with_stdin(args: &[&std::ffi::OsStr], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(baton_bin())
+        .args(args)
+        .env_remove("BATON_CONFIG")
+        .env_remove("BATON_ADDR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run baton");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("baton")
+}

@@ -4,18 +4,21 @@
 //! a secret in use cannot be removed.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use baton_rpc::tls::{ClientTls, HotCert};
-use baton_rpc::{AssignmentSet, Dispatcher, NodeDescription, SessionMessage};
+use baton_rpc::{AssignmentSet, Dispatcher, SessionMessage};
 use serde_json::Value;
 
 use baton_testkit::drivers::{TEST_IMAGE, build_test_image, skip_unless_required};
 
-use crate::harness::{Cluster, Dev, baton_bin, runtime, spec_file, text, wait_for};
+use crate::harness::{
+    Cluster, Dev, node_description, run_with_stdin, runtime, spec_file, text, wait_for,
+};
 
 /// A value no other test (or file) holds: the kernel's random UUID.
 fn unique_value(what: &str) -> String {
@@ -26,24 +29,15 @@ fn unique_value(what: &str) -> String {
 /// `baton secret create NAME -` with `value` on stdin (never in a file or
 /// an argument).
 fn create_secret(config: &Path, name: &str, value: &str) -> Output {
-    let mut child = Command::new(baton_bin())
-        .arg("--config")
-        .arg(config)
-        .args(["secret", "create", name, "-"])
-        .env_remove("BATON_CONFIG")
-        .env_remove("BATON_ADDR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run baton");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(value.as_bytes())
-        .expect("write the value");
-    child.wait_with_output().expect("baton")
+    let args: [&OsStr; 6] = [
+        "--config".as_ref(),
+        config.as_os_str(),
+        "secret".as_ref(),
+        "create".as_ref(),
+        name.as_ref(),
+        "-".as_ref(),
+    ];
+    run_with_stdin(&args, value.as_bytes())
 }
 
 /// The value's SHA-256 in hex, as the host's `sha256sum` prints it.
@@ -252,23 +246,6 @@ fn a_secret_in_use_cannot_be_removed_and_a_missing_one_is_named_at_submission() 
     assert_eq!(dev.json(&["secret", "ls"]), serde_json::json!([]));
 }
 
-/// The node's description as it opens a session.
-fn description(node: &str) -> NodeDescription {
-    NodeDescription {
-        labels: Default::default(),
-        node_id: baton_state::NodeId(node.to_owned()),
-        hostname: "b".to_owned(),
-        capacity: baton_spec::Resources {
-            disk_bytes: 0,
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-        },
-        drivers: BTreeSet::from([baton_spec::DriverKind::Raw]),
-        version: "0.0.0".to_owned(),
-        address: None,
-    }
-}
-
 #[test]
 fn a_node_running_no_task_that_uses_a_secret_is_never_sent_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -291,7 +268,7 @@ fn a_node_running_no_task_that_uses_a_secret_is_never_sent_it() {
             .expect("connect");
         let dispatcher = baton_rpc::client::GrpcDispatcher::new(channel);
         let mut session = dispatcher
-            .open_session(description(&b))
+            .open_session(node_description(&b, "b", 1000))
             .await
             .expect("B's session");
         assert_eq!(session.node_id.0, b);
@@ -390,21 +367,13 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 
 /// `baton manager unlock --data-dir DIR` with `key` on stdin.
 fn unlock(data_dir: &Path, key: &str) -> Output {
-    let mut child = Command::new(baton_bin())
-        .args(["manager", "unlock", "--data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run baton");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{key}\n").as_bytes())
-        .expect("write the key");
-    child.wait_with_output().expect("baton")
+    let args: [&OsStr; 4] = [
+        "manager".as_ref(),
+        "unlock".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ];
+    run_with_stdin(&args, format!("{key}\n").as_bytes())
 }
 
 #[test]
