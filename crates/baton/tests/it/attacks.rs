@@ -256,6 +256,8 @@ fn a_worker_certificate_is_refused_by_every_user_api_endpoint_alike_whether_the_
     let mut cluster = Cluster::start(tmp.path());
     let node = cluster.add_agent("a1", "1");
     cluster.run_job("web", &service("web", 1, "hunter2"));
+    cluster.ok(&["secret", "create", "db", "--from-literal", "v"]);
+    cluster.ok(&["config", "create", "app", "--from-literal", "v"]);
     let task = cluster.tasks("web")[0]["id"]
         .as_str()
         .expect("task id")
@@ -272,7 +274,14 @@ fn a_worker_certificate_is_refused_by_every_user_api_endpoint_alike_whether_the_
     // The manager's own node certificate is no admin certificate either.
     let node_dir = cluster.dir.join("manager/node");
     let manager_cert = std::fs::read_to_string(node_dir.join("cert.pem")).expect("manager cert");
-    let manager_key = std::fs::read_to_string(node_dir.join("key.pem")).expect("manager key");
+    // Its key is sealed with the manager's data key (the cluster is not
+    // autolocked, so the key file beside it opens it).
+    let manager_dir = cluster.dir.join("manager");
+    let data_key = baton_manager::keystore::data_key(&manager_dir).expect("data key");
+    let manager_key = baton_manager::identity::read_node_key(&manager_dir, &data_key)
+        .expect("read")
+        .expect("manager key")
+        .to_string();
     let manager_tls = tls_config(&root, Some((&manager_cert, &manager_key)), b"http/1.1");
 
     let doc = https(&addr, admin_tls.clone(), "GET", "/v1/openapi.json", b"").expect("openapi");
@@ -304,6 +313,8 @@ fn a_worker_certificate_is_refused_by_every_user_api_endpoint_alike_whether_the_
             "join-tokens",
             ("worker".to_owned(), "no-such-role".to_owned()),
         ),
+        ("secrets", ("db".to_owned(), "no-such-secret".to_owned())),
+        ("configs", ("app".to_owned(), "no-such-config".to_owned())),
     ]);
     let token_before = https(
         &addr,

@@ -53,7 +53,9 @@ fn certificates_rotate_with_fresh_keys_while_a_task_keeps_running() {
     let agent_cert = read(&identity.join("cert.pem"));
     let agent_key = read(&identity.join("key.pem"));
     let manager_cert = read(&manager_node.join("cert.pem"));
-    let manager_key = read(&manager_node.join("key.pem"));
+    // Sealed (binary): compared as bytes.
+    let sealed_key = |dir: &std::path::Path| std::fs::read(dir.join("key.sealed")).expect("key");
+    let manager_key = sealed_key(&manager_node);
     let first_expiry = cluster.node(&node_id)["cert_expires_at"]
         .as_u64()
         .expect("cert expiry of a member");
@@ -80,7 +82,7 @@ fn certificates_rotate_with_fresh_keys_while_a_task_keeps_running() {
         let agent_done = read(&identity.join("cert.pem")) != agent_cert
             && read(&identity.join("key.pem")) != agent_key;
         let manager_done = read(&manager_node.join("cert.pem")) != manager_cert
-            && read(&manager_node.join("key.pem")) != manager_key;
+            && sealed_key(&manager_node) != manager_key;
         let expiry = node["cert_expires_at"].as_u64().unwrap_or(0);
         if agent_done && manager_done && expiry > first_expiry {
             break expiry;
