@@ -3,9 +3,10 @@
 //! the node key, a join token or the root CA key in the clear; the manager
 //! restarts on its own keys; a locked data dir refuses to start.
 
+use baton_testkit::files::{contains, files_under};
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -25,27 +26,6 @@ fn config(dir: &Path) -> ManagerConfig {
         join: None,
         force_new_cluster: false,
     }
-}
-
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// What gives a PEM key away: each line of its body, and its DER.

@@ -2,6 +2,7 @@
 //! dev-dependency: nothing shipped depends on it.
 
 pub mod drivers;
+pub mod files;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

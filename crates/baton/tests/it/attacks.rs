@@ -6,6 +6,7 @@
 //! its removal); a capture of the bytes on the cluster port; a worker writing
 //! into another node's log stream.
 
+use baton_testkit::files::contains;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -875,10 +876,6 @@ fn cert_extensions(cert_der: &[u8]) -> BTreeMap<Vec<u8>, (bool, Vec<u8>)> {
         }
     }
     out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]

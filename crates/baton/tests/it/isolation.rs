@@ -34,12 +34,12 @@ fn offered(dev: &Dev, driver: &str, require: &str) -> bool {
     offered
 }
 
-fn exec_offered(dev: &Dev) -> bool {
+pub(crate) fn exec_offered(dev: &Dev) -> bool {
     offered(dev, "exec", "BATON_REQUIRE_EXEC")
 }
 
 /// Whether docker tasks can run, with the local test image built.
-fn docker_offered(dev: &Dev) -> bool {
+pub(crate) fn docker_offered(dev: &Dev) -> bool {
     if !offered(dev, "docker", "BATON_REQUIRE_DOCKER") {
         return false;
     }
@@ -48,7 +48,7 @@ fn docker_offered(dev: &Dev) -> bool {
 }
 
 /// Runs a batch job and waits until its one task has finished; returns it.
-fn finished_task(dev: &Dev, job: &str, spec: &str) -> Value {
+pub(crate) fn finished_task(dev: &Dev, job: &str, spec: &str) -> Value {
     let file = spec_file(&dev.dir, &format!("{job}.yaml"), spec);
     let file = file.to_str().expect("path");
     // `job run` waits for the batch and exits non-zero when it failed.

@@ -14,11 +14,13 @@ use baton_rpc::tls::{ClientTls, HotCert};
 use baton_rpc::{AssignmentSet, Dispatcher, SessionMessage};
 use serde_json::Value;
 
-use baton_testkit::drivers::{TEST_IMAGE, build_test_image, skip_unless_required};
+use baton_testkit::drivers::TEST_IMAGE;
+use baton_testkit::files::{contains, files_under};
 
 use crate::harness::{
     Cluster, Dev, node_description, run_with_stdin, runtime, spec_file, text, wait_for,
 };
+use crate::isolation::{docker_offered, exec_offered, finished_task};
 
 /// A value no other test (or file) holds: the kernel's random UUID.
 fn unique_value(what: &str) -> String {
@@ -58,31 +60,17 @@ fn sha256_hex(value: &str) -> String {
 }
 
 /// Every regular file under `dir` changed since `since` whose bytes hold
-/// `needle`. Files of other tests are skipped by their age; directories
-/// that cannot be read are skipped.
+/// `needle`. Files of other tests are skipped by their age.
 fn files_holding(dir: &Path, needle: &[u8], since: SystemTime) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file()
-                && meta.modified().is_ok_and(|m| m >= since)
-                && std::fs::read(entry.path())
-                    .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-            {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
+    files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            path.metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified >= since)
+                && std::fs::read(path).is_ok_and(|bytes| contains(&bytes, needle))
+        })
+        .collect()
 }
 
 /// Mount points under `dir` (a task's tmpfs left mounted would be one).
@@ -95,29 +83,6 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|point| point.starts_with(&dir))
         .map(str::to_owned)
         .collect()
-}
-
-fn offered(dev: &Dev, driver: &str, require: &str) -> bool {
-    let nodes = dev.json(&["node", "ls"]);
-    let offered = nodes.as_array().expect("nodes").iter().any(|n| {
-        n["drivers"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|d| d == driver))
-    });
-    if !offered {
-        skip_unless_required(require, &format!("the {driver} driver"), "not offered");
-    }
-    offered
-}
-
-fn finished(dev: &Dev, job: &str, spec: &str) -> Value {
-    let file = spec_file(&dev.dir, &format!("{job}.yaml"), spec);
-    let _ = dev.cli(&["job", "run", file.to_str().expect("path")]);
-    wait_for("the task to finish", Duration::from_secs(60), || {
-        dev.tasks(job)
-            .into_iter()
-            .find(|t| t["state"] == "complete" || t["state"] == "failed")
-    })
 }
 
 /// What each task prints: hashes of its secret (file and variable), its
@@ -138,11 +103,10 @@ fn a_task_reads_its_secret_from_a_file_and_a_variable_and_no_disk_keeps_it() {
     dev.ok(&["config", "create", "app", "--from-literal", "port: 8080"]);
 
     let mut drivers = vec![("raw", String::new())];
-    if offered(&dev, "exec", "BATON_REQUIRE_EXEC") {
+    if exec_offered(&dev) {
         drivers.push(("exec", String::new()));
     }
-    if offered(&dev, "docker", "BATON_REQUIRE_DOCKER") {
-        build_test_image().expect("test image");
+    if docker_offered(&dev) {
         drivers.push(("docker", format!("  image: {TEST_IMAGE}\n")));
     }
     for (driver, image) in &drivers {
@@ -153,7 +117,7 @@ fn a_task_reads_its_secret_from_a_file_and_a_variable_and_no_disk_keeps_it() {
              secrets: [db]\n  env_secrets: {{DB_PASSWORD: db}}\n  configs: [app]\n",
             script = READER,
         );
-        let task = finished(&dev, &job, &spec);
+        let task = finished_task(&dev, &job, &spec);
         let log = dev.ok(&["logs", task["id"].as_str().expect("id")]);
         assert_eq!(task["state"], "complete", "{driver}: {task}\n{log}");
         let hash = sha256_hex(&value);
@@ -442,7 +406,7 @@ fn an_autolocked_manager_serves_nothing_but_unlock_until_given_its_key() {
     let secrets = dev.json(&["secret", "ls"]);
     assert_eq!(secrets[0]["name"], "db");
     assert_eq!(secrets[0]["size"], value.len());
-    let task = finished(
+    let task = finished_task(
         &dev,
         "read",
         "name: read\ntype: batch\ntask:\n  driver: raw\n  \
