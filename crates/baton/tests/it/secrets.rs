@@ -383,10 +383,12 @@ fn an_autolocked_manager_serves_nothing_but_unlock_until_given_its_key() {
     assert!(!refused.status.success());
 
     let manager_dir = tmp.path().join("manager");
-    // Another valid key (the last character changed) and a malformed one.
-    let mut wrong = key.clone();
-    let last = wrong.pop().expect("char");
-    wrong.push(if last == 'A' { 'B' } else { 'A' });
+    // Another valid key (its first character after the prefix changed: the
+    // last one carries padding bits, so changing it could make the text
+    // malformed rather than wrong) and a malformed one.
+    let payload = key.strip_prefix("BATON-UNLOCK-1-").expect("prefix");
+    let first = if payload.starts_with('A') { 'B' } else { 'A' };
+    let wrong = format!("BATON-UNLOCK-1-{first}{}", &payload[1..]);
     for (given, says) in [
         (wrong.as_str(), "wrong unlock key"),
         ("hunter2", "not an unlock key"),
